@@ -1,0 +1,161 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data_loader as dl
+import synthetic_faces as sf
+
+
+@pytest.fixture(scope='module')
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp('synth')
+    sf.write_dataset(str(root), num_images=40, image_size=32, seed=9, verbose=False)
+    return root
+
+
+def test_three_formats_give_the_same_labels(synth):
+    txt = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, split='train')
+    pkl = dl.au_dataset(str(synth / 'images'), str(synth / 'aus_openface.pkl'), 32, split='train')
+    by_name_txt = dict(zip(txt.files, txt.labels))
+    by_name_pkl = dict(zip(pkl.files, pkl.labels))
+    assert set(by_name_txt) == set(by_name_pkl) and len(by_name_txt) == len(txt)
+    for k in by_name_txt:
+        assert torch.allclose(by_name_txt[k], by_name_pkl[k])
+    assert 0 <= txt.labels.min() and txt.labels.max() <= 1
+    # the emotion CSV holds the same training images
+    emo = dl.emotion_dataset(str(synth / 'images'), str(synth / 'training.csv'), 32, c_dim=8)
+    assert set(emo.files) == set(txt.files)
+    meta = {}
+    for line in (synth / 'meta.csv').read_text().splitlines()[1:]:
+        name, _, _, _, expr = line.split(',')
+        meta[name] = int(expr)
+    assert all(meta[f] == int(c) for f, c in zip(emo.files, emo.labels))
+
+
+def test_split_holds_out_test_images(synth):
+    train = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, split='train')
+    test = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, split='test')
+    every = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, split='all')
+    assert set(train.files).isdisjoint(test.files) and len(train) + len(test) == len(every) == 40
+
+
+def test_dataset_item_range_and_label(synth):
+    ds = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 48)
+    x, y = ds[0]
+    assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+    assert -1 <= x.min() < x.max() <= 1
+    assert y.shape == (17,)
+
+
+def _write_table(path, lines):
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+def test_header_detection_by_content(tmp_path):
+    row = ' '.join(['0.5'] * 17)
+    celeba = _write_table(tmp_path / 'a.txt', ['2', ' '.join(sf.AU_NAMES), f'x.jpg {row}', f'y.jpg {row}'])
+    names, au_names, v = dl.read_au_table(celeba)
+    assert names == ['x.jpg', 'y.jpg'] and au_names == sf.AU_NAMES and v.shape == (2, 17)
+    plain = _write_table(tmp_path / 'b.txt', [f'x.jpg {row}'])
+    assert dl.read_au_table(plain)[0] == ['x.jpg']
+    with_title = _write_table(tmp_path / 'c.txt', ['file ' + ' '.join(f'{a}_r' for a in sf.AU_NAMES), f'x.jpg {row}'])
+    assert dl.read_au_table(with_title)[1] == sf.AU_NAMES
+    # a header after the data is no header: an error with its line number
+    late = _write_table(tmp_path / 'd.txt', [f'x.jpg {row}', ' '.join(sf.AU_NAMES)])
+    with pytest.raises(dl.DataError, match=r'd\.txt, line 2'):
+        dl.read_au_table(late)
+
+
+@pytest.mark.parametrize('bad, problem', [
+    ('x.jpg ' + ' '.join(['0.5'] * 16), 'expected a file name and 17 AU values, found 16'),
+    ('x.jpg ' + ' '.join(['0.5'] * 18), 'found 18'),
+    ('x.jpg ' + ' '.join(['0.5'] * 16 + ['abc']), "'abc' is not a number"),
+    ('x.jpg ' + ' '.join(['0.5'] * 16 + ['nan']), 'non-finite'),
+    ('x.jpg ' + ' '.join(['0.5'] * 16 + ['7']), r'in \[0, 5\]'),
+])
+def test_malformed_rows_name_file_and_line(tmp_path, bad, problem):
+    good = 'a.jpg ' + ' '.join(['0.5'] * 17)
+    path = _write_table(tmp_path / 'labels.txt', [good, good, bad])
+    with pytest.raises(dl.DataError, match=problem) as e:
+        dl.read_au_table(path)
+    assert 'labels.txt, line 3' in str(e.value)
+
+
+def test_missing_image_names_the_file(synth, tmp_path):
+    path = _write_table(tmp_path / 'l.txt', ['000000.png ' + ' '.join(['1'] * 17),
+                                             'nope.png ' + ' '.join(['1'] * 17)])
+    with pytest.raises(dl.DataError, match='nope.png'):
+        dl.au_dataset(str(synth / 'images'), path, 32)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / 'img').mkdir()
+    (tmp_path / 'img' / 'broken.png').write_bytes(b'not a png at all')
+    path = _write_table(tmp_path / 'l.txt', ['broken.png ' + ' '.join(['1'] * 17)])
+    ds = dl.au_dataset(str(tmp_path / 'img'), path, 32)
+    with pytest.raises(dl.DataError, match='broken.png: cannot read image'):
+        ds[0]
+
+
+def test_any_image_mode_and_size_is_converted(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8), 'L').save(tmp_path / 'g.png')
+    Image.fromarray(rng.integers(0, 255, (90, 40, 4), dtype=np.uint8), 'RGBA').save(tmp_path / 'a.png')
+    Image.fromarray(rng.integers(0, 255, (200, 150, 3), dtype=np.uint8)).save(tmp_path / 'c.jpg')
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).convert('P').save(tmp_path / 'p.bmp')
+    for fn in ('g.png', 'a.png', 'c.jpg', 'p.bmp'):
+        arr = dl.load_image(str(tmp_path / fn), 64)
+        assert arr.shape == (64, 64, 3) and arr.dtype == np.uint8
+    grey = dl.load_image(str(tmp_path / 'g.png'), 64)
+    assert np.array_equal(grey[..., 0], grey[..., 1])
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ('echo pwned',))
+
+
+def test_pickle_loader_refuses_code(tmp_path):
+    path = tmp_path / 'evil.pkl'
+    with open(path, 'wb') as f:
+        pickle.dump({'x': _Evil()}, f)
+    with pytest.raises(dl.DataError, match='refusing to load'):
+        dl.read_au_pickle(str(path))
+
+
+@pytest.mark.parametrize('protocol', [2, 4, 5])
+def test_pickle_loader_reads_numpy_arrays(tmp_path, protocol):
+    path = tmp_path / 'aus.pkl'
+    d = {'a': np.arange(17, dtype=np.float32) / 4, 'b': np.ones(17)}
+    with open(path, 'wb') as f:
+        pickle.dump(d, f, protocol=protocol)
+    ids, _, v = dl.read_au_pickle(str(path))
+    assert ids == ['a', 'b'] and np.allclose(v[0], np.arange(17) / 4)
+
+
+def test_emotion_csv_keeps_valid_codes_only(tmp_path):
+    p = tmp_path / 'training.csv'
+    p.write_text('subDirectory_filePath,expression,valence\n'
+                 + ''.join(f'dir/{i}.jpg,{i},0.1\n' for i in range(11)))
+    names, labels = dl.read_emotion_csv(str(p), c_dim=7)
+    assert names == [f'{i}.jpg' for i in range(7)] and labels.tolist() == list(range(7))
+    assert dl.read_emotion_csv(str(p), c_dim=8)[1].tolist() == list(range(8))
+    p.write_text('subDirectory_filePath,expression\na.jpg,1\nb.jpg,happy\n')
+    with pytest.raises(dl.DataError, match='line 3'):
+        dl.read_emotion_csv(str(p), 7)
+    p.write_text('path,label\na.jpg,1\n')
+    with pytest.raises(dl.DataError, match='header'):
+        dl.read_emotion_csv(str(p), 7)
+
+
+def test_select_aus(synth):
+    assert dl.select_aus(['AU12', 'au25', '1'], sf.AU_NAMES) == [8, 14, 0]
+    with pytest.raises(ValueError, match='AU99'):
+        dl.select_aus(['AU99'], sf.AU_NAMES)
+    ds = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, aus=['AU12', 'AU25'])
+    assert ds.labels.shape[1] == 2 and ds.label_names == ['AU12', 'AU25']
