@@ -331,3 +331,76 @@ def infinite_batches(dataset, batch_size, seed, num_workers=0, drop_last=True):
 
 def num_batches_per_epoch(dataset, batch_size):
     return max(1, math.floor(len(dataset) / batch_size))
+
+
+# --------------------------------------------------------------------------- fast path: uint8 cache
+
+def _cache_key(dataset):
+    """Changes whenever an image file, the file list or the image size changes."""
+    import hashlib
+    h = hashlib.sha1(f'v1 {dataset.image_size}\n'.encode())
+    for fn in dataset.files:
+        st = os.stat(os.path.join(dataset.image_dir, fn))
+        h.update(f'{fn} {st.st_size} {st.st_mtime_ns}\n'.encode())
+    return h.hexdigest()[:16]
+
+
+def uint8_cache(dataset, cache_dir=None, verbose=True):
+    """All images decoded once into an (N, S, S, 3) uint8 memory-mapped file.
+
+    The file lies beside the image folder (`<image_dir>/../.cache/`), or in
+    `cache_dir` when given; its name carries a hash of the file list, sizes,
+    modification times and image size, so any change builds a new one.
+    """
+    cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(dataset.image_dir)), '.cache')
+    key = _cache_key(dataset)
+    n, s = len(dataset), dataset.image_size
+    path = os.path.join(cache_dir, f'{os.path.basename(os.path.abspath(dataset.image_dir))}_{s}px_{key}.u8')
+    if os.path.exists(path) and os.path.getsize(path) == n * s * s * 3:
+        return np.memmap(path, dtype=np.uint8, mode='c', shape=(n, s, s, 3))  # copy-on-write: writable view, file untouched
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    arr = np.memmap(tmp, dtype=np.uint8, mode='w+', shape=(n, s, s, 3))
+    if verbose:
+        print(f'decoding {n} images once into {path}', flush=True)
+    for i in range(n):
+        arr[i] = dataset.load_uint8(i)
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+    for old in os.listdir(cache_dir):   # caches of older versions of this folder
+        if old.startswith(f'{os.path.basename(os.path.abspath(dataset.image_dir))}_{s}px_') and \
+                old.endswith('.u8') and old != os.path.basename(path):
+            try:
+                os.remove(os.path.join(cache_dir, old))
+            except OSError:
+                pass
+    return np.memmap(path, dtype=np.uint8, mode='c', shape=(n, s, s, 3))  # copy-on-write: writable view, file untouched
+
+
+def batch_indices(num_items, batch_size, iteration, seed):
+    """Indices of the batch of `iteration`: epoch e = iteration // batches_per_epoch
+    is a permutation seeded by (seed, e). A pure function of the iteration, so a
+    resumed run reads exactly the batches the uninterrupted run would have read."""
+    batch_size = min(batch_size, num_items)
+    per_epoch = num_items // batch_size
+    epoch, pos = divmod(iteration, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(num_items, generator=g)
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler):
+    """batch_indices() for iterations start..stop-1, for a DataLoader with workers."""
+
+    def __init__(self, num_items, batch_size, seed, start, stop):
+        self.args = num_items, batch_size, seed
+        self.start, self.stop = start, stop
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __iter__(self):
+        n, b, seed = self.args
+        for it in range(self.start, self.stop):
+            yield batch_indices(n, b, it, seed).tolist()

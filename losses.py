@@ -1,0 +1,93 @@
+"""GANimation losses as plain functions (SPEC section 4).
+
+Each `*_loss` returns (loss, record), where record maps term names to floats
+for logging. Conventions of the weights (SPEC section 8):
+
+- AU loss: `F.mse_loss` with its default mean over the batch *and* the AUs, on AUs
+  scaled to [0, 1]. lambda_cls = 160 here equals the official code's 4000 with a
+  loss summed over a batch of 25.
+- Attention smoothness: the mean-based total variation of SPEC section 4,
+  TV(A) = mean|A[..., :, 1:] - A[..., :, :-1]| + mean|A[..., 1:, :] - A[..., :-1, :]|,
+  with lambda_smooth ~1e-4. A sum-based TV (official code, 1e-5) is tens of
+  thousands of times larger per unit weight; do not mix the two.
+- Attention saturation: mean of A (the penalty pushes A towards 0, i.e. towards
+  using the colour head; the other losses push it towards 1).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def tv_loss(attn):
+    """Mean-based total variation of a (B, 1, H, W) mask."""
+    return ((attn[..., :, 1:] - attn[..., :, :-1]).abs().mean()
+            + (attn[..., 1:, :] - attn[..., :-1, :]).abs().mean())
+
+
+def au_loss(au_pred, au_target):
+    return F.mse_loss(au_pred.float(), au_target.float())
+
+
+def interpolate(x_real, x_fake, generator=None):
+    """Points drawn per sample on the segments between real and fake images."""
+    alpha = torch.rand(x_real.shape[0], 1, 1, 1, device=x_real.device, generator=generator)
+    return (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
+
+
+def gradient_penalty(critic_out, x_hat):
+    """mean((||d critic_out / d x_hat||_2 - 1)^2), the norm taken per sample in fp32.
+
+    The gradient is taken of the fp32 sum of the scores, so a bf16 forward pass
+    still gives an fp32 norm (the penalty compares the norm to 1, where bf16's
+    8-bit mantissa would be coarse).
+    """
+    grad, = torch.autograd.grad(critic_out.float().sum(), x_hat, create_graph=True)
+    norm = grad.float().flatten(1).norm(2, dim=1)
+    return ((norm - 1.0) ** 2).mean()
+
+
+def critic_loss(out_real, out_fake, au_pred_real, aus_real, gp, lambda_gp, lambda_cls):
+    """WGAN-GP critic loss with the AU regression head trained on real images."""
+    loss_real = -out_real.float().mean()
+    loss_fake = out_fake.float().mean()
+    loss_cls = au_loss(au_pred_real, aus_real)
+    loss = loss_real + loss_fake + lambda_gp * gp + lambda_cls * loss_cls
+    return loss, {'D/loss': loss.item(), 'D/real': loss_real.item(), 'D/fake': loss_fake.item(),
+                  'D/gp': gp.item(), 'D/au': loss_cls.item()}
+
+
+def attention_terms(masks):
+    """(sum of mean A, sum of TV(A)) over a list of masks."""
+    sat = sum(m.float().mean() for m in masks)
+    smooth = sum(tv_loss(m.float()) for m in masks)
+    return sat, smooth
+
+
+def generator_loss(out_fake, au_pred_fake, aus_target, x_real, x_rec, masks, lambda_cls, lambda_rec,
+                   lambda_sat, lambda_smooth, virtual=None, virtual_weight=0.5):
+    """Adversarial + AU + cycle + attention terms.
+
+    `masks`: attention masks of the forward and reconstruction passes (empty for
+    a generator without attention). `virtual`: optional (x_virtual_rec, x_fake,
+    virtual_masks) of the virtual cycle; its L1 is mixed with the ordinary
+    cycle by `virtual_weight`, and its masks join the attention terms.
+    """
+    loss_adv = -out_fake.float().mean()
+    loss_cls = au_loss(au_pred_fake, aus_target)
+    loss_rec = (x_rec.float() - x_real.float()).abs().mean()
+    masks = list(masks)
+    record = {}
+    if virtual is not None:
+        x_vrec, x_fake_target, vmasks = virtual
+        loss_vrec = (x_vrec.float() - x_fake_target.float()).abs().mean()
+        record['G/rec_virtual'] = loss_vrec.item()
+        loss_rec = (1 - virtual_weight) * loss_rec + virtual_weight * loss_vrec
+        masks += list(vmasks)
+    if masks:
+        sat, smooth = attention_terms(masks)
+        sat, smooth = sat * 2 / len(masks), smooth * 2 / len(masks)   # same scale as the two-mask path
+    else:
+        sat = smooth = torch.zeros((), device=out_fake.device)
+    loss = loss_adv + lambda_cls * loss_cls + lambda_rec * loss_rec + lambda_sat * sat + lambda_smooth * smooth
+    record.update({'G/loss': loss.item(), 'G/fake': loss_adv.item(), 'G/au': loss_cls.item(),
+                   'G/rec': loss_rec.item(), 'G/attn_sat': float(sat.detach()), 'G/attn_tv': float(smooth.detach())})
+    return loss, record

@@ -1,0 +1,207 @@
+"""Entry point: parses the flags and dispatches to training, test mode or the demo.
+
+    python main.py --mode train                  # GANimation on data/celeba, else the synthetic faces
+    python main.py --mode test                   # animate faces with the newest checkpoint
+    python main.py --mode demo                   # CPU-sized train + test on the synthetic faces
+
+Every default is below, visible and editable, as in the seed README.
+"""
+import argparse
+import os
+import sys
+import time
+
+# (flag, default, help). Edit the defaults here.
+MODEL_FLAGS = [
+    ('--c_dim', 17, 'number of AUs (GANimation) or emotion classes (GANmut); AU tables give 17'),
+    ('--image_size', 128, 'training image size (power of two, >= 32)'),
+    ('--g_conv_dim', 64, 'channels of the first generator conv'),
+    ('--d_conv_dim', 64, 'channels of the first critic conv'),
+    ('--g_repeat_num', 6, 'residual blocks in the generator'),
+    ('--d_repeat_num', 6, 'stride-2 convs in the critic (needs image_size >= 2**d_repeat_num)'),
+]
+LOSS_FLAGS = [
+    ('--lambda_cls', 160.0, 'AU regression weight; loss = mean over batch and AUs (160 = official 4000 '
+                            'summed over a batch of 25)'),
+    ('--lambda_rec', 10.0, 'cycle-consistency (reconstruction) weight'),
+    ('--lambda_gp', 10.0, 'gradient-penalty weight'),
+    ('--lambda_sat', 0.1, 'attention saturation weight: mean(A), pushes the mask away from copying the input'),
+    ('--lambda_smooth', 1e-4, 'attention smoothness weight; TV(A) is the mean-based total variation'),
+    ('--virtual_weight', 0.5, 'share of the virtual cycle in the cycle term with --virtual'),
+    ('--target_noise', 0.1, 'uniform noise added to drawn target AUs (in [0, 1] units)'),
+]
+TRAIN_FLAGS = [
+    ('--batch_size', 16, 'images per batch (per process)'),
+    ('--num_iters', 200000, 'critic iterations (the generator is updated every n_critic)'),
+    ('--num_iters_decay', 100000, 'decay the learning rates linearly to 0 over these last iterations'),
+    ('--n_critic', 5, 'critic updates per generator update'),
+    ('--g_lr', 1e-4, 'generator learning rate'),
+    ('--d_lr', 1e-4, 'critic learning rate'),
+    ('--beta1', 0.5, 'Adam beta1'),
+    ('--beta2', 0.999, 'Adam beta2'),
+    ('--seed', 0, 'seed of weights, batch order, flips and targets'),
+    ('--num_workers', 2, 'data loader workers of the simple path (--data_cache false)'),
+    ('--keep_checkpoints', 3, 'keep the newest N checkpoints'),
+]
+STEP_FLAGS = [
+    ('--log_step', 10, 'log losses every N iterations'),
+    ('--sample_step', 1000, 'save a sample grid every N iterations'),
+    ('--model_save_step', 5000, 'save a checkpoint every N iterations'),
+    ('--eval_step', 0, 'log evaluation figures every N iterations (0: never)'),
+]
+TEST_FLAGS = [
+    ('--test_images_dir', '', 'folder of aligned face crops to animate (default: held-out synthetic faces)'),
+    ('--test_attributes_path', '', 'AU sequence (.txt AU table); default: a built-in emotion sequence'),
+    ('--test_reference_dir', '', 'folder of the reference frames named in the AU sequence '
+                                 '(default: beside the sequence file)'),
+    ('--test_models_dir', '', 'checkpoint folder (default: <outputs_dir>/models); the newest is used'),
+    ('--test_results_dir', '', 'where results go (default: <outputs_dir>/results)'),
+    ('--target_aus', '', 'explicit edit on top of the face\'s own AUs, e.g. "AU12=4,AU25=2"'),
+    ('--test_num_faces', 6, 'held-out synthetic faces to animate when no --test_images_dir is given'),
+    ('--test_batch_size', 64, 'frames per generator batch'),
+    ('--grid_columns', 12, 'frames shown per row of the result grid'),
+    ('--fps', 10, 'frames per second of the GIFs'),
+]
+# The demo: a CPU-sized model that shows visible expression changes in ~10 minutes on 2 cores.
+DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
+            num_iters=2500, num_iters_decay=500, n_critic=2, sample_step=250, model_save_step=500,
+            log_step=10, outputs_dir='outputs/demo')
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--mode', default='train', choices=['train', 'test', 'demo'])
+    p.add_argument('--model', default='ganimation', choices=['ganimation'])
+    p.add_argument('--dataset', default='auto',
+                   help='auto: data/celeba when present, else the built-in synthetic faces; synthetic; or a folder')
+    p.add_argument('--image_dir', default='', help='images folder (overrides --dataset)')
+    p.add_argument('--attr_path', default='', help='label file: .txt AU table, .pkl AU dict, .csv emotions')
+    p.add_argument('--aus', default='', help='train on a subset of AUs, e.g. AU01,AU12,AU25')
+    p.add_argument('--synthetic_dir', default='data/synthetic', help='where the synthetic faces are written')
+    p.add_argument('--synthetic_images', type=int, default=4000, help='synthetic faces to generate')
+    p.add_argument('--outputs_dir', default='outputs/ganimation',
+                   help='run folder: logs/ models/ samples/ results/ config.json')
+    p.add_argument('--resume_iters', default='', help='resume training from iteration N or "latest"')
+    p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    p.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'off'],
+                   help='bf16 autocast; auto: on for CUDA and for CPUs with AMX')
+    p.add_argument('--channels_last', default='auto', choices=['auto', 'true', 'false'],
+                   help='NHWC memory format for the convolutions')
+    p.add_argument('--data_cache', default='true', choices=['true', 'false'],
+                   help='decode images once into a uint8 memory-mapped cache beside the dataset')
+    p.add_argument('--virtual', action='store_true', help='virtual cycle-consistency loss (Kaneko et al.)')
+    for group, flags in (('model', MODEL_FLAGS), ('losses', LOSS_FLAGS), ('training', TRAIN_FLAGS),
+                         ('cadence', STEP_FLAGS), ('test mode', TEST_FLAGS)):
+        g = p.add_argument_group(group)
+        for flag, default, help_text in flags:
+            g.add_argument(flag, type=type(default), default=default, help=help_text)
+    return p
+
+
+def explicit_flags(parser, argv):
+    """Names of the options given on the command line (so the demo does not override them)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != 'help':
+            kw = {'nargs': action.nargs} if action.nargs is not None else {}
+            if isinstance(action, argparse._StoreTrueAction):
+                probe.add_argument(*action.option_strings, dest=action.dest, action='store_true',
+                                   default=argparse.SUPPRESS)
+            else:
+                probe.add_argument(*action.option_strings, dest=action.dest, default=argparse.SUPPRESS, **kw)
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
+# --------------------------------------------------------------------------- data
+
+def resolve_dataset(cfg):
+    """Fill cfg.image_dir / cfg.attr_path / cfg.dataset_kind; generate synthetic faces if needed."""
+    import synthetic_faces as sf
+    if cfg.image_dir or cfg.attr_path:
+        if not (cfg.image_dir and cfg.attr_path):
+            raise SystemExit('give both --image_dir and --attr_path (or neither, to use --dataset)')
+        cfg.dataset_kind = 'custom'
+        return f'{cfg.attr_path} with images in {cfg.image_dir}'
+    choice = cfg.dataset
+    if choice == 'auto':
+        choice = 'data/celeba' if os.path.isdir('data/celeba') else 'synthetic'
+    if choice == 'synthetic':
+        root = cfg.synthetic_dir
+        if not sf.is_synthetic_dataset(root, cfg.synthetic_images, cfg.image_size, 0):
+            print(f'generating {cfg.synthetic_images} synthetic faces at {cfg.image_size} px in {root} ...', flush=True)
+            sf.write_dataset(root, cfg.synthetic_images, cfg.image_size, seed=0)
+        cfg.image_dir, cfg.attr_path, cfg.dataset_kind = os.path.join(root, 'images'), os.path.join(root, 'aus.txt'), 'synthetic'
+        return f'built-in synthetic faces ({cfg.synthetic_images} images, {root})'
+    if not os.path.isdir(choice):
+        raise SystemExit(f'--dataset {choice}: no such folder (use auto, synthetic or a dataset folder)')
+    image_dir = next((os.path.join(choice, d) for d in ('images', 'imgs', 'img_align_celeba')
+                      if os.path.isdir(os.path.join(choice, d))), None)
+    attr = next((os.path.join(choice, f) for f in ('aus.txt', 'list_attr_celeba.txt', 'aus_openface.pkl')
+                 if os.path.exists(os.path.join(choice, f))), None)
+    if attr is None:
+        txts = sorted(f for f in os.listdir(choice) if f.endswith('.txt'))
+        attr = os.path.join(choice, txts[0]) if txts else None
+    if image_dir is None or attr is None:
+        raise SystemExit(f'--dataset {choice}: expected an images/ (or imgs/) folder and an AU label file '
+                         f'(aus.txt, list_attr_celeba.txt or aus_openface.pkl) inside it')
+    cfg.image_dir, cfg.attr_path = image_dir, attr
+    cfg.dataset_kind = 'synthetic' if os.path.exists(os.path.join(choice, 'meta.csv')) else 'folder'
+    return f'{choice} ({attr})'
+
+
+def train(cfg):
+    import data_loader as dl
+    from solver import Solver, write_config
+    what = resolve_dataset(cfg)
+    aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
+    train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus)
+    try:
+        sample_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'test', aus)
+    except dl.DataError:
+        sample_set = train_set
+    if not aus and train_set.labels.shape[1] != cfg.c_dim:
+        print(f'note: the labels have {train_set.labels.shape[1]} AUs; using that as c_dim')
+    cfg.c_dim = train_set.labels.shape[1]
+    solver = Solver(cfg, train_set, sample_set)
+    print(f'dataset: {what}: {len(train_set)} training images, conditions: {" ".join(train_set.label_names)}')
+    print(f'device: {solver.device}, bf16 autocast: {solver.amp_dtype is not None}, '
+          f'channels_last: {solver.memory_format == __import__("torch").channels_last}')
+    os.makedirs(cfg.outputs_dir, exist_ok=True)
+    write_config(cfg, os.path.join(cfg.outputs_dir, 'config.json'))
+    t0 = time.time()
+    solver.train()
+    print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
+          f'samples in {solver.dirs["samples"]}')
+    return solver
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    if cfg.mode == 'demo':
+        given = explicit_flags(parser, argv)
+        for k, v in DEMO.items():
+            if k not in given:
+                setattr(cfg, k, v)
+        if 'dataset' not in given and not cfg.image_dir:
+            cfg.dataset = 'synthetic'
+    try:
+        if cfg.mode in ('train', 'demo'):
+            train(cfg)
+        if cfg.mode in ('test', 'demo'):
+            import animate
+            animate.run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        # data, checkpoint and flag errors: one clear line, no traceback
+        from data_loader import DataError
+        if isinstance(e, (DataError, FileNotFoundError)) or str(e).startswith('--') or 'checkpoint' in str(e) \
+                or '.ckpt' in str(e):
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

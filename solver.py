@@ -1,0 +1,383 @@
+"""Training of GANimation: builds networks and optimisers, runs the loop, writes
+samples, TensorBoard logs and checkpoints. Losses live in losses.py.
+
+One *iteration* is one critic update; the generator is updated every
+`n_critic` iterations (StarGAN convention). All randomness of an iteration
+(batch order, flips, targets, gradient-penalty points) comes from generators
+seeded with (seed, iteration), so a resumed run repeats exactly what the
+uninterrupted run would have done.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import checkpoint
+import losses
+import synthetic_faces as sf
+import visualize as vis
+from data_loader import ResumableBatchSampler, batch_indices, uint8_cache
+from model import Discriminator, Generator
+
+
+# --------------------------------------------------------------------------- device helpers
+
+def resolve_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda was asked for, but PyTorch sees no CUDA GPU')
+    return torch.device(name)
+
+
+def cpu_has_amx():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return 'amx_bf16' in f.read()
+    except OSError:
+        return False
+
+
+def resolve_amp(amp, device):
+    """bf16 autocast where it is fast: CUDA GPUs with bf16, CPUs with AMX."""
+    if amp == 'off':
+        return None
+    if amp == 'bf16':
+        return torch.bfloat16
+    if device.type == 'cuda':
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_amx() else None
+
+
+def resolve_flag(value, default):
+    return default if value == 'auto' else value in (True, 'true', '1', 'yes')
+
+
+def sample_targets(labels, batch_size, generator, noise=0.1):
+    """Target conditions: rows of the in-memory label table plus U(-noise, noise), clipped to [0, 1]."""
+    idx = torch.randint(0, labels.shape[0], (batch_size,), device=labels.device, generator=generator)
+    jitter = (torch.rand(batch_size, labels.shape[1], device=labels.device, generator=generator) * 2 - 1) * noise
+    return (labels[idx] + jitter).clamp_(0, 1)
+
+
+def random_flip(x, generator):
+    """Horizontal flip of about half the batch (AUs are symmetric, labels stay valid)."""
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def images_to_float(x_uint8_nhwc, device, memory_format):
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] on `device`; the NHWC
+    layout already is channels_last, so no copy is needed for it."""
+    x = x_uint8_nhwc.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    x = x.float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=memory_format)
+
+
+class Solver:
+    def __init__(self, cfg, train_set, sample_set=None):
+        self.cfg = cfg
+        self.train_set = train_set
+        self.sample_set = sample_set if sample_set is not None else train_set
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = resolve_amp(cfg.amp, self.device)
+        self.memory_format = (torch.channels_last if resolve_flag(cfg.channels_last, True)
+                              else torch.contiguous_format)
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.label_names = list(train_set.label_names)
+        self.c_dim = len(self.label_names)
+        torch.manual_seed(cfg.seed)
+        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num).to(self.device, memory_format=self.memory_format)
+        self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num).to(
+            self.device, memory_format=self.memory_format)
+        fused = self.device.type == 'cuda'
+        self.g_optim = torch.optim.Adam(self.G.parameters(), cfg.g_lr, (cfg.beta1, cfg.beta2),
+                                        fused=fused, foreach=None if fused else True)
+        self.d_optim = torch.optim.Adam(self.D.parameters(), cfg.d_lr, (cfg.beta1, cfg.beta2),
+                                        fused=fused, foreach=None if fused else True)
+        self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
+        self.dirs = {k: os.path.join(cfg.outputs_dir, k) for k in ('logs', 'models', 'samples', 'results')}
+        self.start_iter = 0
+        self.images = None
+        self.writer = None
+        self.mask_extreme_logs = 0
+
+    # ----------------------------------------------------------------- helpers
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def iteration_generator(self, it):
+        return torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1_000_003 + it + 17)
+
+    def learning_rates(self, it):
+        """Linear decay to zero over the last num_iters_decay iterations."""
+        cfg = self.cfg
+        start = cfg.num_iters - cfg.num_iters_decay
+        frac = 1.0 if it < start or cfg.num_iters_decay <= 0 else (cfg.num_iters - it) / cfg.num_iters_decay
+        return cfg.g_lr * frac, cfg.d_lr * frac
+
+    # ----------------------------------------------------------------- data
+    def batches(self, start):
+        """Yields (x_real float NCHW on device, aus_org) for iterations start..num_iters-1."""
+        cfg, n = self.cfg, len(self.train_set)
+        if resolve_flag(cfg.data_cache, True):
+            if self.images is None:
+                self.images = torch.from_numpy(uint8_cache(self.train_set).view(np.ndarray))
+            pin = self.device.type == 'cuda'
+            for it in range(start, cfg.num_iters):
+                idx = batch_indices(n, cfg.batch_size, it, cfg.seed)
+                x = self.images[idx]
+                yield images_to_float(x.pin_memory() if pin else x, self.device, self.memory_format), \
+                    self.labels[idx.to(self.device)]
+        else:   # the simple path: decode every image every time, in DataLoader workers
+            loader = torch.utils.data.DataLoader(
+                self.train_set, num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
+                batch_sampler=ResumableBatchSampler(n, cfg.batch_size, cfg.seed, start, cfg.num_iters))
+            for x, aus in loader:
+                yield x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format), \
+                    aus.float().to(self.device)
+
+    # ----------------------------------------------------------------- one iteration
+    def train_step(self, it, x_real, aus_org):
+        cfg = self.cfg
+        gen = self.iteration_generator(it)
+        g_lr, d_lr = self.learning_rates(it)
+        for group in self.g_optim.param_groups:
+            group['lr'] = g_lr
+        for group in self.d_optim.param_groups:
+            group['lr'] = d_lr
+        x_real = random_flip(x_real, gen)
+        aus_trg = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
+        g_step = (it + 1) % cfg.n_critic == 0
+
+        # The fake batch is computed once: with grad when the generator is
+        # updated in this iteration (its graph does not involve the critic),
+        # without grad otherwise.
+        with torch.set_grad_enabled(g_step), self.autocast():
+            x_fake, attn_fake, _ = self.G(x_real, aus_trg)
+
+        record = self.critic_step(x_real, aus_org, x_fake.detach(), gen)
+        if g_step:
+            record.update(self.generator_step(x_real, aus_org, aus_trg, x_fake, attn_fake, gen))
+        return record
+
+    def critic_step(self, x_real, aus_org, x_fake, gen):
+        cfg = self.cfg
+        self.D.requires_grad_(True)
+        self.d_optim.zero_grad(set_to_none=True)
+        with self.autocast():
+            x_hat = losses.interpolate(x_real, x_fake, gen)
+            # one critic pass over real, fake and interpolated images
+            out_src, out_cls, _ = self.D(torch.cat([x_real, x_fake, x_hat]))
+        b = x_real.shape[0]
+        gp = losses.gradient_penalty(out_src[2 * b:], x_hat)
+        loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], aus_org, gp,
+                                          cfg.lambda_gp, cfg.lambda_cls)
+        loss.backward()
+        self.d_optim.step()
+        return record
+
+    def generator_step(self, x_real, aus_org, aus_trg, x_fake, attn_fake, gen):
+        cfg = self.cfg
+        self.D.requires_grad_(False)
+        self.g_optim.zero_grad(set_to_none=True)
+        with self.autocast():
+            out_src, out_cls, _ = self.D(x_fake)
+            x_rec, attn_rec, _ = self.G(x_fake, aus_org)
+            virtual = None
+            if cfg.virtual:
+                aus_virtual = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
+                x_v, attn_v, _ = self.G(x_fake, aus_virtual)
+                x_vrec, attn_vrec, _ = self.G(x_v, aus_trg)
+                virtual = (x_vrec, x_fake.detach(), [attn_v, attn_vrec])
+        loss, record = losses.generator_loss(out_src, out_cls, aus_trg, x_real, x_rec, [attn_fake, attn_rec],
+                                             cfg.lambda_cls, cfg.lambda_rec, cfg.lambda_sat, cfg.lambda_smooth,
+                                             virtual, cfg.virtual_weight)
+        loss.backward()
+        self.g_optim.step()
+        record['G/attn_mean'] = attn_fake.float().mean().item()
+        return record
+
+    # ----------------------------------------------------------------- loop
+    def train(self):
+        cfg = self.cfg
+        for d in self.dirs.values():
+            os.makedirs(d, exist_ok=True)
+        if cfg.resume_iters not in (None, '', 'none'):
+            self.restore(cfg.resume_iters)
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(self.dirs['logs'])
+        fixed = self.fixed_samples()
+        window = {}
+        bar = tqdm(total=cfg.num_iters, initial=self.start_iter, dynamic_ncols=True, desc='train',
+                   mininterval=1.0, smoothing=0.05)
+        it = self.start_iter
+        for it, (x_real, aus_org) in enumerate(self.batches(self.start_iter), self.start_iter):
+            record = self.train_step(it, x_real, aus_org)
+            for k, v in record.items():
+                s, n = window.get(k, (0.0, 0))
+                window[k] = (s + v, n + 1)
+            bar.update(1)
+            done = it + 1
+            if done % cfg.log_step == 0 or done == cfg.num_iters:
+                means = {k: s / n for k, (s, n) in window.items()}
+                self.log(done, means)
+                bar.set_postfix_str(self.postfix(means), refresh=False)
+                window = {}
+            if done % cfg.sample_step == 0 or done == cfg.num_iters:
+                self.save_samples(done, fixed)
+            if done % cfg.model_save_step == 0 or done == cfg.num_iters:
+                self.save_checkpoint(done)
+            if cfg.eval_step and done % cfg.eval_step == 0 and getattr(self, 'eval_hook', None):
+                self.eval_hook(self, done)
+        bar.close()
+        self.writer.close()
+        return it + 1
+
+    @staticmethod
+    def postfix(m):
+        keys = [('D/loss', 'D'), ('G/loss', 'G'), ('G/au', 'au'), ('G/rec', 'rec'), ('G/attn_mean', 'attn')]
+        return ' '.join(f'{short}={m[k]:.3f}' for k, short in keys if k in m)
+
+    def log(self, it, means):
+        g_lr, d_lr = self.learning_rates(it - 1)
+        for k, v in means.items():
+            self.writer.add_scalar(k, v, it)
+        self.writer.add_scalar('lr/G', g_lr, it)
+        self.writer.add_scalar('lr/D', d_lr, it)
+        attn = means.get('G/attn_mean')
+        if attn is None:
+            return
+        extreme = attn < 0.03 or attn > 0.97
+        self.mask_extreme_logs = self.mask_extreme_logs + 1 if extreme else 0
+        if self.mask_extreme_logs and self.mask_extreme_logs % 10 == 5:
+            what = ('near 1: the generator copies its input (try a larger --lambda_sat)' if attn > 0.5 else
+                    'near 0: the generator repaints the whole face (try a smaller --lambda_sat or larger --lambda_smooth)')
+            tqdm.write(f'warning: iteration {it}: the mean attention mask has stayed {what}; mean A = {attn:.3f}')
+
+    # ----------------------------------------------------------------- samples
+    def fixed_samples(self, n=6, num_targets=4):
+        """Fixed inputs (held-out images when available) and fixed target conditions."""
+        n = min(n, len(self.sample_set))
+        x = torch.stack([torch.from_numpy(self.sample_set.load_uint8(i)) for i in range(n)])
+        x = images_to_float(x, self.device, self.memory_format)
+        targets, titles = fixed_targets(self.label_names, self.labels.cpu(), num_targets, self.cfg.seed)
+        aus_in = self.sample_set.labels[:n].float().to(self.device)   # their own AUs, for the reconstruction
+        return x, targets.to(self.device), titles, aus_in
+
+    @torch.no_grad()
+    def save_samples(self, it, fixed):
+        x, targets, titles, aus_in = fixed
+        self.G.eval()   # no effect on the networks (no dropout, IN uses per-image statistics)
+        with self.autocast():
+            outs = []
+            for t in targets:
+                c = t.expand(x.shape[0], -1)
+                y, attn, color = self.G(x, c)
+                rec, _, _ = self.G(y, aus_in)
+                outs.append((attn, color, y, rec))
+        self.G.train()
+        rows = []
+        if self.cfg.dataset_kind == 'synthetic':   # what each target looks like on a reference face
+            ref = sf.sample_identity(424242)
+            rows.append([None] + sum([[None, None, render_target(ref, t, self.label_names, x.shape[-1]), None]
+                                      for t in targets.cpu()], []))
+        xs = vis.to_uint8(x)
+        for i in range(x.shape[0]):
+            row = [xs[i]]
+            for attn, color, y, rec in outs:
+                row += [vis.to_uint8(attn[i]), vis.to_uint8(color[i]), vis.to_uint8(y[i]), vis.to_uint8(rec[i])]
+            rows.append(row)
+        img = vis.grid(rows)
+        header = vis.label_strip(['input'] + sum([[f'A {t}', 'colour', 'output', 'rec'] for t in titles], []),
+                                 x.shape[-1])
+        img = np.concatenate([header[:, :img.shape[1]], img], 0) if header.shape[1] >= img.shape[1] else img
+        path = vis.save_png(img, os.path.join(self.dirs['samples'], f'{it:08d}-samples.png'))
+        if self.writer is not None:
+            self.writer.add_image('samples', img, it, dataformats='HWC')
+        return path
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self, it):
+        return {'G': self.G.state_dict(), 'D': self.D.state_dict(), 'g_optim': self.g_optim.state_dict(),
+                'd_optim': self.d_optim.state_dict(), 'iteration': it, 'config': config_dict(self.cfg),
+                'label_names': self.label_names, 'rng': checkpoint.rng_state(), 'format': 1}
+
+    def save_checkpoint(self, it):
+        return checkpoint.save(self.state(it), checkpoint.path_for(self.dirs['models'], it), keep=self.cfg.keep_checkpoints)
+
+    def restore(self, which):
+        path = checkpoint.find(self.dirs['models'], which)
+        ckpt = checkpoint.load(path)
+        check_compatible(ckpt, self.cfg, self.label_names, path)
+        checkpoint.check_state_dict(self.G, ckpt['G'], 'G', path)
+        checkpoint.check_state_dict(self.D, ckpt['D'], 'D', path)
+        self.G.load_state_dict(ckpt['G'])
+        self.D.load_state_dict(ckpt['D'])
+        self.g_optim.load_state_dict(ckpt['g_optim'])
+        self.d_optim.load_state_dict(ckpt['d_optim'])
+        checkpoint.set_rng_state(ckpt['rng'])
+        self.start_iter = int(ckpt['iteration'])
+        tqdm.write(f'resumed from {path} (iteration {self.start_iter})')
+        return path
+
+
+# The config entries that decide the shapes of the networks.
+SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num')
+
+
+def check_compatible(ckpt, cfg, label_names, path):
+    saved = ckpt.get('config', {})
+    problems = [f'--{k}: checkpoint {saved[k]}, now {getattr(cfg, k)}'
+                for k in SHAPE_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+    if 'label_names' in ckpt and list(ckpt['label_names']) != list(label_names):
+        problems.append(f'conditions (--aus / c_dim): checkpoint {" ".join(ckpt["label_names"])}, '
+                        f'now {" ".join(label_names)}')
+    if problems:
+        raise ValueError(f'{path} was made for another configuration:\n  ' + '\n  '.join(problems))
+
+
+def config_dict(cfg):
+    return {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool, type(None), list))}
+
+
+EMOTION_TARGETS = ['happy', 'surprise', 'sad', 'disgust', 'anger', 'fear']
+
+
+def fixed_targets(label_names, labels, num, seed):
+    """Target conditions for the sample grids: emotion prototypes when the labels are
+    standard AUs (readable at a glance), else rows of the label table."""
+    names = list(label_names)
+    if all(n in sf.AU_INDEX for n in names):
+        cols = [sf.AU_INDEX[n] for n in names]
+        vecs, titles = [], []
+        for emo in EMOTION_TARGETS:
+            v = torch.tensor(sf.emotion_prototype(emo, 4.5)[cols] / 5.0, dtype=torch.float32)
+            if v.sum() > 0:
+                vecs.append(v)
+                titles.append(emo)
+            if len(vecs) == num:
+                return torch.stack(vecs), titles
+    g = torch.Generator().manual_seed(seed)
+    strong = labels[labels.sum(1) >= labels.sum(1).median()]
+    idx = torch.randperm(strong.shape[0], generator=g)[:num]
+    return strong[idx].float(), [f'row{int(i)}' for i in idx]
+
+
+def render_target(identity, target01, label_names, size):
+    aus = np.zeros(sf.NUM_AUS)
+    for v, name in zip(target01.tolist(), label_names):
+        aus[sf.AU_INDEX[name]] = v * 5
+    return sf.render(identity, aus, size)
+
+
+def write_config(cfg, path):
+    with open(path, 'w') as f:
+        json.dump(config_dict(cfg), f, indent=1, sort_keys=True)

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+import losses
+from solver import Solver, random_flip, sample_targets
+
+
+def test_tv_loss_by_hand():
+    a = torch.tensor([[[[0.0, 1.0], [0.5, 0.5]]]])
+    # horizontal diffs: |1-0|, |0.5-0.5| -> mean 0.5; vertical: |0.5-0|, |0.5-1| -> mean 0.5
+    assert losses.tv_loss(a).item() == pytest.approx(1.0)
+    assert losses.tv_loss(torch.full((2, 1, 4, 4), 0.3)).item() == 0
+
+
+def test_au_loss_is_mean_over_batch_and_aus():
+    pred = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    target = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    assert losses.au_loss(pred, target).item() == pytest.approx(0.5)
+
+
+def test_gradient_penalty_known_gradient():
+    # critic f(x) = sum(w * x) per sample: the gradient is w everywhere, ||w|| = 3 -> (3 - 1)^2 = 4
+    w = torch.zeros(1, 2, 2, 2)
+    w[0, 0, 0, 0], w[0, 1, 1, 1] = 3 * 0.6, 3 * 0.8
+    w.requires_grad_(True)
+    x_hat = losses.interpolate(torch.rand(4, 2, 2, 2), torch.rand(4, 2, 2, 2))
+    out = (x_hat * w).flatten(1).sum(1, keepdim=True)
+    gp = losses.gradient_penalty(out, x_hat)
+    assert gp.item() == pytest.approx(4.0, rel=1e-5)
+    gp.backward()   # double backward reaches the critic's weights: d gp / d w = 2 (|w| - 1) w / |w|
+    assert torch.allclose(w.grad, 2 * 2 * w.detach() / 3)
+    w_unit = w.detach() / 3
+    out = (x_hat * w_unit).flatten(1).sum(1)
+    assert losses.gradient_penalty(out, x_hat).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_interpolate_lies_between():
+    a, b = torch.zeros(5, 1, 2, 2), torch.ones(5, 1, 2, 2)
+    x = losses.interpolate(a, b, torch.Generator().manual_seed(0))
+    assert x.requires_grad and (x >= 0).all() and (x <= 1).all()
+    assert torch.allclose(x, x[:, :, :1, :1].expand_as(x))  # one alpha per sample
+
+
+def test_critic_loss_by_hand():
+    out_real = torch.tensor([[1.0], [3.0]])
+    out_fake = torch.tensor([[0.5], [0.5]])
+    au_pred, au_real = torch.zeros(2, 3), torch.ones(2, 3)
+    gp = torch.tensor(0.25)
+    loss, rec = losses.critic_loss(out_real, out_fake, au_pred, au_real, gp, lambda_gp=10, lambda_cls=2)
+    # -2 + 0.5 + 10*0.25 + 2*1
+    assert loss.item() == pytest.approx(3.0)
+    assert rec['D/real'] == pytest.approx(-2) and rec['D/gp'] == pytest.approx(0.25)
+
+
+def test_generator_loss_by_hand():
+    out_fake = torch.tensor([[2.0]])
+    au_pred, au_trg = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+    x = torch.zeros(1, 3, 2, 2)
+    x_rec = torch.full((1, 3, 2, 2), 0.5)
+    a_f = torch.tensor([[[[0.0, 1.0], [0.0, 1.0]]]])    # mean 0.5, TV: 1 + 0
+    a_r = torch.ones(1, 1, 2, 2)                          # mean 1, TV 0
+    loss, rec = losses.generator_loss(out_fake, au_pred, au_trg, x, x_rec, [a_f, a_r], lambda_cls=4,
+                                      lambda_rec=10, lambda_sat=0.1, lambda_smooth=0.01)
+    # -2 + 4*0.5 + 10*0.5 + 0.1*(0.5+1) + 0.01*(1+0)
+    assert loss.item() == pytest.approx(-2 + 2 + 5 + 0.15 + 0.01)
+    assert rec['G/attn_sat'] == pytest.approx(1.5)
+
+
+def test_virtual_cycle_mixes_its_l1():
+    z = torch.zeros(1, 3, 2, 2)
+    loss, rec = losses.generator_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), z, z, [],
+                                      1, 10, 0, 0, virtual=(torch.ones_like(z), z, []), virtual_weight=0.5)
+    assert rec['G/rec_virtual'] == pytest.approx(1.0) and loss.item() == pytest.approx(5.0)
+
+
+def test_targets_come_from_the_table_plus_noise():
+    table = torch.tensor([[0.0] * 4, [1.0] * 4, [0.5] * 4])
+    t = sample_targets(table, 500, torch.Generator().manual_seed(0), noise=0.1)
+    assert t.shape == (500, 4) and t.min() >= 0 and t.max() <= 1
+    dist = (t[:, None, :] - table[None]).abs().amax(-1).min(1).values
+    assert dist.max() <= 0.1 + 1e-6 and dist.mean() > 0.01
+
+
+def test_random_flip_flips_some():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    y = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    kept = (y == x).flatten(1).all(1)
+    assert (flipped | kept).all() and 10 < flipped.sum() < 54
+
+
+def test_linear_lr_decay():
+    class C:
+        num_iters, num_iters_decay, g_lr, d_lr = 100, 40, 1e-4, 2e-4
+    s = Solver.__new__(Solver)
+    s.cfg = C
+    assert s.learning_rates(0) == (1e-4, 2e-4) and s.learning_rates(59) == (1e-4, 2e-4)
+    assert s.learning_rates(80) == pytest.approx((0.5e-4, 1e-4))
+    assert s.learning_rates(99)[0] == pytest.approx(1e-4 / 40)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from model import Discriminator, Generator
+
+
+@pytest.mark.parametrize('size, d_repeat', [(32, 5), (64, 5), (128, 6)])
+def test_shapes_and_ranges_batch_of_one(size, d_repeat):
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=17, repeat_num=2)
+    D = Discriminator(image_size=size, conv_dim=8, c_dim=17, repeat_num=d_repeat)
+    x = torch.rand(1, 3, size, size) * 2 - 1
+    c = torch.rand(1, 17)
+    y, attn, color = G(x, c)
+    assert y.shape == (1, 3, size, size) and attn.shape == (1, 1, size, size) and color.shape == y.shape
+    assert 0 <= attn.min() and attn.max() <= 1 and -1 <= color.min() and color.max() <= 1
+    assert -1 <= y.min() and y.max() <= 1
+    src, cls, code = D(y)
+    k = size // 2 ** d_repeat
+    assert src.shape == (1, 1, k, k) and cls.shape == (1, 17) and code is None
+
+
+def test_critic_rejects_too_small_images_clearly():
+    with pytest.raises(ValueError, match='--d_repeat_num <= 5'):
+        Discriminator(image_size=32, repeat_num=6)
+    with pytest.raises(ValueError, match='power of two'):
+        Discriminator(image_size=96, repeat_num=5)
+
+
+class _Ones(torch.nn.Module):
+    def forward(self, h):
+        return torch.ones_like(h[:, :1])
+
+
+def test_full_attention_returns_the_input_exactly():
+    G = Generator(conv_dim=8, c_dim=5, repeat_num=1)
+    G.attn = _Ones()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y, _, _ = G(x, torch.rand(2, 5))
+    assert torch.equal(y, x)
+
+
+def test_instance_norm_uses_each_images_own_statistics_in_train_and_eval():
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=3, repeat_num=1)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    c = torch.rand(4, 3)
+    with torch.no_grad():
+        y_train = G(x, c)[0]
+        G.eval()
+        y_eval = G(x, c)[0]
+        y_alone = G(x[2:3], c[2:3])[0]
+    assert torch.allclose(y_train, y_eval, atol=1e-6)
+    assert torch.allclose(y_alone[0], y_eval[2], atol=1e-5)   # no batch statistics leak between images
+
+
+def test_condition_changes_output():
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=3, repeat_num=1)
+    x = torch.rand(1, 3, 32, 32)
+    assert not torch.allclose(G(x, torch.zeros(1, 3))[0], G(x, torch.ones(1, 3))[0])
+
+
+def test_ganmut_heads():
+    G = Generator(conv_dim=8, c_dim=2, repeat_num=1, attention=False)
+    y, attn, color = G(torch.rand(1, 3, 32, 32), torch.rand(1, 2))
+    assert attn is None and torch.equal(y, color)
+    D = Discriminator(image_size=32, conv_dim=8, c_dim=7, repeat_num=4, code_dim=2)
+    src, cls, code = D(y)
+    assert cls.shape == (1, 7) and code.shape == (1, 2)

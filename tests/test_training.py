@@ -1,0 +1,136 @@
+"""End-to-end: short training runs, checkpoints, resume, test mode (tiny models, 32 px)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import animate
+import checkpoint
+import main
+
+TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
+        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--log_step', '2',
+        '--synthetic_images', '48', '--num_workers', '0']
+
+
+@pytest.fixture(scope='module')
+def synth_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('synthetic'))
+
+
+def run(synth_dir, out, *extra):
+    rc = main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir,
+                    '--outputs_dir', str(out)] + TINY + list(extra))
+    assert rc == 0
+    return out
+
+
+def test_short_run_writes_everything(synth_dir, tmp_path):
+    out = run(synth_dir, tmp_path / 'run', '--num_iters', '6', '--num_iters_decay', '3',
+              '--sample_step', '3', '--model_save_step', '3', '--keep_checkpoints', '1')
+    ckpts = checkpoint.list_checkpoints(str(out / 'models'))
+    assert [it for it, _ in ckpts] == [6]                      # keep_checkpoints 1 pruned the older
+    assert not [f for f in os.listdir(out / 'models') if f.endswith('.tmp')]
+    ck = checkpoint.load(ckpts[0][1])
+    assert {'G', 'D', 'g_optim', 'd_optim', 'iteration', 'config', 'rng'} <= set(ck)
+    assert ck['iteration'] == 6 and ck['config']['image_size'] == 32
+    assert sorted(os.listdir(out / 'samples')) == ['00000003-samples.png', '00000006-samples.png']
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(out / 'logs'))
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['num_iters'] == 6 and cfg['dataset_kind'] == 'synthetic'
+    img = np.asarray(Image.open(out / 'samples' / '00000006-samples.png'))
+    assert img.shape[0] > 32 * 6 and img.std() > 10
+
+
+def test_resume_matches_uninterrupted_run(synth_dir, tmp_path):
+    args = ['--num_iters', '8', '--num_iters_decay', '4', '--sample_step', '100', '--model_save_step', '4']
+    full = run(synth_dir, tmp_path / 'full', *args)
+    # a second run that only has the checkpoint of iteration 4, then resumes
+    part = tmp_path / 'part' / 'models'
+    part.mkdir(parents=True)
+    src = checkpoint.path_for(str(full / 'models'), 4)
+    os.link(src, checkpoint.path_for(str(part), 4))
+    run(synth_dir, tmp_path / 'part', *args, '--resume_iters', 'latest')
+    a = checkpoint.load(checkpoint.path_for(str(full / 'models'), 8))
+    b = checkpoint.load(checkpoint.path_for(str(part), 8))
+    for key in ('G', 'D'):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f'{key}.{name} differs after resume'
+    assert a['g_optim']['state'][0]['step'] == b['g_optim']['state'][0]['step']
+
+
+def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys):
+    out = run(synth_dir, tmp_path / 'r', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100')
+    rc = main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir,
+                    '--outputs_dir', str(out), '--resume_iters', 'latest', '--num_iters', '4']
+                   + TINY[:2] + ['--g_conv_dim', '16'] + TINY[4:])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert '--g_conv_dim: checkpoint 8, now 16' in err
+
+
+def test_aus_subset_changes_condition_size(synth_dir, tmp_path):
+    out = run(synth_dir, tmp_path / 'aus', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '2',
+              '--aus', 'AU12,AU25,AU45')
+    ck = checkpoint.load(checkpoint.find(str(out / 'models')))
+    assert ck['G']['main.0.weight'].shape[1] == 3 + 3
+    assert ck['D']['cls.weight'].shape[0] == 3 and ck['label_names'] == ['AU12', 'AU25', 'AU45']
+
+
+@pytest.fixture(scope='module')
+def trained(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp('trained')
+    return run(synth_dir, out, '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100')
+
+
+def test_test_mode_one_gif_per_face_one_frame_per_row(trained, tmp_path):
+    faces = tmp_path / 'faces'
+    faces.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ('alice.png', 'bob.jpg'):
+        Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(faces / name)
+    seq = tmp_path / 'seq.txt'
+    seq.write_text(''.join(f'f{i}.png ' + ' '.join(['%.1f' % (i / 2)] * 17) + '\n' for i in range(5)))
+    res = tmp_path / 'res'
+    rc = main.main(['--mode', 'test', '--test_models_dir', str(trained / 'models'), '--test_images_dir', str(faces),
+                    '--test_attributes_path', str(seq), '--test_results_dir', str(res), '--test_batch_size', '2'])
+    assert rc == 0
+    for name in ('alice', 'bob'):
+        with Image.open(res / f'{name}.gif') as gif:
+            assert gif.n_frames == 5 and gif.size == (32, 32)
+        assert len(os.listdir(res / name)) == 5
+    assert (res / 'grid.png').exists()
+
+
+def test_test_mode_defaults_to_held_out_synthetic_faces(trained):
+    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_num_faces', '2'])
+    assert rc == 0
+    gifs = [f for f in os.listdir(trained / 'results') if f.endswith('.gif') and f != 'all_faces.gif']
+    assert len(gifs) == 2
+    # the grid has the rendered reference sequence on top plus one row per face
+    assert Image.open(trained / 'results' / 'grid.png').size[1] == 3 * 32 + 4 * 2
+
+
+def test_target_aus_edit(trained, tmp_path):
+    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_num_faces', '2',
+                    '--target_aus', 'AU12=4,AU25=2', '--test_results_dir', str(tmp_path)])
+    assert rc == 0
+    assert len([f for f in os.listdir(tmp_path) if f.endswith('_edited.png')]) == 2
+
+
+def test_parse_target_aus_and_errors():
+    names = ['AU01', 'AU12', 'AU25']
+    assert animate.parse_target_aus('AU12=4, AU25=2.5', names) == {1: 4.0, 2: 2.5}
+    assert animate.parse_target_aus('au01=0', names) == {0: 0.0}
+    for text, msg in [('AU12:4', 'form AU12=4'), ('AU99=1', 'not one of'), ('AU12=x', 'not a number'),
+                      ('AU12=6', 'outside'), ('', 'no AU given')]:
+        with pytest.raises(ValueError, match=msg):
+            animate.parse_target_aus(text, names)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main.main(['--mode', 'test', '--outputs_dir', str(tmp_path)]) == 2
+    assert 'no checkpoint' in capsys.readouterr().err
