@@ -255,7 +255,7 @@ class Solver:
         attn = means.get('G/attn_mean')
         if attn is None:
             return
-        extreme = attn < 0.03 or attn > 0.97
+        extreme = attn < 0.02 or attn > 0.98
         self.mask_extreme_logs = self.mask_extreme_logs + 1 if extreme else 0
         if self.mask_extreme_logs and self.mask_extreme_logs % 10 == 5:
             what = ('near 1: the generator copies its input (try a larger --lambda_sat)' if attn > 0.5 else
