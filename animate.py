@@ -105,7 +105,7 @@ def _faces(cfg, ckpt_cfg, size):
     return [(os.path.splitext(ds.files[i])[0], ds.load_uint8(i)) for i in range(n)]
 
 
-def _sequence(cfg, label_names, size, ckpt_cfg):
+def _sequence(cfg, label_names, size):
     """(AU sequence (T, 17 or c_dim) in 0-5 over the model's columns, reference frames or None)."""
     if cfg.test_attributes_path:
         names, au_names, values = dl.read_au_table(cfg.test_attributes_path)
@@ -141,7 +141,7 @@ def run(cfg):
     if cfg.target_aus:
         return edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp)
 
-    seq, refs = _sequence(cfg, label_names, size, ckpt_cfg)
+    seq, refs = _sequence(cfg, label_names, size)
     conds = torch.from_numpy(seq / 5.0).float()
     cols = _subsample(len(seq), cfg.grid_columns)
     rows = [[refs[j] for j in cols]] if refs is not None else []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import pickle
 
@@ -313,24 +312,6 @@ def emotion_dataset(image_dir, csv_path, image_size, c_dim):
     """GANmut dataset from an emotion CSV."""
     names, labels = read_emotion_csv(csv_path, c_dim)
     return LabelledImages(image_dir, names, labels, image_size, csv_path)
-
-
-def infinite_batches(dataset, batch_size, seed, num_workers=0, drop_last=True):
-    """Yields batches forever, reshuffling each epoch with a seeded generator."""
-    epoch = 0
-    while True:
-        g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=min(batch_size, len(dataset)),
-                                             sampler=torch.utils.data.RandomSampler(dataset, generator=g),
-                                             num_workers=num_workers, drop_last=drop_last,
-                                             persistent_workers=False)
-        for batch in loader:
-            yield batch
-        epoch += 1
-
-
-def num_batches_per_epoch(dataset, batch_size):
-    return max(1, math.floor(len(dataset) / batch_size))
 
 
 # --------------------------------------------------------------------------- fast path: uint8 cache

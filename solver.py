@@ -9,7 +9,6 @@ uninterrupted run would have done.
 """
 import json
 import os
-import time
 
 import numpy as np
 import torch
