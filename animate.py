@@ -25,7 +25,7 @@ def load_models(models_dir, device):
     ckpt = checkpoint.load(path)
     c = ckpt['config']
     names = list(ckpt['label_names'])
-    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'])
+    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], upsample=c.get('g_upsample', 'transposed'))
     D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'])
     checkpoint.check_state_dict(G, ckpt['G'], 'G', path)
     checkpoint.check_state_dict(D, ckpt['D'], 'D', path)

@@ -2,7 +2,8 @@
 
     python main.py --mode train                  # GANimation on data/celeba, else the synthetic faces
     python main.py --mode test                   # animate faces with the newest checkpoint
-    python main.py --mode demo                   # CPU-sized train + test on the synthetic faces
+    python main.py --mode eval                   # score the newest checkpoint (SPEC section 7)
+    python main.py --mode demo                   # CPU-sized train + test + eval on the synthetic faces
 
 Every default is below, visible and editable, as in the seed README.
 """
@@ -19,10 +20,15 @@ MODEL_FLAGS = [
     ('--d_conv_dim', 64, 'channels of the first critic conv'),
     ('--g_repeat_num', 6, 'residual blocks in the generator'),
     ('--d_repeat_num', 6, 'stride-2 convs in the critic (needs image_size >= 2**d_repeat_num)'),
+    ('--g_upsample', 'transposed', 'generator decoder: transposed (4x4 stride-2 transposed convs, as the seed) '
+                                   'or resize (nearest upsampling + 3x3 conv)'),
 ]
 LOSS_FLAGS = [
     ('--lambda_cls', 160.0, 'AU regression weight; loss = mean over batch and AUs (160 = official 4000 '
                             'summed over a batch of 25)'),
+    ('--lambda_cls_d', -1.0, 'AU regression weight in the critic\'s loss; -1: the same as --lambda_cls (as the seed). '
+                              'The AU head shares the critic\'s trunk: a large weight there makes the trunk an AU '
+                              'regressor and the real/fake head weak'),
     ('--lambda_rec', 10.0, 'cycle-consistency (reconstruction) weight'),
     ('--lambda_gp', 10.0, 'gradient-penalty weight'),
     ('--lambda_sat', 0.1, 'attention saturation weight: mean(A), pushes the mask away from copying the input'),
@@ -47,7 +53,9 @@ STEP_FLAGS = [
     ('--log_step', 10, 'log losses every N iterations'),
     ('--sample_step', 1000, 'save a sample grid every N iterations'),
     ('--model_save_step', 5000, 'save a checkpoint every N iterations'),
-    ('--eval_step', 0, 'log evaluation figures every N iterations (0: never)'),
+    ('--eval_step', 0, 'log evaluation figures on --eval_step_pairs pairs every N iterations (0: never)'),
+    ('--eval_step_pairs', 96, '(source, target) pairs scored during training'),
+    ('--eval_pairs', 512, '(source, target) pairs scored by --mode eval'),
 ]
 TEST_FLAGS = [
     ('--test_images_dir', '', 'folder of aligned face crops to animate (default: held-out synthetic faces)'),
@@ -72,7 +80,7 @@ DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repea
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--mode', default='train', choices=['train', 'test', 'demo'])
+    p.add_argument('--mode', default='train', choices=['train', 'test', 'eval', 'demo'])
     p.add_argument('--model', default='ganimation', choices=['ganimation'])
     p.add_argument('--dataset', default='auto',
                    help='auto: data/celeba when present, else the built-in synthetic faces; synthetic; or a folder')
@@ -165,6 +173,9 @@ def train(cfg):
         print(f'note: the labels have {train_set.labels.shape[1]} AUs; using that as c_dim')
     cfg.c_dim = train_set.labels.shape[1]
     solver = Solver(cfg, train_set, sample_set)
+    if cfg.eval_step:
+        import evaluate
+        solver.eval_hook = evaluate.TrainingProbe(cfg, solver, cfg.eval_step_pairs)
     print(f'dataset: {what}: {len(train_set)} training images, conditions: {" ".join(train_set.label_names)}')
     print(f'device: {solver.device}, bf16 autocast: {solver.amp_dtype is not None}, '
           f'channels_last: {solver.memory_format == __import__("torch").channels_last}')
@@ -194,6 +205,9 @@ def main(argv=None):
         if cfg.mode in ('test', 'demo'):
             import animate
             animate.run(cfg)
+        if cfg.mode in ('eval', 'demo'):
+            import evaluate
+            evaluate.run(cfg)
     except (ValueError, FileNotFoundError) as e:
         # data, checkpoint and flag errors: one clear line, no traceback
         from data_loader import DataError

@@ -35,8 +35,10 @@ class Generator(nn.Module):
     attention.
     """
 
-    def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True):
+    def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed'):
         super().__init__()
+        if upsample not in ('transposed', 'resize'):
+            raise ValueError(f'--g_upsample must be transposed or resize, got {upsample!r}')
         self.c_dim, self.attention = c_dim, attention
         layers = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
         ch = conv_dim
@@ -45,7 +47,11 @@ class Generator(nn.Module):
             ch *= 2
         layers += [ResidualBlock(ch) for _ in range(repeat_num)]
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), _norm(ch // 2), nn.ReLU(inplace=True)]
+            if upsample == 'transposed':   # SPEC section 4
+                up = [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False)]
+            else:   # nearest-neighbour resize, then a conv: no checkerboard pattern (Odena et al., 2016)
+                up = [nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch // 2, 3, 1, 1, bias=False)]
+            layers += up + [_norm(ch // 2), nn.ReLU(inplace=True)]
             ch //= 2
         self.main = nn.Sequential(*layers)
         self.color = nn.Sequential(nn.Conv2d(ch, 3, 7, 1, 3, bias=False), nn.Tanh())

@@ -92,7 +92,7 @@ class Solver:
         self.label_names = list(train_set.label_names)
         self.c_dim = len(self.label_names)
         torch.manual_seed(cfg.seed)
-        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num).to(self.device, memory_format=self.memory_format)
+        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample).to(self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num).to(
             self.device, memory_format=self.memory_format)
         fused = self.device.type == 'cuda'
@@ -178,7 +178,7 @@ class Solver:
         b = x_real.shape[0]
         gp = losses.gradient_penalty(out_src[2 * b:], x_hat)
         loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], aus_org, gp,
-                                          cfg.lambda_gp, cfg.lambda_cls)
+                                          cfg.lambda_gp, critic_au_weight(cfg))
         loss.backward()
         self.d_optim.step()
         return record
@@ -328,8 +328,14 @@ class Solver:
         return path
 
 
+def critic_au_weight(cfg):
+    """--lambda_cls_d, or --lambda_cls when it is negative (older configs have neither)."""
+    w = getattr(cfg, 'lambda_cls_d', -1.0)
+    return cfg.lambda_cls if w is None or w < 0 else w
+
+
 # The config entries that decide the shapes of the networks.
-SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num')
+SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample')
 
 
 def check_compatible(ckpt, cfg, label_names, path):

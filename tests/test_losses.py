@@ -97,3 +97,11 @@ def test_linear_lr_decay():
     assert s.learning_rates(0) == (1e-4, 2e-4) and s.learning_rates(59) == (1e-4, 2e-4)
     assert s.learning_rates(80) == pytest.approx((0.5e-4, 1e-4))
     assert s.learning_rates(99)[0] == pytest.approx(1e-4 / 40)
+
+
+def test_critic_au_weight_defaults_to_lambda_cls():
+    from types import SimpleNamespace
+    from solver import critic_au_weight
+    assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=-1.0)) == 160.0
+    assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=10.0)) == 10.0
+    assert critic_au_weight(SimpleNamespace(lambda_cls=160.0)) == 160.0     # configs of older runs

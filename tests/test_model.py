@@ -68,3 +68,14 @@ def test_ganmut_heads():
     D = Discriminator(image_size=32, conv_dim=8, c_dim=7, repeat_num=4, code_dim=2)
     src, cls, code = D(y)
     assert cls.shape == (1, 7) and code.shape == (1, 2)
+
+
+def test_resize_decoder_has_the_same_shapes_and_no_transposed_convs():
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=4, repeat_num=1, upsample='resize')
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in G.modules())
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in Generator(8, 4, 1).modules()) == 2
+    y, attn, _ = G(torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 4))
+    assert y.shape == (1, 3, 32, 32) and attn.shape == (1, 1, 32, 32)
+    with pytest.raises(ValueError, match='--g_upsample'):
+        Generator(8, 4, 1, upsample='bilinear')
