@@ -313,10 +313,9 @@ def format_table(res):
         extra += f'   mean attention {res["attn_mean"]:.3f}'
     lines.append(extra)
     if 'per_au' in res:
-        lines.append('per AU (AU MAE):   ' + '  '.join(f'{"AU":<5s}{"model":>7s}{"base":>7s}{"floor":>7s}'
-                                                        for _ in range(1)))
+        lines.append(f'AU MAE per AU {"model":>7s}{"base":>7s}{"floor":>7s}')
         for name, v in res['per_au'].items():
-            lines.append(f'                   {name:<5s}{v["model"]:7.2f}{v["baseline"]:7.2f}{v["floor"]:7.2f}')
+            lines.append(f'  {name:<11s}{v["model"]:7.2f}{v["baseline"]:7.2f}{v["floor"]:7.2f}')
     return '\n'.join(lines)
 
 
