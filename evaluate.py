@@ -31,6 +31,7 @@ import checkpoint
 import data_loader as dl
 import synthetic_faces as sf
 import visualize as vis
+from solver import images_to_float, resolve_amp, resolve_device
 
 READER_VERSION = 1
 
@@ -127,7 +128,7 @@ def fit_reader(train_set, device, iters=1500, batch_size=64, lr=2e-3, seed=0, am
     net.train()
     for it in range(iters):
         idx = torch.randint(0, len(train_set), (batch_size,), generator=g)
-        x = _to_float(images[idx], device)
+        x = images_to_float(images[idx], device, torch.channels_last)
         flip = torch.rand(batch_size, generator=g) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1).to(device), x.flip(-1), x)
         y = labels[idx].to(device)
@@ -170,11 +171,6 @@ def read(reader, x, batch_size=256):
         outs.append(reader(xb).float().cpu())
     out = torch.cat(outs)
     return torch.sigmoid(out) if reader.kind == 'au' else out
-
-
-def _to_float(x_uint8_nhwc, device):
-    return x_uint8_nhwc.to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0) \
-        .contiguous(memory_format=torch.channels_last)
 
 
 # --------------------------------------------------------------------------- the fixed pairs
@@ -355,7 +351,6 @@ def run(cfg):
     """--mode eval: score the newest checkpoint of the run; table on the console,
     JSON and a comparison grid in results/."""
     import animate
-    from solver import resolve_amp, resolve_device
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     models_dir = cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
@@ -367,7 +362,7 @@ def run(cfg):
     reader = load_or_fit_reader(train_set, device, amp)
     pairs = EvalPairs(image_dir, attr_path, label_names, size, cfg.eval_pairs, cfg.seed)
     res, y, attn = score(G, pairs, reader, device, amp)
-    it = int(checkpoint.load(path)['iteration'])
+    it = next(i for i, p in checkpoint.list_checkpoints(models_dir) if p == path)
     res.update({'checkpoint': path, 'iteration': it, 'image_size': size, 'data': attr_path})
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f'eval_{it:08d}.json')
