@@ -26,7 +26,8 @@ def load_models(models_dir, device):
     c = ckpt['config']
     names = list(ckpt['label_names'])
     G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], upsample=c.get('g_upsample', 'transposed'))
-    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'])
+    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'],
+                      label_trunk=c.get('d_label_trunk', 'shared'))
     checkpoint.check_state_dict(G, ckpt['G'], 'G', path)
     checkpoint.check_state_dict(D, ckpt['D'], 'D', path)
     G.load_state_dict(ckpt['G'])

@@ -4,6 +4,7 @@
     python main.py --mode test                   # animate faces with the newest checkpoint
     python main.py --mode eval                   # score the newest checkpoint (SPEC section 7)
     python main.py --mode demo                   # CPU-sized train + test + eval on the synthetic faces
+    python main.py --model ganmut                # GANmut (learned emotion space); --mode test/eval/demo too
 
 Every default is below, visible and editable, as in the seed README.
 """
@@ -20,6 +21,8 @@ MODEL_FLAGS = [
     ('--d_conv_dim', 64, 'channels of the first critic conv'),
     ('--g_repeat_num', 6, 'residual blocks in the generator'),
     ('--d_repeat_num', 6, 'stride-2 convs in the critic (needs image_size >= 2**d_repeat_num)'),
+    ('--d_label_trunk', 'shared', 'critic: shared (one trunk feeds the realism and AU heads, as the seed) or '
+                                  'separate (the AU head gets its own trunk)'),
     ('--g_upsample', 'transposed', 'generator decoder: transposed (4x4 stride-2 transposed convs, as the seed) '
                                    'or resize (nearest upsampling + 3x3 conv)'),
 ]
@@ -29,6 +32,12 @@ LOSS_FLAGS = [
     ('--lambda_cls_d', -1.0, 'AU regression weight in the critic\'s loss; -1: the same as --lambda_cls (as the seed). '
                               'The AU head shares the critic\'s trunk: a large weight there makes the trunk an AU '
                               'regressor and the real/fake head weak'),
+    ('--au_noise', 0.0, 'std of gaussian noise added to the images the critic\'s AU head reads (images in [-1, 1]); '
+                        'makes the head read shapes rather than faint patterns the generator can paint'),
+    ('--lambda_au_jac', 0.0, 'penalty on the input gradient of the critic\'s AU head (at the GP\'s interpolates): '
+                             'the head must read shapes, not faint patterns the generator can paint'),
+    ('--lambda_color_tv', 0.0, 'total variation of the colour head where the mask uses it (weighted by 1 - A): '
+                               'keeps the edited regions piecewise smooth instead of patterned'),
     ('--lambda_rec', 10.0, 'cycle-consistency (reconstruction) weight'),
     ('--lambda_gp', 10.0, 'gradient-penalty weight'),
     ('--lambda_sat', 0.1, 'attention saturation weight: mean(A), pushes the mask away from copying the input'),
@@ -78,11 +87,65 @@ DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repea
             sample_step=250, model_save_step=500, log_step=10, eval_step=500, synthetic_images=2000,
             outputs_dir='outputs/demo')
 
+# GANmut (--model ganmut, SPEC section 5). Flags it shares with GANimation (--c_dim, --lambda_cls,
+# --num_iters, ...) take GANMUT_DEFAULTS, the released code's values, unless given on the command line.
+GANMUT_FLAGS = [
+    ('--parametrization', 'linear', 'GANmut emotion space: linear (one learned axis per emotion) or gaussian '
+                                    '(one learned gaussian per emotion)'),
+    ('--emotion_dim', 2, 'dimensions of the GANmut emotion code (2, or 3 for a 3-D space)'),
+    ('--attention', 'true', 'GANmut generator: true = attention generator (A * x + (1 - A) * C), '
+                            'false = the released plain generator (tanh output)'),
+    ('--regularization_type', 'gp', 'GANmut critic regulariser: gp (on real-fake interpolates) or R1 (on real images)'),
+    ('--cycle_loss', 'approximate', 'GANmut cycle code: approximate (own emotion\'s axis x critic confidence) or '
+                                    'original (critic\'s code regression of the real image); gaussian: original '
+                                    'unless given'),
+    ('--lambda_reg', 10.0, 'GANmut critic regulariser weight (gp or R1)'),
+    ('--lambda_g_strength', 1.0, 'GANmut linear: MSE(max softmax of the fake\'s logits, strength) weight'),
+    ('--lambda_g_info', 1.0, 'GANmut linear: generator code-regression (info) weight'),
+    ('--lambda_d_info', 1.0, 'GANmut linear: critic code-regression (info) weight'),
+    ('--lambda_expr', 1.0, 'GANmut gaussian: critic code-regression weight'),
+    ('--lambda_prediction', 0.5, 'GANmut gaussian: CE of the mean-coded fakes weight'),
+    ('--n_r', 5, 'GANmut linear: codes per batch replaced by random directions'),
+    ('--info_moves_space', 'false', 'GANmut linear: whether the generator\'s info term MSE(code_hat(x_f), z) also moves '
+                                    'the axes (true) or only G (false: z detached in that term; with true the axes '
+                                    'bunched together in short runs, pulled towards the untrained code regression)'),
+    ('--wheel_frames', 48, 'GANmut --emotion_wheel: frames once around the plane'),
+    # the GANmut seed's flag names
+    ('--dataset_root', '', 'GANmut seed style: images in <dataset_root>/<imgs_folder>, labels <dataset_root>/training.csv'),
+    ('--imgs_folder', 'imgs', 'GANmut seed style: images folder inside --dataset_root'),
+    ('--sample_dir', '', 'GANmut seed alias: samples folder (default <outputs_dir>/samples)'),
+    ('--log_dir', '', 'GANmut seed alias: TensorBoard folder (default <outputs_dir>/logs)'),
+    ('--model_save_dir', '', 'GANmut seed alias: checkpoint folder (default <outputs_dir>/models); '
+                             'also what test and eval modes read'),
+    ('--result_dir', '', 'GANmut seed alias: results folder of test and eval modes (default <outputs_dir>/results)'),
+    ('--resume_iter', '', 'GANmut seed alias of --resume_iters'),
+]
+# GANmut test mode: the edit (flags without a default value)
+GANMUT_EDIT_FLAGS = [
+    ('--theta', float, 'GANmut edit: angle of the code in degrees (z = rho (cos theta, sin theta))'),
+    ('--rho', float, 'GANmut edit: radius of the code (1 = full strength of a linear axis); default 1'),
+    ('--x', float, 'GANmut edit: first coordinate of the code, in [-1, 1]'),
+    ('--y', float, 'GANmut edit: second coordinate of the code, in [-1, 1]'),
+    ('--z', float, 'GANmut edit: third coordinate of a 3-D code (default 0)'),
+    ('--emotion', str, 'GANmut edit: an emotion name (neutral, happy, sad, ...)'),
+    ('--intensity', float, 'GANmut edit: intensity of --emotion, 0 (neutral) to 1 (its axis tip or mean); default 1'),
+]
+GANMUT_CHOICES = {'--parametrization': ['linear', 'gaussian'], '--attention': ['true', 'false'],
+                  '--regularization_type': ['gp', 'R1', 'r1'], '--cycle_loss': ['approximate', 'original'],
+                  '--info_moves_space': ['true', 'false']}
+GANMUT_DEFAULTS = dict(c_dim=7, lambda_cls=1.0, lambda_rec=10.0, n_critic=5, batch_size=16, g_lr=1e-4, d_lr=1e-4,
+                       num_iters=2000000, num_iters_decay=100000, model_save_step=2000, outputs_dir='outputs/ganmut')
+# `--mode demo --model ganmut`: the CPU-sized GANimation demo's settings, for GANmut.
+GANMUT_DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
+                   num_iters=2500, num_iters_decay=500, n_critic=2, g_lr=2e-4, d_lr=2e-4, lambda_smooth=1.0,
+                   sample_step=250, model_save_step=500, log_step=10, eval_step=500, synthetic_images=2000,
+                   eval_pairs=280, outputs_dir='outputs/demo_ganmut')
+
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--mode', default='train', choices=['train', 'test', 'eval', 'demo'])
-    p.add_argument('--model', default='ganimation', choices=['ganimation'])
+    p.add_argument('--model', default='ganimation', choices=['ganimation', 'ganmut'])
     p.add_argument('--dataset', default='auto',
                    help='auto: data/celeba when present, else the built-in synthetic faces; synthetic; or a folder')
     p.add_argument('--image_dir', default='', help='images folder (overrides --dataset)')
@@ -106,7 +169,43 @@ def build_parser():
         g = p.add_argument_group(group)
         for flag, default, help_text in flags:
             g.add_argument(flag, type=type(default), default=default, help=help_text)
+    g = p.add_argument_group('GANmut (--model ganmut)', 'flags shared with GANimation take these values for GANmut '
+                             'unless given: ' + ', '.join(f'--{k} {v}' for k, v in GANMUT_DEFAULTS.items()))
+    for flag, default, help_text in GANMUT_FLAGS:
+        g.add_argument(flag, type=type(default), default=default, help=help_text, choices=GANMUT_CHOICES.get(flag))
+    for flag, kind, help_text in GANMUT_EDIT_FLAGS:
+        g.add_argument(flag, type=kind, default=None, help=help_text)
+    g.add_argument('--emotion_wheel', action='store_true', help='GANmut test mode: a GIF per face once around the plane')
     return p
+
+
+def setup_ganmut(cfg, given):
+    """GANmut's defaults and the GANmut seed's flag names; `given`: explicit_flags().
+
+    A GANmut-only flag without --model selects GANmut (so the seed's commands work as they are)."""
+    ganmut_only = {f[0][2:] for f in GANMUT_FLAGS + GANMUT_EDIT_FLAGS} | {'emotion_wheel'}
+    if 'model' not in given and (given & ganmut_only) - {'resume_iter', 'model_save_dir', 'result_dir'}:
+        print(f'note: --{sorted(given & ganmut_only)[0]} is a GANmut flag: using --model ganmut')
+        cfg.model = 'ganmut'
+    if cfg.resume_iter and 'resume_iters' not in given:
+        cfg.resume_iters = cfg.resume_iter
+    if cfg.model_save_dir and 'test_models_dir' not in given:
+        cfg.test_models_dir = cfg.model_save_dir
+    if cfg.result_dir and 'test_results_dir' not in given:
+        cfg.test_results_dir = cfg.result_dir
+    if cfg.model != 'ganmut':
+        return
+    for k, v in GANMUT_DEFAULTS.items():
+        if k not in given:
+            setattr(cfg, k, v)
+    if cfg.parametrization == 'gaussian' and 'cycle_loss' not in given:
+        cfg.cycle_loss = 'original'
+    cfg.regularization_type = cfg.regularization_type.lower()
+    if cfg.dataset_root:
+        if cfg.image_dir or cfg.attr_path:
+            raise SystemExit('give either --dataset_root (with --imgs_folder) or --image_dir and --attr_path')
+        cfg.image_dir = os.path.join(cfg.dataset_root, cfg.imgs_folder)
+        cfg.attr_path = os.path.join(cfg.dataset_root, 'training.csv')
 
 
 def explicit_flags(parser, argv):
@@ -193,22 +292,30 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     cfg = parser.parse_args(argv)
+    setup_ganmut(cfg, explicit_flags(parser, argv))   # GANmut defaults and the seed's flags
     if cfg.mode == 'demo':
         given = explicit_flags(parser, argv)
-        for k, v in DEMO.items():
+        for k, v in (GANMUT_DEMO if cfg.model == 'ganmut' else DEMO).items():
             if k not in given:
                 setattr(cfg, k, v)
         if 'dataset' not in given and not cfg.image_dir:
             cfg.dataset = 'synthetic'
     try:
         if cfg.mode in ('train', 'demo'):
-            train(cfg)
+            if cfg.model == 'ganmut':
+                import ganmut_solver
+                ganmut_solver.train(cfg)
+            else:
+                train(cfg)
+        ganmut_run = cfg.mode != 'train' and __import__('ganmut_animate').is_ganmut_run(cfg)   # the checkpoint's model
         if cfg.mode in ('test', 'demo'):
             import animate
-            animate.run(cfg)
+            import ganmut_animate
+            (ganmut_animate if ganmut_run else animate).run(cfg)
         if cfg.mode in ('eval', 'demo'):
             import evaluate
-            evaluate.run(cfg)
+            import ganmut_eval
+            (ganmut_eval if ganmut_run else evaluate).run(cfg)
     except (ValueError, FileNotFoundError) as e:
         # data, checkpoint and flag errors: one clear line, no traceback
         from data_loader import DataError

@@ -78,15 +78,15 @@ class Discriminator(nn.Module):
     and `code_dim` outputs regress the 2-D (or 3-D) emotion code.
     """
 
-    def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0):
+    def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0, label_trunk='shared'):
         super().__init__()
         check_sizes(image_size, repeat_num)
-        layers = [nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
-        ch = conv_dim
-        for _ in range(1, repeat_num):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
-            ch *= 2
-        self.main = nn.Sequential(*layers)
+        if label_trunk not in ('shared', 'separate'):
+            raise ValueError(f'--d_label_trunk must be shared or separate, got {label_trunk!r}')
+        self.main, ch = _patch_trunk(conv_dim, repeat_num)
+        # 'separate': the label heads (AUs, emotions, code) get a trunk of their own, so
+        # the realism score does not share features with a regression weighted 160x.
+        self.label_main = _patch_trunk(conv_dim, repeat_num)[0] if label_trunk == 'separate' else None
         k = image_size // 2 ** repeat_num
         self.src = nn.Conv2d(ch, 1, 3, 1, 1, bias=False)
         self.cls = nn.Conv2d(ch, c_dim, k, bias=False)
@@ -95,9 +95,23 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         h = self.main(x)
-        out_cls = self.cls(h).flatten(1)
-        out_code = self.code(h).flatten(1) if self.code is not None else None
+        if self.label_main is not None:
+            h_label = self.label_main(x)
+        else:
+            h_label = h
+        out_cls = self.cls(h_label).flatten(1)
+        out_code = self.code(h_label).flatten(1) if self.code is not None else None
         return self.src(h), out_cls, out_code
+
+
+def _patch_trunk(conv_dim, repeat_num):
+    """4x4 stride-2 convs with LeakyReLU(0.01), doubling the channels; returns (trunk, out channels)."""
+    layers = [nn.Conv2d(3, conv_dim, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
+    ch = conv_dim
+    for _ in range(1, repeat_num):
+        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
+        ch *= 2
+    return nn.Sequential(*layers), ch
 
 
 def check_sizes(image_size, d_repeat_num):

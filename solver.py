@@ -93,7 +93,8 @@ class Solver:
         self.c_dim = len(self.label_names)
         torch.manual_seed(cfg.seed)
         self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample).to(self.device, memory_format=self.memory_format)
-        self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num).to(
+        self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
+                               label_trunk=cfg.d_label_trunk).to(
             self.device, memory_format=self.memory_format)
         fused = self.device.type == 'cuda'
         self.g_optim = torch.optim.Adam(self.G.parameters(), cfg.g_lr, (cfg.beta1, cfg.beta2),
@@ -160,11 +161,11 @@ class Solver:
         # updated in this iteration (its graph does not involve the critic),
         # without grad otherwise.
         with torch.set_grad_enabled(g_step), self.autocast():
-            x_fake, attn_fake, _ = self.G(x_real, aus_trg)
+            x_fake, attn_fake, color_fake = self.G(x_real, aus_trg)
 
         record = self.critic_step(x_real, aus_org, x_fake.detach(), gen)
         if g_step:
-            record.update(self.generator_step(x_real, aus_org, aus_trg, x_fake, attn_fake, gen))
+            record.update(self.generator_step(x_real, aus_org, aus_trg, x_fake, attn_fake, gen, color_fake))
         return record
 
     def critic_step(self, x_real, aus_org, x_fake, gen):
@@ -173,23 +174,36 @@ class Solver:
         self.d_optim.zero_grad(set_to_none=True)
         with self.autocast():
             x_hat = losses.interpolate(x_real, x_fake, gen)
-            # one critic pass over real, fake and interpolated images
-            out_src, out_cls, _ = self.D(torch.cat([x_real, x_fake, x_hat]))
+            parts = [x_real, x_fake, x_hat]
+            if cfg.au_noise > 0:   # the AU head learns on noisy real images (see au_noisy)
+                parts.append(au_noisy(x_real, cfg.au_noise, gen))
+            # one critic pass over real, fake and interpolated (and noisy real) images
+            out_src, out_cls, _ = self.D(torch.cat(parts))
         b = x_real.shape[0]
-        gp = losses.gradient_penalty(out_src[2 * b:], x_hat)
-        loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], aus_org, gp,
+        gp = losses.gradient_penalty(out_src[2 * b:3 * b], x_hat)
+        au_pred_real = out_cls[3 * b:] if cfg.au_noise > 0 else out_cls[:b]
+        loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, gp,
                                           cfg.lambda_gp, critic_au_weight(cfg))
+        if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
+            jac = losses.au_jacobian_penalty(out_cls[2 * b:3 * b], x_hat, gen)
+            loss = loss + cfg.lambda_au_jac * jac
+            record['D/au_jac'] = jac.item()
         loss.backward()
         self.d_optim.step()
         return record
 
-    def generator_step(self, x_real, aus_org, aus_trg, x_fake, attn_fake, gen):
+    def generator_step(self, x_real, aus_org, aus_trg, x_fake, attn_fake, gen, color_fake=None):
         cfg = self.cfg
         self.D.requires_grad_(False)
         self.g_optim.zero_grad(set_to_none=True)
         with self.autocast():
-            out_src, out_cls, _ = self.D(x_fake)
-            x_rec, attn_rec, _ = self.G(x_fake, aus_org)
+            if cfg.au_noise > 0:
+                b = x_fake.shape[0]
+                out_src, out_cls, _ = self.D(torch.cat([x_fake, au_noisy(x_fake, cfg.au_noise, gen)]))
+                out_src, out_cls = out_src[:b], out_cls[b:]
+            else:
+                out_src, out_cls, _ = self.D(x_fake)
+            x_rec, attn_rec, color_rec = self.G(x_fake, aus_org)
             virtual = None
             if cfg.virtual:
                 aus_virtual = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
@@ -199,6 +213,10 @@ class Solver:
         loss, record = losses.generator_loss(out_src, out_cls, aus_trg, x_real, x_rec, [attn_fake, attn_rec],
                                              cfg.lambda_cls, cfg.lambda_rec, cfg.lambda_sat, cfg.lambda_smooth,
                                              virtual, cfg.virtual_weight)
+        if cfg.lambda_color_tv > 0 and attn_fake is not None:
+            color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
+            loss = loss + cfg.lambda_color_tv * color_tv
+            record['G/color_tv'] = color_tv.item()
         loss.backward()
         self.g_optim.step()
         record['G/attn_mean'] = attn_fake.float().mean().item()
@@ -328,6 +346,15 @@ class Solver:
         return path
 
 
+def au_noisy(x, std, gen):
+    """x + N(0, std^2): the AU head reads images with noise added, real ones when the
+    critic learns and fakes when the generator does. A regressor trained on clean images
+    only is fooled by faint high-frequency patterns, and the generator learns to paint
+    those instead of expressions; with the noise the head must read shapes, and the
+    generator's AU gradient is averaged over the noise."""
+    return x + std * torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
+
+
 def critic_au_weight(cfg):
     """--lambda_cls_d, or --lambda_cls when it is negative (older configs have neither)."""
     w = getattr(cfg, 'lambda_cls_d', -1.0)
@@ -335,7 +362,8 @@ def critic_au_weight(cfg):
 
 
 # The config entries that decide the shapes of the networks.
-SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample')
+SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample',
+              'd_label_trunk')
 
 
 def check_compatible(ckpt, cfg, label_names, path):

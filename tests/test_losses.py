@@ -105,3 +105,35 @@ def test_critic_au_weight_defaults_to_lambda_cls():
     assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=-1.0)) == 160.0
     assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=10.0)) == 10.0
     assert critic_au_weight(SimpleNamespace(lambda_cls=160.0)) == 160.0     # configs of older runs
+
+
+def test_color_tv_is_zero_for_flat_colour_or_unused_colour_and_weighted_by_the_mask():
+    from losses import color_tv_loss
+    flat = torch.full((2, 3, 8, 8), 0.3)
+    noisy = torch.zeros(2, 3, 8, 8)
+    noisy[..., ::2] = 1.0                        # stripes: |dx| = 1 everywhere, dy = 0
+    half = torch.full((2, 1, 8, 8), 0.5)
+    assert color_tv_loss(flat, half).item() == 0.0
+    assert color_tv_loss(noisy, torch.ones(2, 1, 8, 8)).item() == 0.0      # A = 1: the colour is not used
+    assert color_tv_loss(noisy, half).item() == pytest.approx(0.5)         # mean |dx| * (1 - A)
+    attn = half.clone().requires_grad_(True)
+    color = noisy.clone().requires_grad_(True)
+    color_tv_loss(color, attn).backward()
+    assert attn.grad is None or attn.grad.abs().sum() == 0                 # smooths C, never pushes A
+    assert color.grad.abs().sum() > 0
+
+
+def test_au_jacobian_penalty_of_a_linear_head_equals_the_hand_value():
+    from losses import au_jacobian_penalty
+    torch.manual_seed(0)
+    d, c, scale = 48, 5, 3.0
+    q, _ = torch.linalg.qr(torch.randn(d, c))    # orthonormal columns: ||W^T v|| = scale for unit v
+    w = scale * q.T
+    x = torch.randn(4, 3, 4, 4, requires_grad=True)
+    au_pred = x.flatten(1) @ w.T
+    pen = au_jacobian_penalty(au_pred, x, torch.Generator().manual_seed(1))
+    assert pen.item() == pytest.approx(scale ** 2, rel=1e-4)
+    w_nl = torch.randn(c, d, requires_grad=True)   # a nonlinear head: the penalty trains its weights
+    au_nl = torch.tanh(x.flatten(1) @ w_nl.T)
+    au_jacobian_penalty(au_nl, x).backward()
+    assert w_nl.grad is not None and w_nl.grad.abs().sum() > 0

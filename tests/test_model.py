@@ -79,3 +79,17 @@ def test_resize_decoder_has_the_same_shapes_and_no_transposed_convs():
     assert y.shape == (1, 3, 32, 32) and attn.shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match='--g_upsample'):
         Generator(8, 4, 1, upsample='bilinear')
+
+
+def test_separate_label_trunk_keeps_the_realism_trunk_out_of_the_label_heads():
+    torch.manual_seed(0)
+    D = Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4, label_trunk='separate')
+    shared = Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4)
+    assert sum(p.numel() for p in D.parameters()) > sum(p.numel() for p in shared.parameters())
+    src, cls, _ = D(torch.randn(2, 3, 32, 32))
+    assert src.shape == (2, 1, 2, 2) and cls.shape == (2, 5)
+    cls.sum().backward()
+    assert all(p.grad is None for p in D.main.parameters())          # realism trunk untouched
+    assert all(p.grad is not None for p in D.label_main.parameters())
+    with pytest.raises(ValueError, match='d_label_trunk'):
+        Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4, label_trunk='both')

@@ -1,0 +1,228 @@
+"""GANmut test mode: edit the emotion of faces (SPEC section 5, "Editing").
+
+    python main.py --mode test --model ganmut --theta 40 --rho 0.8          # a code in polar form (linear)
+    python main.py --mode test --model ganmut --x 0.3 --y -0.5              # a point of the plane (gaussian)
+    python main.py --mode test --model ganmut --emotion happy --intensity 0.7
+    python main.py --mode test --model ganmut --emotion_wheel               # a GIF once around the plane
+    python main.py --mode test --model ganmut                               # every emotion, plus the plane map
+
+Faces: --test_images_dir (aligned crops, any size), else the held-out faces of the
+checkpoint's data. Result folders follow GANimation's test mode (animate.py):
+`<face>_edited.png` and `edits.png` for an edit; `<face>/frame_0000.png ...`,
+`<face>.gif`, `all_faces.gif` and `grid.png` for the wheel; `<face>/<emotion>.png`,
+`grid.png` and `plane.png` without edit flags. The model comes from the
+checkpoint's own config, so no model flags are needed.
+"""
+import json
+import math
+import os
+
+import numpy as np
+import torch
+
+import checkpoint
+import data_loader as dl
+import ganmut
+import ganmut_solver as gs
+import ganmut_vis as gv
+import visualize as vis
+from animate import generate
+from model import Discriminator, Generator
+from solver import images_to_float, resolve_amp, resolve_device, resolve_flag
+
+
+def models_dir_of(cfg):
+    return cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
+
+
+def is_ganmut_run(cfg):
+    """Whether the newest checkpoint of the run is a GANmut one (read lazily, without loading
+    the weights); with no checkpoint, whether --model ganmut was asked for."""
+    try:
+        path = checkpoint.find(models_dir_of(cfg), 'latest')
+    except FileNotFoundError:
+        return cfg.model == 'ganmut'
+    ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    return ckpt.get('model', ckpt.get('config', {}).get('model')) == 'ganmut'
+
+
+def load_ganmut(models_dir, device):
+    """G, D and the emotion space of the newest checkpoint, built from its own config."""
+    path = checkpoint.find(models_dir, 'latest')
+    ckpt = checkpoint.load(path)
+    c = ckpt['config']
+    if ckpt.get('model', c.get('model')) != 'ganmut':
+        raise ValueError(f'{path} is not a GANmut checkpoint (model {c.get("model", "ganimation")})')
+    names = list(ckpt['label_names'])
+    dim = c['emotion_dim']
+    G = Generator(c['g_conv_dim'], dim, c['g_repeat_num'], attention=resolve_flag(c.get('attention', 'true'), True),
+                  upsample=c.get('g_upsample', 'transposed'))
+    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], code_dim=dim,
+                      label_trunk=c.get('d_label_trunk', 'shared'))
+    space = ganmut.make_space(c['parametrization'], len(names), dim, neutral_index=0, names=names)
+    for name, module in (('G', G), ('D', D), ('space', space)):
+        checkpoint.check_state_dict(module, ckpt[name], name, path)
+        module.load_state_dict(ckpt[name])
+    return G.to(device).eval(), D.to(device).eval(), space.to(device).eval(), c, names, path
+
+
+def faces_of(cfg, ckpt_cfg, size, num=None):
+    """[(name, (H, W, 3) uint8)]: --test_images_dir, else held-out faces of the checkpoint's data."""
+    import animate
+    if cfg.test_images_dir:
+        return animate._faces(cfg, ckpt_cfg, size)
+    image_dir, attr_path = ckpt_cfg.get('image_dir'), ckpt_cfg.get('attr_path')
+    if not image_dir or not attr_path or not os.path.exists(attr_path):
+        raise FileNotFoundError('test mode needs --test_images_dir: the training data of this checkpoint '
+                                f'({attr_path}) is not available')
+    ds = dl.emotion_dataset(image_dir, gs.held_out_csv(attr_path) or attr_path, size, 10 ** 6)
+    n = min(num or cfg.test_num_faces, len(ds))
+    return [(os.path.splitext(ds.files[i])[0], ds.load_uint8(i)) for i in range(n)]
+
+
+def edit_code(cfg, space):
+    """(code (dim,), description) of the edit flags, or None when no edit is asked for."""
+    polar = cfg.theta is not None or cfg.rho is not None
+    point = cfg.x is not None or cfg.y is not None or cfg.z is not None
+    named = cfg.emotion is not None
+    if sum([polar, point, named]) > 1:
+        raise ValueError('--theta/--rho, --x/--y and --emotion/--intensity are alternatives: give one kind of edit')
+    if cfg.intensity is not None and not named:
+        raise ValueError('--intensity goes with --emotion NAME')
+    device = next(space.parameters()).device
+    if named:
+        intensity = 1.0 if cfg.intensity is None else cfg.intensity
+        try:
+            code = space.code_for(cfg.emotion, intensity)
+        except ValueError as e:
+            raise ValueError(f'--emotion: {e}') from None
+        return code, f'{cfg.emotion} at intensity {intensity:g}'
+    if polar:
+        if space.dim != 2:
+            raise ValueError(f'--theta/--rho need a 2-D space; this model\'s is {space.dim}-D: use --x --y --z')
+        theta, rho = cfg.theta or 0.0, 1.0 if cfg.rho is None else cfg.rho
+        t = math.radians(theta)
+        code = torch.tensor([rho * math.cos(t), rho * math.sin(t)], device=device)
+        return code, f'theta {theta:g} deg, rho {rho:g}'
+    if point:
+        if cfg.z is not None and space.dim < 3:
+            raise ValueError('--z needs a 3-D space (--emotion_dim 3); this model\'s is 2-D')
+        values = [cfg.x or 0.0, cfg.y or 0.0] + [cfg.z or 0.0] * (space.dim - 2)
+        values += [0.0] * (space.dim - len(values))
+        return torch.tensor(values, device=device), 'code (' + ', '.join(f'{v:g}' for v in values) + ')'
+    return None
+
+
+def nearest_emotion(space, codes):
+    """Emotion index per code: the closest axis direction (linear; neutral near the origin) or
+    the most likely gaussian."""
+    with torch.no_grad():
+        if isinstance(space, ganmut.LinearSpace):
+            axes = space.axes()
+            cos = torch.nn.functional.normalize(codes, dim=1) @ axes.T
+            cos[:, space.neutral_index] = -2
+            best = cos.argmax(1)
+            return torch.where(codes.norm(dim=1) < 0.1, torch.full_like(best, space.neutral_index), best)
+        return space.target_distribution(codes).argmax(1)
+
+
+def wheel_codes(cfg, space, frames):
+    """Codes once around the plane: angle theta_0 + 360 k / frames, radius --rho (default: 1 for a
+    linear space, the mean distance of the emotions' means for a gaussian one), other dimensions 0."""
+    with torch.no_grad():
+        if cfg.rho is not None:
+            rho = cfg.rho
+        elif isinstance(space, ganmut.LinearSpace):
+            rho = 1.0
+        else:
+            others = [i for i in range(space.num_emotions) if i != space.neutral_index]
+            rho = float(space.means()[others, :2].norm(dim=1).mean().clamp(0.2, 1.0))
+    start = math.radians(cfg.theta or 0.0)
+    t = start + torch.arange(frames, dtype=torch.float32) * (2 * math.pi / frames)
+    codes = torch.zeros(frames, space.dim)
+    codes[:, 0], codes[:, 1] = rho * t.cos(), rho * t.sin()
+    return codes.to(next(space.parameters()).device), np.degrees(t.numpy()) % 360, rho
+
+
+def run(cfg):
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
+    G, D, space, ckpt_cfg, names, path = load_ganmut(models_dir_of(cfg), device)
+    size = ckpt_cfg['image_size']
+    faces = faces_of(cfg, ckpt_cfg, size)
+    print(f'test mode (GANmut, {ckpt_cfg["parametrization"]} space): {len(faces)} face(s), model {path}')
+    print('\n'.join(gs.describe(space)))
+    os.makedirs(out_dir, exist_ok=True)
+    x_all = images_to_float(torch.from_numpy(np.stack([f for _, f in faces])), device, torch.contiguous_format)
+    edit = edit_code(cfg, space)
+    if cfg.emotion_wheel:
+        return wheel(cfg, G, space, x_all, faces, out_dir, device, amp)
+    if edit is not None:
+        return edit_faces(G, x_all, faces, edit, out_dir, device, amp)
+    return all_emotions(cfg, G, space, x_all, faces, names, out_dir, device, amp)
+
+
+def edit_faces(G, x_all, faces, edit, out_dir, device, amp):
+    code, desc = edit
+    rows = []
+    for (name, img), x in zip(faces, x_all):
+        frames, masks = generate(G, x, code.unsqueeze(0), device, amp)
+        vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
+        rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
+    path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'edits.png'))
+    with open(os.path.join(out_dir, 'edit.json'), 'w') as f:
+        json.dump({'edit': desc, 'code': code.tolist(), 'faces': [n for n, _ in faces]}, f, indent=1)
+    print(f'edited {len(faces)} face(s) to {desc} (code {", ".join(f"{v:+.3f}" for v in code.tolist())}): '
+          f'{out_dir}/*_edited.png, grid (input | edited | attention): {path}')
+    return path
+
+
+def all_emotions(cfg, G, space, x_all, faces, names, out_dir, device, amp):
+    """Without edit flags: each face at every emotion at full intensity, and the plane map."""
+    intensity = 1.0
+    with torch.no_grad():
+        e = torch.arange(len(names), device=device)
+        codes = space.emotion_code(e, torch.full((len(names),), intensity, device=device))
+    rows = []
+    for (name, img), x in zip(faces, x_all):
+        frames, _ = generate(G, x, codes, device, amp)
+        for n, f in zip(names, frames):
+            vis.save_png(f, os.path.join(out_dir, name, f'{n}.png'))
+        rows.append([img] + list(frames))
+    size = x_all.shape[-1]
+    header = gv.label_row(['input'] + names, size, size=max(8, min(12, size // 4)))
+    grid_path = vis.save_png(gv.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        plane_faces, _ = gs.run_codes(G, x_all[0], gv.plane_codes(gs.PLANE_GRID, space.dim))
+    plane_path = vis.save_png(gv.plane_map(plane_faces, gs.PLANE_GRID, space, f'{faces[0][0]}'),
+                              os.path.join(out_dir, 'plane.png'))
+    print(f'wrote every emotion at intensity {intensity:g} for {len(faces)} face(s): {grid_path} '
+          f'(input | {" | ".join(names)}), <face>/<emotion>.png, and the plane map {plane_path}')
+    return grid_path
+
+
+def wheel(cfg, G, space, x_all, faces, out_dir, device, amp):
+    """--emotion_wheel: each face once around the plane, as GANimation's animations."""
+    codes, angles, rho = wheel_codes(cfg, space, cfg.wheel_frames)
+    nearest = nearest_emotion(space, codes).tolist()
+    cols = np.unique(np.linspace(0, len(codes) - 1, min(len(codes), cfg.grid_columns)).round().astype(int))
+    all_frames, rows = [], []
+    for (name, _), x in zip(faces, x_all):
+        frames, _ = generate(G, x, codes, device, amp, cfg.test_batch_size)
+        for t, f in enumerate(frames):
+            vis.save_png(f, os.path.join(out_dir, name, f'frame_{t:04d}.png'))
+        vis.save_gif(list(frames), os.path.join(out_dir, f'{name}.gif'), cfg.fps)
+        rows.append([frames[j] for j in cols])
+        all_frames.append(frames)
+    size = x_all.shape[-1]
+    header = gv.label_row([f'{angles[j]:.0f} deg\n{space.names[nearest[j]]}' for j in cols], size,
+                          height=max(26, size // 3), size=max(8, min(11, size // 5)))
+    grid_path = vis.save_png(gv.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
+    vis.save_gif([np.concatenate([s[t] for s in all_frames], 1) for t in range(len(codes))],
+                 os.path.join(out_dir, 'all_faces.gif'), cfg.fps)
+    np.savetxt(os.path.join(out_dir, 'wheel_codes.txt'), np.column_stack([angles, codes.cpu().numpy()]),
+               fmt='%.4f', header='theta_deg ' + ' '.join('xyz'[j] if j < 3 else f'z{j}' for j in range(space.dim)))
+    print(f'emotion wheel (radius {rho:.2f}, {len(codes)} frames): {len(faces)} GIF(s) in {out_dir}/, '
+          f'grid: {grid_path}, all faces: {os.path.join(out_dir, "all_faces.gif")}')
+    return grid_path

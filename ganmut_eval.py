@@ -1,0 +1,246 @@
+"""Evaluation of GANmut (SPEC section 7, for the emotion space).
+
+For held-out faces, every emotion is generated at its axis (linear, strength
+0.9) or mean (gaussian). Then:
+
+- an emotion classifier trained separately on the training split (evaluate.Reader
+  kind 'emotion', cached beside the data like the AU reader; never the critic,
+  which G was trained to please) reads the emotion of each edit: per-emotion
+  accuracy and the confusion matrix (rows: target emotion, columns: emotion read).
+  The do-nothing baseline (output = input) is scored the same way, and the
+  classifier's own accuracy on the true renderings (synthetic data) and on the
+  held-out images with their labels are the reference for how far it can be trusted;
+- identity preservation, on the synthetic faces: L1 (and PSNR, SSIM) between the
+  edit and the true rendering of the same identity with that emotion's prototype
+  AUs (at 0.9 x 5 = 4.5), beside the do-nothing baseline.
+
+    python main.py --mode eval --outputs_dir outputs/demo_ganmut
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+import checkpoint
+import data_loader as dl
+import evaluate as ev
+import ganmut_solver as gs
+import ganmut_vis as gv
+import synthetic_faces as sf
+import visualize as vis
+from solver import resolve_amp, resolve_device
+
+STRENGTH = 0.9   # linear: the codes are 0.9 * axis; the truth has the prototype at 0.9 * 5 AU units
+
+
+class EmotionEvalFaces:
+    """A fixed, seeded set of held-out faces, and (synthetic data) the true rendering of each
+    face's identity with each emotion's prototype: `truth` (N, E, 3, H, W) or None."""
+
+    def __init__(self, image_dir, attr_path, names, size, num_faces, seed=0):
+        held_out = gs.held_out_csv(attr_path)
+        self.split = 'test' if held_out else 'train'
+        ds = gs.emotion_set(image_dir, held_out or attr_path, size, len(names))
+        rng = np.random.default_rng(seed)
+        n = min(len(ds), max(1, num_faces))
+        self.index = np.sort(rng.choice(len(ds), n, replace=False))
+        self.names = list(names)
+        self.files = [ds.files[i] for i in self.index]
+        self.labels = ds.labels[self.index].clone()
+        self.x_src = dl.to_tensor(np.stack([ds.load_uint8(i) for i in self.index]))
+        self.truth = None
+        root = gs.synthetic_root(attr_path)
+        if root and all(n in sf.EMOTION_PROTOTYPES for n in names):
+            meta = sf.read_meta(root)
+            with open(os.path.join(root, 'dataset.json')) as f:
+                native = json.load(f)['image_size']
+            protos = [sf.emotion_prototype(n, STRENGTH * dl.AU_MAX) for n in names]
+            self.truth = torch.stack([dl.to_tensor(np.stack([ev.render_like_dataset(meta[f][0], p, native, size)
+                                                            for p in protos])) for f in self.files])
+
+    def __len__(self):
+        return len(self.files)
+
+
+@torch.no_grad()
+def edit_codes(space, strength=STRENGTH):
+    """(E, dim): each emotion's axis at `strength` (linear) or its mean (gaussian)."""
+    e = torch.arange(space.num_emotions, device=next(space.parameters()).device)
+    intensity = strength if hasattr(space, 'axes') else 1.0
+    return space.emotion_code(e, torch.full((space.num_emotions,), intensity, device=e.device)).float()
+
+
+@torch.no_grad()
+def run_edits(G, space, faces, device, amp_dtype=None, batch_size=64):
+    """(N, E, 3, H, W) float32 CPU: every face at every emotion's code."""
+    codes = edit_codes(space)
+    E = codes.shape[0]
+    x = faces.x_src.repeat_interleave(E, 0)
+    c = codes.repeat(len(faces), 1)
+    outs = []
+    for s in range(0, x.shape[0], batch_size):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            y, _, _ = G(x[s:s + batch_size].to(device), c[s:s + batch_size].to(device))
+        outs.append(y.float().cpu())
+    return torch.cat(outs).view(len(faces), E, *faces.x_src.shape[1:])
+
+
+def confusion(target, read, num):
+    """(num, num) counts: rows the target emotion, columns the emotion read."""
+    idx = target.long().reshape(-1) * num + read.long().reshape(-1)
+    return torch.bincount(idx, minlength=num * num)[:num * num].view(num, num)
+
+
+def score(G, space, faces, reader, device, amp_dtype=None):
+    """All figures -> (results dict, edits (N, E, 3, H, W))."""
+    was_training = G.training
+    G.eval()
+    y = run_edits(G, space, faces, device, amp_dtype)
+    G.train(was_training)
+    N, E = y.shape[:2]
+    names = faces.names
+    target = torch.arange(E).expand(N, E)
+    res = {'model_kind': 'ganmut', 'faces': N, 'split': faces.split, 'strength': STRENGTH,
+           'codes': 'axis x strength' if hasattr(space, 'axes') else 'gaussian means', 'emotions': names,
+           'model': {}, 'baseline': {}}
+    per = {n: {} for n in names}
+    if reader is not None:
+        read_y = ev.read(reader, y.flatten(0, 1)).argmax(1).view(N, E)
+        read_src = ev.read(reader, faces.x_src).argmax(1)
+        hit = (read_y == target).float()
+        base_hit = (read_src.unsqueeze(1) == target).float()
+        res['model']['emotion_accuracy'] = res['emotion_accuracy'] = hit.mean().item()
+        res['baseline']['emotion_accuracy'] = base_hit.mean().item()
+        res['reader_accuracy_held_out'] = (read_src == faces.labels).float().mean().item()
+        res['confusion'] = {'rows': 'target emotion', 'columns': 'emotion read by the classifier',
+                            'labels': names, 'model': confusion(target, read_y, E).tolist()}
+        for e, n in enumerate(names):
+            per[n].update(accuracy=hit[:, e].mean().item(), baseline_accuracy=base_hit[:, e].mean().item())
+        if faces.truth is not None:
+            read_truth = ev.read(reader, faces.truth.flatten(0, 1)).argmax(1).view(N, E)
+            truth_hit = (read_truth == target).float()
+            res['reader_accuracy_truth'] = truth_hit.mean().item()
+            res['confusion']['truth'] = confusion(target, read_truth, E).tolist()
+            for e, n in enumerate(names):
+                per[n]['reader_accuracy_truth'] = truth_hit[:, e].mean().item()
+    if faces.truth is not None:
+        truth = faces.truth.flatten(0, 1)
+        src = faces.x_src.repeat_interleave(E, 0)
+        res['model'].update(ev.image_scores(y.flatten(0, 1), truth))
+        res['baseline'].update(ev.image_scores(src, truth))
+        res['edit_error_reduction'] = 1 - res['model']['l1'] / max(res['baseline']['l1'], 1e-12)
+        res['identity_l1'], res['identity_l1_baseline'] = res['model']['l1'], res['baseline']['l1']
+        l1_model = ev.l1(y.flatten(0, 1), truth).view(N, E).mean(0)
+        l1_base = ev.l1(src, truth).view(N, E).mean(0)
+        for e, n in enumerate(names):
+            per[n].update(l1=l1_model[e].item(), baseline_l1=l1_base[e].item())
+    res['per_emotion'] = per
+    return res, y
+
+
+def format_table(res):
+    names = res['emotions']
+    lines = []
+    has_truth = 'edit_error_reduction' in res
+    cols = [('accuracy', 'acc'), ('baseline_accuracy', 'base acc'), ('reader_accuracy_truth', 'reader@truth'),
+            ('l1', 'L1'), ('baseline_l1', 'base L1')]
+    cols = [(k, t) for k, t in cols if any(k in res['per_emotion'][n] for n in names)]
+    width = max(8, max(len(n) for n in names))
+    lines.append(f'{"emotion":<{width}} ' + ' '.join(f'{t:>12s}' for _, t in cols))
+    for n in names:
+        v = res['per_emotion'][n]
+        lines.append(f'{n:<{width}} ' + ' '.join(f'{v[k]:12.3f}' if k in v else f'{"-":>12s}' for k, _ in cols))
+    if 'emotion_accuracy' in res:
+        lines.append(f'emotion accuracy {res["emotion_accuracy"]:.3f} (do-nothing baseline '
+                     f'{res["baseline"]["emotion_accuracy"]:.3f}); the classifier\'s own accuracy: '
+                     + (f'{res["reader_accuracy_truth"]:.3f} on the true renderings, ' if 'reader_accuracy_truth' in res
+                        else '') + f'{res["reader_accuracy_held_out"]:.3f} on the held-out images')
+    if has_truth:
+        m, b = res['model'], res['baseline']
+        lines.append(f'identity vs the true rendering: L1 {m["l1"]:.4f} (baseline {b["l1"]:.4f}), '
+                     f'PSNR {m["psnr"]:.2f} ({b["psnr"]:.2f}), SSIM {m["ssim"]:.4f} ({b["ssim"]:.4f}); '
+                     f'edit_error_reduction {res["edit_error_reduction"]:.3f}')
+    if 'confusion' in res:
+        short = [n[:5] for n in names]
+        lines.append(f'confusion (rows: target emotion, columns: emotion read), {res["faces"]} faces per row:')
+        lines.append(f'{"":<{width}} ' + ' '.join(f'{s:>5s}' for s in short))
+        for n, row in zip(names, res['confusion']['model']):
+            lines.append(f'{n:<{width}} ' + ' '.join(f'{v:5d}' for v in row))
+    return '\n'.join(lines)
+
+
+def comparison_grid(faces, y, n=6):
+    """Per face: source | for each emotion (truth,) output."""
+    n = min(n, len(faces))
+    rows = []
+    for i in range(n):
+        row = [vis.to_uint8(faces.x_src[i])]
+        for e in range(y.shape[1]):
+            if faces.truth is not None:
+                row.append(vis.to_uint8(faces.truth[i, e]))
+            row.append(vis.to_uint8(y[i, e]))
+        rows.append(row)
+    size = y.shape[-1]
+    titles = ['source\n'] + sum(([f'{name}\ntruth', f'{name}\nedit'] if faces.truth is not None else [name]
+                                 for name in faces.names), [])
+    header = gv.label_row(titles, size, height=max(24, size // 3), size=max(8, min(11, size // 5)))
+    return gv.stack([header, vis.grid(rows)])
+
+
+def load_reader(image_dir, attr_path, size, names, device, amp):
+    train_set = gs.emotion_set(image_dir, attr_path, size, len(names))
+    return ev.load_or_fit_reader(train_set, device, amp)
+
+
+def run(cfg):
+    """--mode eval for a GANmut run: table on the console, JSON and a grid in results/."""
+    import ganmut_animate
+    device = resolve_device(cfg.device)
+    amp = resolve_amp(cfg.amp, device)
+    models_dir = ganmut_animate.models_dir_of(cfg)
+    out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
+    G, _, space, ckpt_cfg, names, path = ganmut_animate.load_ganmut(models_dir, device)
+    image_dir, attr_path = ev.data_of_checkpoint(cfg, ckpt_cfg)
+    size = ckpt_cfg['image_size']
+    reader = load_reader(image_dir, attr_path, size, names, device, amp)
+    faces = EmotionEvalFaces(image_dir, attr_path, names, size, max(1, cfg.eval_pairs // len(names)), cfg.seed)
+    res, y = score(G, space, faces, reader, device, amp)
+    it = next(i for i, p in checkpoint.list_checkpoints(models_dir) if p == path)
+    res.update({'checkpoint': path, 'iteration': it, 'image_size': size, 'data': attr_path,
+                'parametrization': ckpt_cfg['parametrization'], 'space': space.describe()})
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f'eval_{it:08d}.json')
+    with open(json_path, 'w') as f:
+        json.dump(res, f, indent=1)
+    grid_path = vis.save_png(comparison_grid(faces, y), os.path.join(out_dir, f'eval_{it:08d}_grid.png'))
+    print(f'evaluation of {path} ({ckpt_cfg["parametrization"]} space) on {len(faces)} faces of the '
+          f'{faces.split} split x {len(names)} emotions:')
+    print(format_table(res))
+    print(f'wrote {json_path} and {grid_path}')
+    return res
+
+
+class TrainingProbe:
+    """--eval_step for GANmut: the same figures on a few faces during training, to TensorBoard
+    (eval/...) and results/eval_curve.jsonl."""
+
+    def __init__(self, cfg, solver, num_pairs=96):
+        names = solver.label_names
+        self.faces = EmotionEvalFaces(cfg.image_dir, cfg.attr_path, names, cfg.image_size,
+                                      max(1, num_pairs // len(names)), cfg.seed)
+        self.reader = ev.load_or_fit_reader(solver.train_set, solver.device, solver.amp_dtype)
+        self.curve_path = os.path.join(solver.dirs['results'], 'eval_curve.jsonl')
+
+    def __call__(self, solver, it):
+        res, _ = score(solver.G, solver.space, self.faces, self.reader, solver.device, solver.amp_dtype)
+        flat = {k: v for k, v in ev.flatten(res).items()
+                if isinstance(v, float) and not k.startswith(('per_emotion', 'confusion', 'strength'))}
+        for k, v in flat.items():
+            solver.writer.add_scalar(f'eval/{k}', v, it)
+        for n, v in res['per_emotion'].items():
+            if 'accuracy' in v:
+                solver.writer.add_scalar(f'eval/accuracy/{n}', v['accuracy'], it)
+        with open(self.curve_path, 'a') as f:
+            f.write(json.dumps({'iteration': it, **flat}) + '\n')
+        return res

@@ -1,0 +1,428 @@
+"""Training of GANmut (SPEC section 5): the GANimation Solver with a learned emotion space.
+
+    python main.py --model ganmut --parametrization linear      # or gaussian; --emotion_dim 3
+    python main.py --model ganmut --dataset_root dataset --imgs_folder imgs   # the seed's layout
+
+The generator is conditioned on a code z (2-D, optionally 3-D) instead of AUs;
+the space that maps emotions to codes (`ganmut.LinearSpace` / `GaussianSpace`)
+is an nn.Module optimised with G by the generator's Adam and saved in the
+checkpoint under 'space'. The critic has three heads: patch scores, c_dim
+emotion logits and the code regression. Everything else comes from
+`solver.Solver`: the uint8 batch cache, the per-iteration seeded RNG (batch
+order, flips, target emotions and strengths, random codes, GP points), the
+learning-rate decay, bf16 autocast, checkpoints, logging and the loop; a resumed
+run repeats what the uninterrupted run would have done.
+
+Samples every --sample_step: `<it>-samples.png` (for each emotion a row of faces
+at increasing strength), `<it>-plane.png` (faces on a grid of codes over
+[-1, 1]^2 beside the plane with the learned axes / gaussian ellipses) and
+`<it>-space.txt` (the axes or means in the units of test-mode editing).
+"""
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import checkpoint
+import data_loader as dl
+import ganmut
+import ganmut_vis as gv
+import losses
+import synthetic_faces as sf
+import visualize as vis
+from model import Discriminator, Generator
+from solver import Solver, check_compatible, images_to_float, random_flip, resolve_flag, write_config
+
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)   # the columns of the sample grid
+PLANE_GRID = 9                            # codes per side of the plane map
+
+
+# --------------------------------------------------------------------------- data
+
+def resolve_emotion_data(cfg):
+    """Fill cfg.image_dir, cfg.attr_path (an emotion CSV) and cfg.dataset_kind; return a description.
+
+    --image_dir/--attr_path (or --dataset_root/--imgs_folder) name the data; else --dataset:
+    `auto` and `synthetic` use the built-in synthetic faces' emotion labels (CelebA has none),
+    a folder must hold images/ (or imgs/) and training.csv."""
+    if cfg.image_dir or cfg.attr_path:
+        if not (cfg.image_dir and cfg.attr_path):
+            raise SystemExit('give both --image_dir and --attr_path (or --dataset_root), or neither')
+        if not cfg.attr_path.lower().endswith('.csv'):
+            raise SystemExit(f'--attr_path {cfg.attr_path}: GANmut trains on an emotion CSV '
+                             f'(header subDirectory_filePath,expression)')
+        what = f'{cfg.attr_path} with images in {cfg.image_dir}'
+    elif cfg.dataset in ('auto', 'synthetic'):
+        root = cfg.synthetic_dir
+        if not sf.is_synthetic_dataset(root, cfg.synthetic_images, cfg.image_size, 0):
+            print(f'generating {cfg.synthetic_images} synthetic faces at {cfg.image_size} px in {root} ...', flush=True)
+            sf.write_dataset(root, cfg.synthetic_images, cfg.image_size, seed=0)
+        cfg.image_dir, cfg.attr_path = os.path.join(root, 'images'), os.path.join(root, 'training.csv')
+        what = f'built-in synthetic faces, emotion labels ({cfg.synthetic_images} images, {root})'
+    else:
+        if not os.path.isdir(cfg.dataset):
+            raise SystemExit(f'--dataset {cfg.dataset}: no such folder (use auto, synthetic or a dataset folder)')
+        image_dir = next((os.path.join(cfg.dataset, d) for d in ('images', 'imgs')
+                          if os.path.isdir(os.path.join(cfg.dataset, d))), None)
+        attr = os.path.join(cfg.dataset, 'training.csv')
+        if image_dir is None or not os.path.exists(attr):
+            raise SystemExit(f'--dataset {cfg.dataset}: GANmut expects an images/ (or imgs/) folder and '
+                             f'training.csv inside it')
+        cfg.image_dir, cfg.attr_path = image_dir, attr
+        what = f'{cfg.dataset} ({attr})'
+    cfg.dataset_kind = 'synthetic' if synthetic_root(cfg.attr_path) else 'custom'
+    return what
+
+
+def synthetic_root(csv_path):
+    root = os.path.dirname(os.path.abspath(csv_path))
+    ok = all(os.path.exists(os.path.join(root, f)) for f in ('meta.csv', 'dataset.json'))
+    return root if ok else None
+
+
+def held_out_csv(csv_path):
+    """test.csv beside the training CSV (the synthetic data's held-out identities), or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(csv_path)), 'test.csv')
+    return path if os.path.exists(path) and os.path.abspath(path) != os.path.abspath(csv_path) else None
+
+
+def emotion_set(image_dir, csv_path, image_size, c_dim):
+    """dl.emotion_dataset with the emotion names as label_names."""
+    ds = dl.emotion_dataset(image_dir, csv_path, image_size, c_dim)
+    ds.label_names = ganmut.emotion_names(c_dim)
+    return ds
+
+
+def class_counts(labels, c_dim):
+    return np.bincount(np.asarray(labels), minlength=c_dim)[:c_dim]
+
+
+# --------------------------------------------------------------------------- the solver
+
+class GANmutSolver(Solver):
+    def __init__(self, cfg, train_set, sample_set=None):
+        super().__init__(cfg, train_set, sample_set)   # device, autocast, dirs, label names, ...
+        if cfg.emotion_dim < 2:
+            raise ValueError(f'--emotion_dim must be 2 or more, got {cfg.emotion_dim}')
+        if cfg.parametrization not in ganmut.PARAMETRIZATIONS:
+            raise ValueError(f'--parametrization must be linear or gaussian, got {cfg.parametrization}')
+        if cfg.regularization_type not in ('gp', 'r1'):
+            raise ValueError(f'--regularization_type must be gp or R1, got {cfg.regularization_type}')
+        self.linear = cfg.parametrization == 'linear'
+        self.attention = resolve_flag(cfg.attention, True)
+        # GANmut's networks replace the GANimation ones built by Solver.__init__
+        torch.manual_seed(cfg.seed)
+        self.G = Generator(cfg.g_conv_dim, cfg.emotion_dim, cfg.g_repeat_num, attention=self.attention,
+                           upsample=cfg.g_upsample).to(self.device, memory_format=self.memory_format)
+        self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num, code_dim=cfg.emotion_dim,
+                               label_trunk=getattr(cfg, 'd_label_trunk', 'shared')).to(
+            self.device, memory_format=self.memory_format)
+        self.space = ganmut.make_space(cfg.parametrization, self.c_dim, cfg.emotion_dim, neutral_index=0,
+                                       names=self.label_names).to(self.device)
+        fused = self.device.type == 'cuda'
+        self.g_optim = torch.optim.Adam(list(self.G.parameters()) + list(self.space.parameters()), cfg.g_lr,
+                                        (cfg.beta1, cfg.beta2), fused=fused, foreach=None if fused else True)
+        self.d_optim = torch.optim.Adam(self.D.parameters(), cfg.d_lr, (cfg.beta1, cfg.beta2),
+                                        fused=fused, foreach=None if fused else True)
+        for key, flag in (('samples', 'sample_dir'), ('logs', 'log_dir'), ('models', 'model_save_dir'),
+                          ('results', 'result_dir')):   # the GANmut seed's folder flags
+            if getattr(cfg, flag, ''):
+                self.dirs[key] = getattr(cfg, flag)
+
+    def batches(self, start):
+        """Solver.batches, with the uint8 cache of the emotion subset in its own folder
+        (`.cache/emotion/`), so that it and the AU cache of the same images (another file
+        list) do not replace each other."""
+        if resolve_flag(self.cfg.data_cache, True) and self.images is None:
+            cache_dir = os.path.join(os.path.dirname(os.path.abspath(self.train_set.image_dir)), '.cache', 'emotion')
+            self.images = torch.from_numpy(dl.uint8_cache(self.train_set, cache_dir).view(np.ndarray))
+        return super().batches(start)
+
+    # ----------------------------------------------------------------- one iteration
+    def set_learning_rates(self, it):
+        g_lr, d_lr = self.learning_rates(it)
+        for group in self.g_optim.param_groups:
+            group['lr'] = g_lr
+        for group in self.d_optim.param_groups:
+            group['lr'] = d_lr
+
+    def sample_targets(self, batch_size, gen):
+        """Training codes: linear: uniform target emotions, LinearSpace.sample (strengths,
+        noise, the first n_r codes random directions); gaussian: the means, then uniform codes."""
+        if self.linear:
+            e_t = torch.randint(0, self.c_dim, (batch_size,), generator=gen, device=gen.device).to(self.device)
+            return self.space.sample(e_t, gen, n_random=self.cfg.n_r)
+        return self.space.sample(batch_size, gen)
+
+    def train_step(self, it, x_real, labels):
+        cfg = self.cfg
+        gen = self.iteration_generator(it)
+        self.set_learning_rates(it)
+        x_real = random_flip(x_real, gen)
+        e_org = labels.long()
+        g_step = (it + 1) % cfg.n_critic == 0
+        # codes and fakes once: with the graph (to G and the space) when G is updated in this iteration
+        with torch.set_grad_enabled(g_step):
+            target = self.sample_targets(x_real.shape[0], gen)
+            with self.autocast():
+                x_fake, attn_fake, _ = self.G(x_real, target['code'])
+        record, real_out = self.critic_step(x_real, e_org, x_fake.detach(), target['code'].detach(), gen)
+        if g_step:
+            record.update(self.generator_step(x_real, e_org, target, x_fake, attn_fake, real_out))
+        return record
+
+    def critic_step(self, x_real, e_org, x_fake, z, gen):
+        """One critic pass over real, fake (and interpolated, for gp) images. Returns the record
+        and the critic's (detached) logits and code regression of the real images, which the
+        generator step uses for its cycle code."""
+        cfg = self.cfg
+        self.D.requires_grad_(True)
+        self.d_optim.zero_grad(set_to_none=True)
+        b = x_real.shape[0]
+        r1 = cfg.regularization_type == 'r1'
+        with self.autocast():
+            if r1:
+                x_in = x_real.detach().requires_grad_(True)
+                parts = [x_in, x_fake]
+            else:
+                x_hat = losses.interpolate(x_real, x_fake, gen)
+                parts = [x_real, x_fake, x_hat]
+            out_src, out_cls, out_code = self.D(torch.cat(parts))
+        reg = ganmut.r1_penalty(out_src[:b], x_in) if r1 else losses.gradient_penalty(out_src[2 * b:], x_hat)
+        if self.linear:
+            loss, record = ganmut.linear_critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], e_org,
+                                                     out_code[b:2 * b], z, reg, cfg.lambda_cls, cfg.lambda_reg,
+                                                     cfg.lambda_d_info)
+        else:
+            loss, record = ganmut.gaussian_critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], e_org,
+                                                       out_code[b:2 * b], z, reg, cfg.lambda_cls, cfg.lambda_reg,
+                                                       cfg.lambda_expr)
+        loss.backward()
+        self.d_optim.step()
+        return record, (out_cls[:b].detach(), out_code[:b].detach())
+
+    def generator_step(self, x_real, e_org, target, x_fake, attn_fake, real_out):
+        cfg = self.cfg
+        logits_real, code_real = real_out
+        self.D.requires_grad_(False)
+        self.g_optim.zero_grad(set_to_none=True)
+        with self.autocast():
+            out_src, out_cls, out_code = self.D(x_fake)
+            if cfg.cycle_loss == 'approximate':
+                z_org = ganmut.cycle_code_approximate(self.space, e_org, logits_real)
+            else:
+                z_org = ganmut.cycle_code_original(code_real)
+            x_rec, attn_rec, _ = self.G(x_fake, z_org)
+        masks = [attn_fake, attn_rec] if self.attention else ()
+        if self.linear:
+            if not resolve_flag(getattr(cfg, 'info_moves_space', 'false'), False):
+                target = dict(target, code=target['code'].detach())   # only the info term reads target['code']
+            loss, record = ganmut.linear_generator_loss(
+                out_src, out_cls, out_code, target, x_real, x_rec, cfg.lambda_cls, cfg.lambda_g_strength,
+                cfg.lambda_g_info, cfg.lambda_rec, self.space.neutral_index, masks, cfg.lambda_sat, cfg.lambda_smooth)
+        else:
+            log_p = self.space.target_log_distribution(target['code'])
+            loss, record = ganmut.gaussian_generator_loss(
+                out_src, out_cls, log_p, target['emotion'], x_real, x_rec, cfg.lambda_cls, cfg.lambda_prediction,
+                cfg.lambda_rec, masks, cfg.lambda_sat, cfg.lambda_smooth)
+        loss.backward()
+        self.g_optim.step()
+        if self.attention:
+            record['G/attn_mean'] = attn_fake.float().mean().item()
+        return record
+
+    # ----------------------------------------------------------------- logging
+    @staticmethod
+    def postfix(m):
+        keys = [('D/loss', 'D'), ('D/acc', 'acc'), ('G/loss', 'G'), ('G/cls', 'cls'), ('G/kl', 'kl'),
+                ('G/rec', 'rec'), ('G/attn_mean', 'attn')]
+        return ' '.join(f'{short}={m[k]:.3f}' for k, short in keys if k in m)
+
+    def log(self, it, means):
+        super().log(it, means)   # every loss term, learning rates, the attention warning
+        for k, v in space_scalars(self.space).items():
+            self.writer.add_scalar(k, v, it)
+
+    # ----------------------------------------------------------------- samples
+    def fixed_samples(self, n=2):
+        """Held-out faces: a neutral one first when there is one, then non-neutral ones."""
+        labels = self.sample_set.labels.tolist()
+        neutral = [i for i, e in enumerate(labels) if e == 0][:1]
+        others = [i for i, e in enumerate(labels) if e != 0][:n - len(neutral)]
+        idx = (neutral + others) or list(range(min(n, len(self.sample_set))))
+        x = torch.stack([torch.from_numpy(self.sample_set.load_uint8(i)) for i in idx])
+        return images_to_float(x, self.device, self.memory_format)
+
+    @torch.no_grad()
+    def save_samples(self, it, x):
+        self.G.eval()   # no effect on the layers (IN uses per-image statistics); for clarity
+        with self.autocast():
+            strength, plane = sample_pictures(self.G, self.space, x, self.label_names,
+                                              reference=self.cfg.dataset_kind == 'synthetic',
+                                              title=f'{self.cfg.parametrization} space, iteration {it}')
+        self.G.train()
+        path = vis.save_png(strength, os.path.join(self.dirs['samples'], f'{it:08d}-samples.png'))
+        vis.save_png(plane, os.path.join(self.dirs['samples'], f'{it:08d}-plane.png'))
+        lines = describe(self.space)
+        with open(os.path.join(self.dirs['samples'], f'{it:08d}-space.txt'), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        if self.writer is not None:
+            self.writer.add_image('samples', strength, it, dataformats='HWC')
+            self.writer.add_image('plane', plane, it, dataformats='HWC')
+            self.writer.add_text('space', '    ' + '\n    '.join(lines), it)
+        return path
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self, it):
+        state = super().state(it)
+        state.update(space=self.space.state_dict(), model='ganmut')
+        return state
+
+    def restore(self, which):
+        path = checkpoint.find(self.dirs['models'], which)
+        ckpt = checkpoint.load(path)
+        check_compatible(ckpt, self.cfg, self.label_names, path)
+        check_ganmut_config(ckpt.get('config', {}), self.cfg, path)
+        for name, module in (('G', self.G), ('D', self.D), ('space', self.space)):
+            checkpoint.check_state_dict(module, ckpt[name], name, path)
+            module.load_state_dict(ckpt[name])
+        self.g_optim.load_state_dict(ckpt['g_optim'])
+        self.d_optim.load_state_dict(ckpt['d_optim'])
+        checkpoint.set_rng_state(ckpt['rng'])
+        self.start_iter = int(ckpt['iteration'])
+        tqdm.write(f'resumed from {path} (iteration {self.start_iter})')
+        return path
+
+
+def check_ganmut_config(saved, cfg, path):
+    """Refuse a checkpoint of another model, space or generator kind, naming the mismatch."""
+    problems = []
+    if saved.get('model', 'ganimation') != 'ganmut':
+        problems.append(f'--model: checkpoint {saved.get("model", "ganimation")}, now ganmut')
+    for k in ('parametrization', 'emotion_dim'):
+        if k in saved and saved[k] != getattr(cfg, k):
+            problems.append(f'--{k}: checkpoint {saved[k]}, now {getattr(cfg, k)}')
+    if 'attention' in saved and resolve_flag(saved['attention'], True) != resolve_flag(cfg.attention, True):
+        problems.append(f'--attention: checkpoint {saved["attention"]}, now {cfg.attention}')
+    if problems:
+        raise ValueError(f'{path} was made for another configuration:\n  ' + '\n  '.join(problems))
+
+
+# --------------------------------------------------------------------------- shared with test and eval
+
+def describe(space):
+    """The learned axes or means with emotion names, in the units of test-mode editing."""
+    if space.dim == 2:
+        how = ('linear space: edit with --theta T --rho R, or --emotion NAME --intensity F'
+               if isinstance(space, ganmut.LinearSpace) else
+               'gaussian space: edit with --x X --y Y (the mean is the emotion at full intensity), '
+               'or --emotion NAME --intensity F')
+    else:
+        how = f'{space.dim}-D {"linear" if isinstance(space, ganmut.LinearSpace) else "gaussian"} space: ' \
+              f'edit with --x X --y Y --z Z, or --emotion NAME --intensity F'
+    return [how] + ['  ' + line for line in space.describe()]
+
+
+@torch.no_grad()
+def space_scalars(space):
+    """TensorBoard scalars of the space: axis angles (linear) or means and covariances (gaussian)."""
+    out = {}
+    comp = ['x', 'y', 'z'] if space.dim <= 3 else [f'z{j}' for j in range(space.dim)]
+    if isinstance(space, ganmut.LinearSpace):
+        axes = space.axes().float().cpu()
+        for i, name in enumerate(space.names):
+            if i == space.neutral_index:
+                continue
+            if space.dim == 2:
+                out[f'space/theta_deg/{name}'] = math.degrees(math.atan2(float(axes[i, 1]), float(axes[i, 0]))) % 360
+            else:
+                for j in range(space.dim):
+                    out[f'space/axis_{comp[j]}/{name}'] = float(axes[i, j])
+    else:
+        means, covs = space.means().float().cpu(), space.covariances().float().cpu()
+        for i, name in enumerate(space.names):
+            for j in range(space.dim):
+                out[f'space/mean_{comp[j]}/{name}'] = float(means[i, j])
+                for k in range(j, space.dim):
+                    out[f'space/cov_{comp[j]}{comp[k]}/{name}'] = float(covs[i, j, k])
+    return out
+
+
+@torch.no_grad()
+def run_codes(G, x, codes, batch_size=64):
+    """One face x (3, H, W) through G at each code (T, dim) -> (T, H, W, 3) uint8 outputs and masks (or None)."""
+    outs, masks = [], []
+    dev = next(G.parameters()).device
+    for s in range(0, codes.shape[0], batch_size):
+        c = codes[s:s + batch_size].to(dev)
+        y, attn, _ = G(x.unsqueeze(0).expand(c.shape[0], -1, -1, -1), c)
+        outs.append(vis.to_uint8(y))
+        masks.append(vis.to_uint8(attn * 2 - 1) if attn is not None else None)
+    return np.concatenate(outs), (np.concatenate(masks) if masks[0] is not None else None)
+
+
+def reference_faces(names, size, seed=424242, strength=0.9):
+    """Each emotion's prototype on a reference synthetic face (None for unknown names)."""
+    ident = sf.sample_identity(seed)
+    return [sf.render(ident, sf.emotion_prototype(n, strength * 5.0), size) if n in sf.EMOTION_PROTOTYPES
+            else np.full((size, size, 3), 255, np.uint8) for n in names]
+
+
+@torch.no_grad()
+def sample_pictures(G, space, x, names, reference=False, title='', strengths=STRENGTHS, grid_n=PLANE_GRID):
+    """(strength grid, plane map) uint8 images for faces x (B, 3, H, W); run under autocast by the caller."""
+    dev = x.device
+    e = torch.arange(len(names), device=dev).repeat_interleave(len(strengths))
+    s = torch.tensor(strengths, device=dev, dtype=torch.float32).repeat(len(names))
+    codes = space.emotion_code(e, s).float()
+    inputs, outputs, masks = [], [], []
+    last = len(strengths) - 1
+    for xi in x:
+        y, m = run_codes(G, xi, codes)
+        inputs.append(vis.to_uint8(xi))
+        outputs.append(y.reshape(len(names), len(strengths), *y.shape[1:]))
+        masks.append(m.reshape(len(names), len(strengths), *m.shape[1:])[:, last] if m is not None else None)
+    refs = reference_faces(names, x.shape[-1]) if reference else None
+    strength = gv.strength_grid(inputs, outputs, masks, names, strengths, refs)
+    faces, _ = run_codes(G, x[0], gv.plane_codes(grid_n, space.dim))
+    plane = gv.plane_map(faces, grid_n, space, title)
+    return strength, plane
+
+
+# --------------------------------------------------------------------------- entry point
+
+def train(cfg):
+    what = resolve_emotion_data(cfg)
+    train_set = emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim)
+    test_csv = held_out_csv(cfg.attr_path)
+    sample_set = None
+    if test_csv:
+        try:
+            sample_set = emotion_set(cfg.image_dir, test_csv, cfg.image_size, cfg.c_dim)
+        except dl.DataError:
+            sample_set = None
+    solver = GANmutSolver(cfg, train_set, sample_set)
+    counts = class_counts(train_set.labels.numpy(), cfg.c_dim)
+    print(f'dataset: {what}: {len(train_set)} training images; per emotion: '
+          + ', '.join(f'{n} {c}' for n, c in zip(solver.label_names, counts)))
+    if (counts == 0).any():
+        print('warning: no training image of ' + ', '.join(n for n, c in zip(solver.label_names, counts) if c == 0)
+              + f' (rows with expression < --c_dim {cfg.c_dim} are used)')
+    print(f'GANmut: {cfg.parametrization} {cfg.emotion_dim}-D space, '
+          f'{"attention" if solver.attention else "plain"} generator, regulariser {cfg.regularization_type}, '
+          f'{cfg.cycle_loss} cycle; device {solver.device}, bf16 autocast: {solver.amp_dtype is not None}')
+    if cfg.eval_step:
+        import ganmut_eval
+        solver.eval_hook = ganmut_eval.TrainingProbe(cfg, solver, cfg.eval_step_pairs)
+    config_dir = cfg.model_save_dir or cfg.outputs_dir   # with the seed's folder flags: beside the checkpoints
+    os.makedirs(config_dir, exist_ok=True)
+    write_config(cfg, os.path.join(config_dir, 'config.json'))
+    t0 = time.time()
+    solver.train()
+    print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
+          f'samples in {solver.dirs["samples"]}')
+    print('\n'.join(describe(solver.space)))
+    return solver
