@@ -317,13 +317,26 @@ def emotion_dataset(image_dir, csv_path, image_size, c_dim):
 # --------------------------------------------------------------------------- fast path: uint8 cache
 
 def _cache_key(dataset):
-    """Changes whenever an image file, the file list or the image size changes."""
+    """Changes whenever an image file, the file list, the labels or the image size changes.
+
+    The cache holds only pixels, but a change of the labels rebuilds it too: a relabelled
+    dataset is a new dataset, and nothing stale can then be paired with the new labels.
+    """
     import hashlib
-    h = hashlib.sha1(f'v1 {dataset.image_size}\n'.encode())
+    h = hashlib.sha1(f'v2 {dataset.image_size}\n'.encode())
     for fn in dataset.files:
         st = os.stat(os.path.join(dataset.image_dir, fn))
         h.update(f'{fn} {st.st_size} {st.st_mtime_ns}\n'.encode())
+    h.update(np.ascontiguousarray(dataset.labels.numpy()).tobytes())
     return h.hexdigest()[:16]
+
+
+def _cache_prefix(dataset):
+    """One cache per (image folder, label file, size): the AU and emotion views of a folder
+    keep their own files and do not evict each other."""
+    import hashlib
+    label = hashlib.sha1(os.path.abspath(dataset.label_path or '').encode()).hexdigest()[:6]
+    return f'{os.path.basename(os.path.abspath(dataset.image_dir))}_{dataset.image_size}px_{label}_'
 
 
 def uint8_cache(dataset, cache_dir=None, verbose=True):
@@ -331,12 +344,13 @@ def uint8_cache(dataset, cache_dir=None, verbose=True):
 
     The file lies beside the image folder (`<image_dir>/../.cache/`), or in
     `cache_dir` when given; its name carries a hash of the file list, sizes,
-    modification times and image size, so any change builds a new one.
+    modification times, labels and image size, so any change builds a new one
+    (and removes the stale one).
     """
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(dataset.image_dir)), '.cache')
-    key = _cache_key(dataset)
+    prefix = _cache_prefix(dataset)
     n, s = len(dataset), dataset.image_size
-    path = os.path.join(cache_dir, f'{os.path.basename(os.path.abspath(dataset.image_dir))}_{s}px_{key}.u8')
+    path = os.path.join(cache_dir, f'{prefix}{_cache_key(dataset)}.u8')
     if os.path.exists(path) and os.path.getsize(path) == n * s * s * 3:
         return np.memmap(path, dtype=np.uint8, mode='c', shape=(n, s, s, 3))  # copy-on-write: writable view, file untouched
     os.makedirs(cache_dir, exist_ok=True)
@@ -349,9 +363,8 @@ def uint8_cache(dataset, cache_dir=None, verbose=True):
     arr.flush()
     del arr
     os.replace(tmp, path)
-    for old in os.listdir(cache_dir):   # caches of older versions of this folder
-        if old.startswith(f'{os.path.basename(os.path.abspath(dataset.image_dir))}_{s}px_') and \
-                old.endswith('.u8') and old != os.path.basename(path):
+    for old in os.listdir(cache_dir):   # older versions of this cache
+        if old.startswith(prefix) and old.endswith('.u8') and old != os.path.basename(path):
             try:
                 os.remove(os.path.join(cache_dir, old))
             except OSError:

@@ -24,9 +24,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-import checkpoint
 import data_loader as dl
 import ganmut
 import ganmut_vis as gv
@@ -34,7 +32,7 @@ import losses
 import synthetic_faces as sf
 import visualize as vis
 from model import Discriminator, Generator
-from solver import Solver, check_compatible, images_to_float, random_flip, resolve_flag, write_config
+from solver import Solver, make_adam, images_to_float, random_flip, resolve_flag, write_config
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)   # the columns of the sample grid
 PLANE_GRID = 9                            # codes per side of the plane map
@@ -122,24 +120,13 @@ class GANmutSolver(Solver):
             self.device, memory_format=self.memory_format)
         self.space = ganmut.make_space(cfg.parametrization, self.c_dim, cfg.emotion_dim, neutral_index=0,
                                        names=self.label_names).to(self.device)
-        fused = self.device.type == 'cuda'
-        self.g_optim = torch.optim.Adam(list(self.G.parameters()) + list(self.space.parameters()), cfg.g_lr,
-                                        (cfg.beta1, cfg.beta2), fused=fused, foreach=None if fused else True)
-        self.d_optim = torch.optim.Adam(self.D.parameters(), cfg.d_lr, (cfg.beta1, cfg.beta2),
-                                        fused=fused, foreach=None if fused else True)
+        self.g_optim = make_adam(list(self.G.parameters()) + list(self.space.parameters()), cfg.g_lr, cfg,
+                                 self.device)
+        self.d_optim = make_adam(self.D.parameters(), cfg.d_lr, cfg, self.device)
         for key, flag in (('samples', 'sample_dir'), ('logs', 'log_dir'), ('models', 'model_save_dir'),
                           ('results', 'result_dir')):   # the GANmut seed's folder flags
             if getattr(cfg, flag, ''):
                 self.dirs[key] = getattr(cfg, flag)
-
-    def batches(self, start):
-        """Solver.batches, with the uint8 cache of the emotion subset in its own folder
-        (`.cache/emotion/`), so that it and the AU cache of the same images (another file
-        list) do not replace each other."""
-        if resolve_flag(self.cfg.data_cache, True) and self.images is None:
-            cache_dir = os.path.join(os.path.dirname(os.path.abspath(self.train_set.image_dir)), '.cache', 'emotion')
-            self.images = torch.from_numpy(dl.uint8_cache(self.train_set, cache_dir).view(np.ndarray))
-        return super().batches(start)
 
     # ----------------------------------------------------------------- one iteration
     def set_learning_rates(self, it):
@@ -281,20 +268,12 @@ class GANmutSolver(Solver):
         state.update(space=self.space.state_dict(), model='ganmut')
         return state
 
-    def restore(self, which):
-        path = checkpoint.find(self.dirs['models'], which)
-        ckpt = checkpoint.load(path)
-        check_compatible(ckpt, self.cfg, self.label_names, path)
+    def saved_modules(self):
+        return super().saved_modules() + (('space', self.space),)
+
+    def check_checkpoint(self, ckpt, path):
+        super().check_checkpoint(ckpt, path)
         check_ganmut_config(ckpt.get('config', {}), self.cfg, path)
-        for name, module in (('G', self.G), ('D', self.D), ('space', self.space)):
-            checkpoint.check_state_dict(module, ckpt[name], name, path)
-            module.load_state_dict(ckpt[name])
-        self.g_optim.load_state_dict(ckpt['g_optim'])
-        self.d_optim.load_state_dict(ckpt['d_optim'])
-        checkpoint.set_rng_state(ckpt['rng'])
-        self.start_iter = int(ckpt['iteration'])
-        tqdm.write(f'resumed from {path} (iteration {self.start_iter})')
-        return path
 
 
 def check_ganmut_config(saved, cfg, path):

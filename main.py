@@ -4,6 +4,7 @@
     python main.py --mode test                   # animate faces with the newest checkpoint
     python main.py --mode eval                   # score the newest checkpoint (SPEC section 7)
     python main.py --mode demo                   # CPU-sized train + test + eval on the synthetic faces
+    python main.py --mode bench --bench_compare   # time training and inference, optimised vs plain
     python main.py --model ganmut                # GANmut (learned emotion space); --mode test/eval/demo too
 
 Every default is below, visible and editable, as in the seed README.
@@ -144,7 +145,7 @@ GANMUT_DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--mode', default='train', choices=['train', 'test', 'eval', 'demo'])
+    p.add_argument('--mode', default='train', choices=['train', 'test', 'eval', 'demo', 'bench'])
     p.add_argument('--model', default='ganimation', choices=['ganimation', 'ganmut'])
     p.add_argument('--dataset', default='auto',
                    help='auto: data/celeba when present, else the built-in synthetic faces; synthetic; or a folder')
@@ -161,6 +162,14 @@ def build_parser():
                    help='bf16 autocast; auto: on for CUDA and for CPUs with AMX')
     p.add_argument('--channels_last', default='auto', choices=['auto', 'true', 'false'],
                    help='NHWC memory format for the convolutions')
+    p.add_argument('--fused_adam', default='auto', choices=['auto', 'false'],
+                   help='auto: fused Adam on CUDA, multi-tensor (foreach) on CPU; false: the per-parameter loop')
+    p.add_argument('--bench_compare', action='store_true',
+                   help='--mode bench: also time the plain path (fp32, eager, NCHW, loop Adam, simple loader)')
+    p.add_argument('--bench_iters', type=int, default=30, help='--mode bench: timed training iterations')
+    p.add_argument('--bench_warmup', type=int, default=5, help='--mode bench: untimed iterations first')
+    p.add_argument('--bench_infer_repeats', type=int, default=10,
+                   help='--mode bench: timed inference batches of --test_batch_size frames')
     p.add_argument('--data_cache', default='true', choices=['true', 'false'],
                    help='decode images once into a uint8 memory-mapped cache beside the dataset')
     p.add_argument('--virtual', action='store_true', help='virtual cycle-consistency loss (Kaneko et al.)')
@@ -301,6 +310,10 @@ def main(argv=None):
         if 'dataset' not in given and not cfg.image_dir:
             cfg.dataset = 'synthetic'
     try:
+        if cfg.mode == 'bench':
+            import bench
+            bench.run(cfg)
+            return 0
         if cfg.mode in ('train', 'demo'):
             if cfg.model == 'ganmut':
                 import ganmut_solver

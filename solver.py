@@ -55,6 +55,16 @@ def resolve_flag(value, default):
     return default if value == 'auto' else value in (True, 'true', '1', 'yes')
 
 
+def make_adam(params, lr, cfg, device):
+    """Adam with one fused kernel on CUDA, multi-tensor (foreach) updates on CPU, or the
+    plain per-parameter loop with --fused_adam false."""
+    impl = getattr(cfg, 'fused_adam', 'auto')
+    if impl == 'false':
+        return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=False)
+    fused = device.type == 'cuda'
+    return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), fused=fused, foreach=None if fused else True)
+
+
 def sample_targets(labels, batch_size, generator, noise=0.1):
     """Target conditions: rows of the in-memory label table plus U(-noise, noise), clipped to [0, 1]."""
     idx = torch.randint(0, labels.shape[0], (batch_size,), device=labels.device, generator=generator)
@@ -96,11 +106,8 @@ class Solver:
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
                                label_trunk=cfg.d_label_trunk).to(
             self.device, memory_format=self.memory_format)
-        fused = self.device.type == 'cuda'
-        self.g_optim = torch.optim.Adam(self.G.parameters(), cfg.g_lr, (cfg.beta1, cfg.beta2),
-                                        fused=fused, foreach=None if fused else True)
-        self.d_optim = torch.optim.Adam(self.D.parameters(), cfg.d_lr, (cfg.beta1, cfg.beta2),
-                                        fused=fused, foreach=None if fused else True)
+        self.g_optim = make_adam(self.G.parameters(), cfg.g_lr, cfg, self.device)
+        self.d_optim = make_adam(self.D.parameters(), cfg.d_lr, cfg, self.device)
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
         self.dirs = {k: os.path.join(cfg.outputs_dir, k) for k in ('logs', 'models', 'samples', 'results')}
         self.start_iter = 0
@@ -330,14 +337,20 @@ class Solver:
     def save_checkpoint(self, it):
         return checkpoint.save(self.state(it), checkpoint.path_for(self.dirs['models'], it), keep=self.cfg.keep_checkpoints)
 
+    def saved_modules(self):
+        """(checkpoint key, module) of what a checkpoint restores besides the optimisers."""
+        return (('G', self.G), ('D', self.D))
+
+    def check_checkpoint(self, ckpt, path):
+        check_compatible(ckpt, self.cfg, self.label_names, path)
+
     def restore(self, which):
         path = checkpoint.find(self.dirs['models'], which)
         ckpt = checkpoint.load(path)
-        check_compatible(ckpt, self.cfg, self.label_names, path)
-        checkpoint.check_state_dict(self.G, ckpt['G'], 'G', path)
-        checkpoint.check_state_dict(self.D, ckpt['D'], 'D', path)
-        self.G.load_state_dict(ckpt['G'])
-        self.D.load_state_dict(ckpt['D'])
+        self.check_checkpoint(ckpt, path)
+        for name, module in self.saved_modules():
+            checkpoint.check_state_dict(module, ckpt[name], name, path)
+            module.load_state_dict(ckpt[name])
         self.g_optim.load_state_dict(ckpt['g_optim'])
         self.d_optim.load_state_dict(ckpt['d_optim'])
         checkpoint.set_rng_state(ckpt['rng'])

@@ -159,3 +159,28 @@ def test_select_aus(synth):
         dl.select_aus(['AU99'], sf.AU_NAMES)
     ds = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, aus=['AU12', 'AU25'])
     assert ds.labels.shape[1] == 2 and ds.label_names == ['AU12', 'AU25']
+
+
+def test_uint8_cache_is_rebuilt_when_an_image_or_a_label_changes(tmp_path):
+    img_dir = tmp_path / 'images'
+    img_dir.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(img_dir / f'{i}.png')
+
+    def write_labels(v):
+        (tmp_path / 'aus.txt').write_text('name AU01 AU12\n' + ''.join(f'{i}.png {v} 1.0\n' for i in range(3)))
+    write_labels(2.0)
+    cache_dir = tmp_path / 'cache'
+    ds = dl.au_dataset(str(img_dir), str(tmp_path / 'aus.txt'), 8)
+    first = dl.uint8_cache(ds, str(cache_dir), verbose=False)
+    assert first[1].mean() == 40 and len(list(cache_dir.glob('*.u8'))) == 1
+    again = dl.uint8_cache(ds, str(cache_dir), verbose=False)
+    assert again.filename == first.filename                      # unchanged data: reused
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(img_dir / '1.png')
+    os.utime(img_dir / '1.png', ns=(1, 1))                        # a rewritten file: another modification time
+    changed = dl.uint8_cache(dl.au_dataset(str(img_dir), str(tmp_path / 'aus.txt'), 8), str(cache_dir), verbose=False)
+    assert changed.filename != first.filename and changed[1].mean() == 200
+    write_labels(3.0)
+    relabelled = dl.uint8_cache(dl.au_dataset(str(img_dir), str(tmp_path / 'aus.txt'), 8), str(cache_dir), verbose=False)
+    assert relabelled.filename != changed.filename
+    assert len(list(cache_dir.glob('*.u8'))) == 1                 # stale versions removed

@@ -205,15 +205,20 @@ def test_demo_path_train_test_eval_and_eval_step(synth_dir, tmp_path):
     assert json.loads((out / 'results' / 'eval_00000004.json').read_text())['faces'] == 1
 
 
-def test_emotion_csv_skips_affectnet_codes_and_classes_past_c_dim(tmp_path):
-    root = tmp_path / 'dataset'
+def write_emotion_dataset(root, n, size, ext, code):
+    """root/imgs/<i><ext> rendered with emotion code(i) % 8, and root/training.csv with code(i)."""
     (root / 'imgs').mkdir(parents=True)
     rows = ['subDirectory_filePath,expression']
-    for i in range(22):
-        Image.fromarray(sf.render(sf.sample_identity(i), sf.emotion_prototype(i % 8, 4.0), 32)).save(
-            root / 'imgs' / f'{i}.jpg')
-        rows.append(f'imgs/{i}.jpg,{i % 11}')                 # 8 None, 9 Uncertain, 10 No-Face
+    for i in range(n):
+        Image.fromarray(sf.render(sf.sample_identity(i), sf.emotion_prototype(code(i) % 8, 4.0), size)).save(
+            root / 'imgs' / f'{i}{ext}')
+        rows.append(f'imgs/{i}{ext},{code(i)}')
     (root / 'training.csv').write_text('\n'.join(rows) + '\n')
+
+
+def test_emotion_csv_skips_affectnet_codes_and_classes_past_c_dim(tmp_path):
+    root = tmp_path / 'dataset'
+    write_emotion_dataset(root, 22, 32, '.jpg', lambda i: i % 11)   # 8 None, 9 Uncertain, 10 No-Face
     ds = dl.emotion_dataset(str(root / 'imgs'), str(root / 'training.csv'), 32, c_dim=7)
     assert sorted(set(ds.labels.tolist())) == list(range(7)) and len(ds) == 14
     ds = dl.emotion_dataset(str(root / 'imgs'), str(root / 'training.csv'), 32, c_dim=8)
@@ -225,13 +230,7 @@ def test_emotion_csv_skips_affectnet_codes_and_classes_past_c_dim(tmp_path):
 def test_seed_style_flags(tmp_path, capsys):
     """The GANmut README's command: --dataset_root/--imgs_folder and the folder flags, no --model."""
     root = tmp_path / 'dataset'
-    (root / 'imgs').mkdir(parents=True)
-    rows = ['subDirectory_filePath,expression']
-    for i in range(12):
-        Image.fromarray(sf.render(sf.sample_identity(i), sf.emotion_prototype(i % 4, 4.0), 40)).save(
-            root / 'imgs' / f'{i}.png')
-        rows.append(f'imgs/{i}.png,{[i % 4, 9][i == 11]}')
-    (root / 'training.csv').write_text('\n'.join(rows) + '\n')
+    write_emotion_dataset(root, 12, 40, '.png', lambda i: 9 if i == 11 else i % 4)
     d = tmp_path / 'GANmut'
     seed = ['--dataset_root', str(root), '--imgs_folder', 'imgs', '--c_dim', '4',
             '--sample_dir', str(d / 'samples'), '--log_dir', str(d / 'logs'), '--model_save_dir', str(d / 'models'),

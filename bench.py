@@ -1,0 +1,208 @@
+"""--mode bench: how fast training and test-mode inference run, measured (issue 7).
+
+    python main.py --mode bench --image_size 64 --g_conv_dim 32 --d_conv_dim 32 \\
+        --g_repeat_num 3 --d_repeat_num 5 --batch_size 16 --bench_compare
+
+Times `--bench_iters` training iterations (critic steps, and generator steps in
+the `--n_critic` cadence of training) after `--bench_warmup` untimed ones, on
+real batches from the configured dataset (loading included), then test-mode
+inference (G forward passes in batches of `--test_batch_size`, no grad).
+`--bench_compare` repeats both on the plain path in the same process: fp32,
+eager, contiguous (NCHW) tensors, a for-loop Adam and the simple data loader
+(images decoded from disk every time by DataLoader workers).
+
+FLOP count (analytic, from the layer shapes): a convolution costs
+2 * C_in * C_out * k_h * k_w per output pixel (a transposed one per *input*
+pixel); norms, activations and the optimiser are left out (under 2% here). A
+backward pass counts twice its forward (gradients of the activations and of
+the weights). Per iteration, with F_G, F_D the forward FLOPs of one image:
+  critic step:    G forward (b) + D forward and backward (3b: real, fake,
+                  interpolated) + gradient penalty (b: the input gradient,
+                  F_D, and its backward, 2 F_D)  = b (F_G + 12 F_D)
+  generator step: reconstruction G forward (b), D forward (b), the backward
+                  through D (input gradients only: F_D) and through both G
+                  passes (4 F_G)                 = b (5 F_G + 2 F_D), once per n_critic iterations.
+Without --virtual.
+"""
+import copy
+import json
+import os
+import resource
+import time
+
+import torch
+import torch.nn as nn
+
+import data_loader as dl
+from solver import Solver, images_to_float, resolve_device
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+def forward_flops(model, *inputs):
+    """FLOPs of one forward pass of `model` on `inputs` (a batch of one), from its conv layers."""
+    total = 0
+
+    def hook(module, args, out):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        c_in = module.in_channels // module.groups
+        if isinstance(module, nn.ConvTranspose2d):
+            total += 2 * args[0].shape[-2] * args[0].shape[-1] * c_in * module.out_channels * k
+        else:
+            total += 2 * out.shape[-2] * out.shape[-1] * c_in * module.out_channels * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def step_flops(G, D, image_size, c_dim, batch_size, n_critic):
+    """Average FLOPs of one training iteration (see the module docstring)."""
+    device = next(G.parameters()).device
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    f_g = forward_flops(G, x, torch.zeros(1, c_dim, device=device))
+    f_d = forward_flops(D, x)
+    critic = batch_size * (f_g + 12 * f_d)
+    generator = batch_size * (5 * f_g + 2 * f_d)
+    return critic + generator / n_critic, f_g, f_d
+
+
+# --------------------------------------------------------------------------- timing
+
+def plain_config(cfg):
+    """The unoptimised path: fp32, eager, NCHW, for-loop Adam, images decoded every time."""
+    plain = copy.copy(cfg)
+    plain.amp, plain.channels_last, plain.data_cache, plain.fused_adam = 'off', 'false', 'false', 'false'
+    return plain
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB; the process's peak RSS
+
+
+def time_training(cfg, train_set, warmup, iters):
+    """ms per iteration over `iters` iterations that follow `warmup` untimed ones."""
+    run_cfg = copy.copy(cfg)
+    run_cfg.num_iters = warmup + iters
+    run_cfg.num_iters_decay = 0
+    solver = Solver(run_cfg, train_set)
+    if solver.device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(solver.device)
+    batches = solver.batches(0)
+    for it in range(warmup):
+        x, aus = next(batches)
+        solver.train_step(it, x, aus)
+    _sync(solver.device)
+    t0 = time.perf_counter()
+    for it in range(warmup, warmup + iters):
+        x, aus = next(batches)   # loading is part of what is timed
+        solver.train_step(it, x, aus)
+    _sync(solver.device)
+    ms = (time.perf_counter() - t0) * 1000 / iters
+    return ms, solver
+
+
+@torch.no_grad()
+def time_inference(solver, train_set, batch_size, repeats):
+    """Frames per second of test-mode generation (G forward, no grad) in batches of `batch_size`."""
+    n = min(batch_size, len(train_set))
+    x = torch.stack([torch.from_numpy(train_set.load_uint8(i)) for i in range(n)])
+    x = images_to_float(x, solver.device, solver.memory_format)
+    c = train_set.labels[:n].float().to(solver.device)
+    solver.G.eval()
+    for _ in range(2):
+        with solver.autocast():
+            solver.G(x, c)
+    _sync(solver.device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        with solver.autocast():
+            solver.G(x, c)
+    _sync(solver.device)
+    return n * repeats / (time.perf_counter() - t0)
+
+
+def measure(cfg, train_set):
+    ms, solver = time_training(cfg, train_set, cfg.bench_warmup, cfg.bench_iters)
+    flops, f_g, f_d = step_flops(solver.G, solver.D, cfg.image_size, solver.c_dim, cfg.batch_size, cfg.n_critic)
+    peak = peak_memory_mb(solver.device)
+    fps = time_inference(solver, train_set, cfg.test_batch_size, cfg.bench_infer_repeats)
+    return {'ms_per_iter': ms, 'images_per_s': cfg.batch_size * 1000 / ms, 'tflops': flops / (ms / 1000) / 1e12,
+            'flops_per_iter': flops, 'g_forward_flops_per_image': f_g, 'd_forward_flops_per_image': f_d,
+            'peak_memory_mb': peak, 'inference_frames_per_s': fps,
+            'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
+            'channels_last': solver.memory_format == torch.channels_last,
+            'data_cache': cfg.data_cache, 'fused_adam': cfg.fused_adam}
+
+
+def run(cfg):
+    import main as entry
+    what = entry.resolve_dataset(cfg)
+    train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train')
+    cfg.c_dim = train_set.labels.shape[1]
+    device = resolve_device(cfg.device)
+    print(f'bench: {what}; {cfg.image_size} px, G {cfg.g_conv_dim}/{cfg.g_repeat_num}, D {cfg.d_conv_dim}/'
+          f'{cfg.d_repeat_num}, batch {cfg.batch_size}, n_critic {cfg.n_critic}, device {device}, '
+          f'{cfg.bench_warmup} warm-up + {cfg.bench_iters} timed iterations', flush=True)
+    result = measure(cfg, train_set)
+    result.update(config={k: getattr(cfg, k) for k in ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num',
+                                                       'd_repeat_num', 'batch_size', 'n_critic')},
+                  device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                  date=time.strftime('%Y-%m-%d'))
+    if cfg.bench_compare:
+        base = measure(plain_config(cfg), train_set)
+        base.pop('peak_memory_mb')   # the process-wide peak would mix both runs on CPU
+        result['baseline'] = base
+        result['speedup'] = base['ms_per_iter'] / result['ms_per_iter']
+        result['inference_speedup'] = result['inference_frames_per_s'] / base['inference_frames_per_s']
+    print(format_table(result))
+    out_dir = os.path.join(cfg.outputs_dir, 'results')
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f'bench_{cfg.image_size}px_b{cfg.batch_size}_{device.type}.json')
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+    print(f'wrote {path}')
+    return result
+
+
+def device_name(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        with open('/proc/cpuinfo') as f:
+            model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), 'cpu')
+    except OSError:
+        model = 'cpu'
+    return f'{model}, {os.cpu_count()} cores'
+
+
+def format_table(r):
+    rows = [('', 'optimised') + (('plain',) if 'baseline' in r else ())]
+    for key, fmt in (('ms_per_iter', '{:.1f}'), ('images_per_s', '{:.1f}'), ('tflops', '{:.3f}'),
+                     ('inference_frames_per_s', '{:.0f}'), ('amp', '{}'), ('channels_last', '{}'),
+                     ('data_cache', '{}'), ('fused_adam', '{}')):
+        row = (key, fmt.format(r[key]))
+        if 'baseline' in r:
+            row += (fmt.format(r['baseline'][key]),)
+        rows.append(row)
+    rows.append(('peak_memory_mb', f"{r['peak_memory_mb']:.0f}") + (('',) if 'baseline' in r else ()))
+    width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ['  '.join(cell.rjust(w) for cell, w in zip(row, width)) for row in rows]
+    if 'speedup' in r:
+        lines.append(f"training speedup (plain / optimised ms per iteration): {r['speedup']:.2f}x; "
+                     f"inference: {r['inference_speedup']:.2f}x")
+    return '\n'.join(lines)

@@ -1,0 +1,93 @@
+"""--mode bench: the FLOP count by hand, the optimisation flags against the plain path, the JSON."""
+import copy
+import json
+
+import pytest
+import torch
+
+import bench
+import data_loader as dl
+import main
+from model import Discriminator, Generator
+from solver import Solver
+
+TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
+        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--synthetic_images', '48',
+        '--num_workers', '0']
+
+
+def conv(out_hw, c_in, c_out, k):
+    return 2 * out_hw * out_hw * c_in * c_out * k * k
+
+
+def test_forward_flops_of_a_tiny_generator_and_critic_by_hand():
+    G = Generator(conv_dim=2, c_dim=1, repeat_num=1)
+    hand_g = (conv(8, 4, 2, 7)                       # 7x7 stem on image + condition
+              + conv(4, 2, 4, 4) + conv(2, 4, 8, 4)  # two stride-2 convs
+              + 2 * conv(2, 8, 8, 3)                 # one residual block
+              + conv(2, 8, 4, 4) + conv(4, 4, 2, 4)  # transposed convs: per *input* pixel
+              + conv(8, 2, 3, 7) + conv(8, 2, 1, 7))  # colour and attention heads
+    assert hand_g == 125952
+    assert bench.forward_flops(G, torch.zeros(1, 3, 8, 8), torch.zeros(1, 1)) == hand_g
+    D = Discriminator(image_size=8, conv_dim=2, c_dim=5, repeat_num=2)
+    hand_d = conv(4, 3, 2, 4) + conv(2, 2, 4, 4) + conv(2, 4, 1, 3) + conv(1, 4, 5, 2)
+    assert bench.forward_flops(D, torch.zeros(1, 3, 8, 8)) == hand_d
+    total, f_g, f_d = bench.step_flops(G, D, 8, 1, batch_size=3, n_critic=5)
+    assert (f_g, f_d) == (hand_g, hand_d)
+    assert total == pytest.approx(3 * (hand_g + 12 * hand_d) + 3 * (5 * hand_g + 2 * hand_d) / 5)
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    synth = str(tmp_path_factory.mktemp('synthetic'))
+    cfg = main.build_parser().parse_args(['--dataset', 'synthetic', '--synthetic_dir', synth,
+                                          '--num_iters', '2', '--num_iters_decay', '0'] + TINY)
+    main.resolve_dataset(cfg)
+    return cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'train')
+
+
+def test_optimised_and_plain_paths_agree(tiny):
+    cfg, train_set = tiny
+    fast = copy.copy(cfg)
+    fast.amp, fast.channels_last = 'bf16', 'true'
+    plain = bench.plain_config(cfg)
+    s_fast, s_plain = Solver(fast, train_set), Solver(plain, train_set)   # same seed: same weights
+    assert s_fast.memory_format == torch.channels_last and s_plain.memory_format == torch.contiguous_format
+    assert s_plain.amp_dtype is None and s_plain.g_optim.defaults['foreach'] is False
+    # the cached uint8 batches and the DataLoader's decoded ones are the same images
+    x_fast, aus_fast = next(s_fast.batches(0))
+    x_plain, aus_plain = next(s_plain.batches(0))
+    assert torch.equal(x_fast.contiguous(), x_plain) and torch.equal(aus_fast, aus_plain)
+    # bf16 + channels_last forward within bf16 tolerance of the fp32 one
+    c = aus_plain
+    with s_fast.autocast():
+        y_fast, a_fast, _ = s_fast.G(x_fast, c)
+    y_plain, a_plain, _ = s_plain.G(x_plain, c)
+    assert (y_fast.float() - y_plain).abs().max() < 0.05 and (a_fast.float() - a_plain).abs().max() < 0.02
+    # foreach and for-loop Adam: the same update
+    ref = copy.copy(plain)
+    ref.fused_adam = 'auto'
+    s_ref = Solver(ref, train_set)
+    assert s_ref.g_optim.defaults['foreach'] is True
+    for s in (s_ref, s_plain):
+        s.train_step(1, x_plain, aus_plain)      # iteration 1: critic and generator steps (n_critic 2)
+    for p, q in zip(s_ref.G.parameters(), s_plain.G.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    for p, q in zip(s_ref.D.parameters(), s_plain.D.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
+    cfg, _ = tiny
+    rc = main.main(['--mode', 'bench', '--dataset', 'synthetic', '--synthetic_dir', cfg.synthetic_dir,
+                    '--outputs_dir', str(tmp_path), '--bench_iters', '2', '--bench_warmup', '1',
+                    '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_compare'] + TINY)
+    assert rc == 0
+    files = list((tmp_path / 'results').glob('bench*.json'))
+    assert len(files) == 1
+    r = json.loads(files[0].read_text())
+    for key in ('ms_per_iter', 'images_per_s', 'tflops', 'peak_memory_mb', 'speedup'):
+        assert r[key] > 0
+    assert r['baseline']['ms_per_iter'] > 0 and r['baseline']['amp'] == 'off'
+    assert r['speedup'] == pytest.approx(r['baseline']['ms_per_iter'] / r['ms_per_iter'])
+    assert r['images_per_s'] == pytest.approx(4 * 1000 / r['ms_per_iter'])
