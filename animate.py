@@ -2,9 +2,14 @@
 
     python main.py --mode test --test_images_dir faces/ --test_attributes_path seq.txt
     python main.py --mode test --target_aus "AU12=4,AU25=2"
+    python main.py --mode test --test_images_dir photo.jpg --detect_faces true --test_attributes_path clip.csv \
+        --interpolate 2 --smooth 1.5
 
 Frames go through the generator in batches. Without test flags the held-out
-synthetic faces and a built-in AU sequence are used.
+synthetic faces and a built-in AU sequence are used. The AU sequence is an AU table or
+an OpenFace video CSV; --interpolate adds frames between its rows, --smooth smooths the
+AU curves over time. Photos (--detect_faces true, --face_box) are cropped, edited and
+pasted back by faces.py.
 """
 import os
 
@@ -13,6 +18,7 @@ import torch
 
 import checkpoint
 import data_loader as dl
+import faces as face_crops
 import synthetic_faces as sf
 import visualize as vis
 from model import Discriminator, Generator
@@ -66,6 +72,63 @@ def demo_sequence(frames_between=6):
     return interpolate_keyframes(np.stack(keys), frames_between)
 
 
+def smooth_sequence(seq, sigma):
+    """Gaussian smoothing of each AU curve over time, standard deviation `sigma` frames
+    (kernel +-3 sigma; the first and last frames are repeated past the ends). 0: unchanged."""
+    seq = np.asarray(seq, dtype=np.float64)
+    if sigma <= 0 or len(seq) < 2:
+        return seq.copy()
+    radius = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    padded = np.pad(seq, ((radius, radius), (0, 0)), mode='edge')
+    return np.stack([np.convolve(padded[:, j], k, mode='valid') for j in range(seq.shape[1])], 1)
+
+
+def retime(seq, interpolate=0, smooth=0.0):
+    """--interpolate N (N frames between consecutive rows, linear), then --smooth (gaussian,
+    in output frames). Returns (new sequence, index of the nearest source row per frame)."""
+    if interpolate < 0 or smooth < 0:
+        raise ValueError(f'--interpolate {interpolate} / --smooth {smooth:g}: must not be negative')
+    n = int(interpolate)
+    out = interpolate_keyframes(np.asarray(seq, dtype=np.float64), n) if n and len(seq) > 1 else np.asarray(seq)
+    src = np.minimum(np.round(np.arange(len(out)) / (n + 1)).astype(int), len(seq) - 1)
+    return np.clip(smooth_sequence(out, smooth), 0, 5), src
+
+
+def save_animation(frames, gif_path, fps, mp4='auto'):
+    """GIF always; an MP4 beside it when imageio-ffmpeg is installed (mp4 'auto'), or
+    'true' (an error without it), never with 'false'. Returns the paths written."""
+    mp4 = str(mp4).lower()
+    if mp4 not in ('auto', 'true', 'false'):
+        raise ValueError(f'--mp4 {mp4}: use auto, true or false')
+    paths = [vis.save_gif(list(frames), gif_path, fps)]
+    if mp4 == 'false':
+        return paths
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        if mp4 == 'true':
+            raise ValueError('--mp4 true needs imageio-ffmpeg: pip install -r requirements-extras.txt') from None
+        return paths
+    path = os.path.splitext(gif_path)[0] + '.mp4'
+    h, w = frames[0].shape[:2]
+    ph, pw = h % 2, w % 2   # H.264 in yuv420p needs even sides: repeat the last row/column
+    try:
+        writer = imageio_ffmpeg.write_frames(path, (w + pw, h + ph), fps=float(fps), macro_block_size=2,
+                                             ffmpeg_log_level='error')
+        writer.send(None)
+        for f in frames:
+            writer.send(np.ascontiguousarray(np.pad(f, ((0, ph), (0, pw), (0, 0)), mode='edge')))
+        writer.close()
+    except Exception as e:   # the GIF is there; an MP4 that ffmpeg cannot write is not worth a crash
+        if mp4 == 'true':
+            raise ValueError(f'--mp4: ffmpeg could not write {path}: {e}') from None
+        print(f'note: no MP4 for {gif_path}: ffmpeg failed ({e})')
+        return paths
+    return paths + [path]
+
+
 def interpolate_keyframes(keys, n_between):
     """Linear interpolation with `n_between` frames between consecutive keyframes."""
     out = []
@@ -92,11 +155,12 @@ def generate(G, x, conds, device, amp_dtype, batch_size=64):
 def _faces(cfg, ckpt_cfg, size):
     """[(name, (H, W, 3) uint8)] of the faces to animate."""
     if cfg.test_images_dir:
-        files = sorted(f for f in os.listdir(cfg.test_images_dir) if f.lower().endswith(dl.IMAGE_EXTENSIONS))
-        if not files:
-            raise FileNotFoundError(f'--test_images_dir {cfg.test_images_dir}: no image files '
-                                    f'({", ".join(dl.IMAGE_EXTENSIONS)})')
-        return [(os.path.splitext(f)[0], dl.load_image(os.path.join(cfg.test_images_dir, f), size)) for f in files]
+        if face_crops.photo_mode(cfg):   # photos: detect or --face_box, crop with the training framing
+            return face_crops.photo_faces(cfg, size)
+        files = face_crops.image_files(cfg.test_images_dir)   # a folder of aligned crops, or one file
+        for f in files:
+            face_crops.note_unaligned(f, size)
+        return [(os.path.splitext(os.path.basename(f))[0], dl.load_image(f, size)) for f in files]
     image_dir, attr_path = ckpt_cfg.get('image_dir'), ckpt_cfg.get('attr_path')
     if not image_dir or not attr_path or not os.path.exists(attr_path):
         raise FileNotFoundError('test mode needs --test_images_dir: the training data of this checkpoint '
@@ -108,6 +172,11 @@ def _faces(cfg, ckpt_cfg, size):
 
 def _sequence(cfg, label_names, size):
     """(AU sequence (T, 17 or c_dim) in 0-5 over the model's columns, reference frames or None)."""
+    if cfg.test_attributes_path and cfg.test_attributes_path.lower().endswith('.csv'):
+        import openface_utils   # an OpenFace FeatureExtraction / FaceLandmarkImg CSV
+        values, paths = openface_utils.sequence_from_csv(cfg.test_attributes_path)
+        refs = np.stack([dl.load_image(p, size) for p in paths]) if paths else None
+        return values[:, dl.select_aus(label_names, openface_utils.AU_NAMES)], refs
     if cfg.test_attributes_path:
         names, au_names, values = dl.read_au_table(cfg.test_attributes_path)
         cols = dl.select_aus(label_names, au_names)
@@ -143,6 +212,9 @@ def run(cfg):
         return edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp)
 
     seq, refs = _sequence(cfg, label_names, size)
+    seq, src = retime(seq, getattr(cfg, 'interpolate', 0), getattr(cfg, 'smooth', 0.0))
+    refs = refs[src] if refs is not None else None
+    mp4 = getattr(cfg, 'mp4', 'auto')
     conds = torch.from_numpy(seq / 5.0).float()
     cols = _subsample(len(seq), cfg.grid_columns)
     rows = [[refs[j] for j in cols]] if refs is not None else []
@@ -152,14 +224,20 @@ def run(cfg):
         face_dir = os.path.join(out_dir, name)
         for t, f in enumerate(frames):
             vis.save_png(f, os.path.join(face_dir, f'frame_{t:04d}.png'))
-        vis.save_gif(list(frames), os.path.join(out_dir, f'{name}.gif'), cfg.fps)
+        save_animation(frames, os.path.join(out_dir, f'{name}.gif'), cfg.fps, mp4)
         rows.append([frames[j] for j in cols])
         all_frames.append(frames)
+    for photo, full, sbs in face_crops.animated_photos(faces, all_frames, refs):   # photos: faces pasted back
+        save_animation(full, os.path.join(out_dir, f'{photo}_animated.gif'), cfg.fps, mp4)
+        if sbs is not None:
+            save_animation(sbs, os.path.join(out_dir, f'{photo}_side_by_side.gif'), cfg.fps, mp4)
+        print(f'{photo}: {out_dir}/{photo}_animated.gif' + (' and _side_by_side.gif (reference | photo)'
+                                                           if sbs is not None else ''))
     grid_path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'grid.png'))
     # one GIF with every face side by side (and the reference on the left)
     strips = ([refs] if refs is not None else []) + all_frames
-    vis.save_gif([np.concatenate([s[t] for s in strips], 1) for t in range(len(seq))],
-                 os.path.join(out_dir, 'all_faces.gif'), cfg.fps)
+    save_animation([np.concatenate([s[t] for s in strips], 1) for t in range(len(seq))],
+                   os.path.join(out_dir, 'all_faces.gif'), cfg.fps, mp4)
     np.savetxt(os.path.join(out_dir, 'au_sequence.txt'), seq, fmt='%.2f', header=' '.join(label_names))
     print(f'wrote {len(faces)} GIF(s) of {len(seq)} frames to {out_dir}/, grid: {grid_path}, '
           f'all faces: {os.path.join(out_dir, "all_faces.gif")}')
@@ -175,11 +253,14 @@ def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
     cond = own.clone()
     for idx, v in targets.items():
         cond[:, idx] = v
-    rows = []
+    rows, edited = [], []
     for (name, img), x, c in zip(faces, x_all, cond):
         frames, masks = generate(G, x, (c / 5).unsqueeze(0), device, amp)
         vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
         rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
+        edited.append(frames[0])
+    for p in face_crops.save_stills(faces, edited, out_dir, '_edited'):   # photos: every face pasted back
+        print(f'photo with its faces edited: {p}')
     path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'edits.png'))
     desc = ', '.join(f'{label_names[i]}={v:g}' for i, v in targets.items())
     print(f'edited {len(faces)} face(s) to {desc}: {out_dir}/*_edited.png, grid (input | edited | attention): {path}')

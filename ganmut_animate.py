@@ -6,7 +6,9 @@
     python main.py --mode test --model ganmut --emotion_wheel               # a GIF once around the plane
     python main.py --mode test --model ganmut                               # every emotion, plus the plane map
 
-Faces: --test_images_dir (aligned crops, any size), else the held-out faces of the
+Faces: --test_images_dir (aligned crops, any size; or photos with --detect_faces true or
+--face_box, whose faces are cropped, edited and pasted back: `<photo>_edited.png`,
+`<photo>_<emotion>.png`, `<photo>_animated.gif`), else the held-out faces of the
 checkpoint's data. Result folders follow GANimation's test mode (animate.py):
 `<face>_edited.png` and `edits.png` for an edit; `<face>/frame_0000.png ...`,
 `<face>.gif`, `all_faces.gif` and `grid.png` for the wheel; `<face>/<emotion>.png`,
@@ -22,11 +24,12 @@ import torch
 
 import checkpoint
 import data_loader as dl
+import faces as face_crops
 import ganmut
 import ganmut_solver as gs
 import ganmut_vis as gv
 import visualize as vis
-from animate import generate
+from animate import generate, save_animation
 from model import Discriminator, Generator
 from solver import images_to_float, resolve_amp, resolve_device, resolve_flag
 
@@ -165,11 +168,14 @@ def run(cfg):
 
 def edit_faces(G, x_all, faces, edit, out_dir, device, amp):
     code, desc = edit
-    rows = []
+    rows, edited = [], []
     for (name, img), x in zip(faces, x_all):
         frames, masks = generate(G, x, code.unsqueeze(0), device, amp)
         vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
         rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
+        edited.append(frames[0])
+    for p in face_crops.save_stills(faces, edited, out_dir, '_edited'):   # photos: every face pasted back
+        print(f'photo with its faces edited: {p}')
     path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'edits.png'))
     with open(os.path.join(out_dir, 'edit.json'), 'w') as f:
         json.dump({'edit': desc, 'code': code.tolist(), 'faces': [n for n, _ in faces]}, f, indent=1)
@@ -184,12 +190,17 @@ def all_emotions(cfg, G, space, x_all, faces, names, out_dir, device, amp):
     with torch.no_grad():
         e = torch.arange(len(names), device=device)
         codes = space.emotion_code(e, torch.full((len(names),), intensity, device=device))
-    rows = []
+    rows, per_face = [], []
     for (name, img), x in zip(faces, x_all):
         frames, _ = generate(G, x, codes, device, amp)
         for n, f in zip(names, frames):
             vis.save_png(f, os.path.join(out_dir, name, f'{n}.png'))
         rows.append([img] + list(frames))
+        per_face.append(frames)
+    photos = [face_crops.save_stills(faces, [f[k] for f in per_face], out_dir, f'_{n}')   # photos: pasted back
+              for k, n in enumerate(names)]
+    if photos[0]:
+        print(f'photos with every face at each emotion: {out_dir}/<photo>_<emotion>.png')
     size = x_all.shape[-1]
     header = gv.label_row(['input'] + names, size, size=max(8, min(12, size // 4)))
     grid_path = vis.save_png(gv.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
@@ -212,15 +223,18 @@ def wheel(cfg, G, space, x_all, faces, out_dir, device, amp):
         frames, _ = generate(G, x, codes, device, amp, cfg.test_batch_size)
         for t, f in enumerate(frames):
             vis.save_png(f, os.path.join(out_dir, name, f'frame_{t:04d}.png'))
-        vis.save_gif(list(frames), os.path.join(out_dir, f'{name}.gif'), cfg.fps)
+        save_animation(frames, os.path.join(out_dir, f'{name}.gif'), cfg.fps, getattr(cfg, 'mp4', 'auto'))
         rows.append([frames[j] for j in cols])
         all_frames.append(frames)
+    for photo, full, _ in face_crops.animated_photos(faces, all_frames):   # photos: faces pasted back
+        save_animation(full, os.path.join(out_dir, f'{photo}_animated.gif'), cfg.fps, getattr(cfg, 'mp4', 'auto'))
+        print(f'{photo}: {out_dir}/{photo}_animated.gif')
     size = x_all.shape[-1]
     header = gv.label_row([f'{angles[j]:.0f} deg\n{space.names[nearest[j]]}' for j in cols], size,
                           height=max(26, size // 3), size=max(8, min(11, size // 5)))
     grid_path = vis.save_png(gv.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
-    vis.save_gif([np.concatenate([s[t] for s in all_frames], 1) for t in range(len(codes))],
-                 os.path.join(out_dir, 'all_faces.gif'), cfg.fps)
+    save_animation([np.concatenate([s[t] for s in all_frames], 1) for t in range(len(codes))],
+                   os.path.join(out_dir, 'all_faces.gif'), cfg.fps, getattr(cfg, 'mp4', 'auto'))
     np.savetxt(os.path.join(out_dir, 'wheel_codes.txt'), np.column_stack([angles, codes.cpu().numpy()]),
                fmt='%.4f', header='theta_deg ' + ' '.join('xyz'[j] if j < 3 else f'z{j}' for j in range(space.dim)))
     print(f'emotion wheel (radius {rho:.2f}, {len(codes)} frames): {len(faces)} GIF(s) in {out_dir}/, '

@@ -30,6 +30,8 @@ MODEL_FLAGS = [
 LOSS_FLAGS = [
     ('--lambda_cls', 160.0, 'AU regression weight; loss = mean over batch and AUs (160 = official 4000 '
                             'summed over a batch of 25)'),
+    ('--lambda_cls_end', -1.0, 'generator\'s AU weight at the last iteration, reached linearly from --lambda_cls '
+                                '(-1: constant): a strong AU push first, more room for realism later'),
     ('--lambda_cls_d', -1.0, 'AU regression weight in the critic\'s loss; -1: the same as --lambda_cls (as the seed). '
                               'The AU head shares the critic\'s trunk: a large weight there makes the trunk an AU '
                               'regressor and the real/fake head weak'),
@@ -68,8 +70,10 @@ STEP_FLAGS = [
     ('--eval_pairs', 512, '(source, target) pairs scored by --mode eval'),
 ]
 TEST_FLAGS = [
-    ('--test_images_dir', '', 'folder of aligned face crops to animate (default: held-out synthetic faces)'),
-    ('--test_attributes_path', '', 'AU sequence (.txt AU table); default: a built-in emotion sequence'),
+    ('--test_images_dir', '', 'folder (or one file) of aligned face crops to animate, or of photos with '
+                              '--detect_faces/--face_box (default: held-out synthetic faces)'),
+    ('--test_attributes_path', '', 'AU sequence: .txt AU table or OpenFace video .csv; default: a built-in '
+                                   'emotion sequence'),
     ('--test_reference_dir', '', 'folder of the reference frames named in the AU sequence '
                                  '(default: beside the sequence file)'),
     ('--test_models_dir', '', 'checkpoint folder (default: <outputs_dir>/models); the newest is used'),
@@ -79,6 +83,15 @@ TEST_FLAGS = [
     ('--test_batch_size', 64, 'frames per generator batch'),
     ('--grid_columns', 12, 'frames shown per row of the result grid'),
     ('--fps', 10, 'frames per second of the GIFs'),
+    ('--interpolate', 0, 'frames added (linearly) between consecutive rows of the AU sequence'),
+    ('--smooth', 0.0, 'gaussian smoothing of the AU curves over time: standard deviation in frames (0: off)'),
+    ('--mp4', 'auto', 'also write every GIF as MP4: auto (when imageio-ffmpeg is installed), true, false'),
+    ('--detect_faces', 'false', 'true: --test_images_dir holds photos: find every face (OpenCV, '
+                                'requirements-extras.txt), crop it with the training framing, edit, paste back'),
+    ('--face_box', '', 'face box(es) in the photo(s) by hand, x,y,w,h in pixels ("x,y,w,h;x,y,w,h" for several); '
+                       'implies the photo handling of --detect_faces without needing OpenCV'),
+    ('--face_margin', 0.15, 'photo crops: square of side face box * (1 + 2 * margin), centred on the box; 0.15 '
+                            'matches the synthetic faces (python faces.py --calibrate DIR measures it for other data)'),
 ]
 # The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode) in ~12 minutes on 2 cores.
 # lambda_smooth 1.0 (mean-based TV) is about the official code's sum-based 1e-5 at batch 25, 128 px; with the

@@ -111,6 +111,7 @@ class Solver:
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
         self.dirs = {k: os.path.join(cfg.outputs_dir, k) for k in ('logs', 'models', 'samples', 'results')}
         self.start_iter = 0
+        self.iteration = 0
         self.images = None
         self.writer = None
         self.mask_extreme_logs = 0
@@ -156,6 +157,7 @@ class Solver:
         cfg = self.cfg
         gen = self.iteration_generator(it)
         g_lr, d_lr = self.learning_rates(it)
+        self.iteration = it
         for group in self.g_optim.param_groups:
             group['lr'] = g_lr
         for group in self.d_optim.param_groups:
@@ -218,7 +220,8 @@ class Solver:
                 x_vrec, attn_vrec, _ = self.G(x_v, aus_trg)
                 virtual = (x_vrec, x_fake.detach(), [attn_v, attn_vrec])
         loss, record = losses.generator_loss(out_src, out_cls, aus_trg, x_real, x_rec, [attn_fake, attn_rec],
-                                             cfg.lambda_cls, cfg.lambda_rec, cfg.lambda_sat, cfg.lambda_smooth,
+                                             generator_au_weight(cfg, self.iteration), cfg.lambda_rec,
+                                             cfg.lambda_sat, cfg.lambda_smooth,
                                              virtual, cfg.virtual_weight)
         if cfg.lambda_color_tv > 0 and attn_fake is not None:
             color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
@@ -366,6 +369,15 @@ def au_noisy(x, std, gen):
     those instead of expressions; with the noise the head must read shapes, and the
     generator's AU gradient is averaged over the noise."""
     return x + std * torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
+
+
+def generator_au_weight(cfg, it):
+    """--lambda_cls, or with --lambda_cls_end >= 0 a linear ramp from it to that value over the run."""
+    end = getattr(cfg, 'lambda_cls_end', -1.0)
+    if end is None or end < 0:
+        return cfg.lambda_cls
+    frac = min(max(it / max(cfg.num_iters - 1, 1), 0.0), 1.0)
+    return cfg.lambda_cls + (end - cfg.lambda_cls) * frac
 
 
 def critic_au_weight(cfg):

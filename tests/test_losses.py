@@ -137,3 +137,12 @@ def test_au_jacobian_penalty_of_a_linear_head_equals_the_hand_value():
     au_nl = torch.tanh(x.flatten(1) @ w_nl.T)
     au_jacobian_penalty(au_nl, x).backward()
     assert w_nl.grad is not None and w_nl.grad.abs().sum() > 0
+
+
+def test_generator_au_weight_ramps_linearly_to_lambda_cls_end():
+    from types import SimpleNamespace
+    from solver import generator_au_weight
+    cfg = SimpleNamespace(lambda_cls=160.0, lambda_cls_end=20.0, num_iters=101)
+    assert generator_au_weight(cfg, 0) == 160.0 and generator_au_weight(cfg, 100) == 20.0
+    assert generator_au_weight(cfg, 50) == pytest.approx(90.0)
+    assert generator_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_end=-1.0, num_iters=10), 9) == 160.0
