@@ -34,9 +34,10 @@ def load_models(models_dir, device):
     G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], upsample=c.get('g_upsample', 'transposed'))
     D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'],
                       label_trunk=c.get('d_label_trunk', 'shared'))
-    checkpoint.check_state_dict(G, ckpt['G'], 'G', path)
+    g_key = 'G_ema' if 'G_ema' in ckpt else 'G'   # the weight average, when training kept one
+    checkpoint.check_state_dict(G, ckpt[g_key], g_key, path)
     checkpoint.check_state_dict(D, ckpt['D'], 'D', path)
-    G.load_state_dict(ckpt['G'])
+    G.load_state_dict(ckpt[g_key])
     D.load_state_dict(ckpt['D'])
     return G.to(device).eval(), D.to(device).eval(), c, names, path
 

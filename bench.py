@@ -80,6 +80,7 @@ def plain_config(cfg):
     """The unoptimised path: fp32, eager, NCHW, for-loop Adam, images decoded every time."""
     plain = copy.copy(cfg)
     plain.amp, plain.channels_last, plain.data_cache, plain.fused_adam = 'off', 'false', 'false', 'false'
+    plain.compile = 'false'
     return plain
 
 
@@ -146,7 +147,8 @@ def measure(cfg, train_set):
             'peak_memory_mb': peak, 'inference_frames_per_s': fps,
             'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
             'channels_last': solver.memory_format == torch.channels_last,
-            'data_cache': cfg.data_cache, 'fused_adam': cfg.fused_adam}
+            'data_cache': cfg.data_cache, 'fused_adam': cfg.fused_adam,
+            'compile': solver.G_train is not solver.G}
 
 
 def run(cfg):
@@ -194,7 +196,7 @@ def format_table(r):
     rows = [('', 'optimised') + (('plain',) if 'baseline' in r else ())]
     for key, fmt in (('ms_per_iter', '{:.1f}'), ('images_per_s', '{:.1f}'), ('tflops', '{:.3f}'),
                      ('inference_frames_per_s', '{:.0f}'), ('amp', '{}'), ('channels_last', '{}'),
-                     ('data_cache', '{}'), ('fused_adam', '{}')):
+                     ('data_cache', '{}'), ('fused_adam', '{}'), ('compile', '{}')):
         row = (key, fmt.format(r[key]))
         if 'baseline' in r:
             row += (fmt.format(r['baseline'][key]),)

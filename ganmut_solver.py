@@ -102,7 +102,16 @@ def class_counts(labels, c_dim):
 
 class GANmutSolver(Solver):
     def __init__(self, cfg, train_set, sample_set=None):
-        super().__init__(cfg, train_set, sample_set)   # device, autocast, dirs, label names, ...
+        super().__init__(cfg, train_set, sample_set)   # device, autocast, dirs, label names, networks
+        for key, flag in (('samples', 'sample_dir'), ('logs', 'log_dir'), ('models', 'model_save_dir'),
+                          ('results', 'result_dir')):   # the GANmut seed's folder flags
+            if getattr(cfg, flag, ''):
+                self.dirs[key] = getattr(cfg, flag)
+
+    def build_networks(self):
+        """GANmut's G (conditioned on the code), its three-headed critic, the emotion space
+        (optimised with G) and the optimisers."""
+        cfg = self.cfg
         if cfg.emotion_dim < 2:
             raise ValueError(f'--emotion_dim must be 2 or more, got {cfg.emotion_dim}')
         if cfg.parametrization not in ganmut.PARAMETRIZATIONS:
@@ -111,8 +120,6 @@ class GANmutSolver(Solver):
             raise ValueError(f'--regularization_type must be gp or R1, got {cfg.regularization_type}')
         self.linear = cfg.parametrization == 'linear'
         self.attention = resolve_flag(cfg.attention, True)
-        # GANmut's networks replace the GANimation ones built by Solver.__init__
-        torch.manual_seed(cfg.seed)
         self.G = Generator(cfg.g_conv_dim, cfg.emotion_dim, cfg.g_repeat_num, attention=self.attention,
                            upsample=cfg.g_upsample).to(self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num, code_dim=cfg.emotion_dim,
@@ -120,15 +127,13 @@ class GANmutSolver(Solver):
             self.device, memory_format=self.memory_format)
         self.space = ganmut.make_space(cfg.parametrization, self.c_dim, cfg.emotion_dim, neutral_index=0,
                                        names=self.label_names).to(self.device)
+        self.G_train, self.G_ema = self.G, None   # no compile, no weight average for GANmut yet
         self.g_optim = make_adam(list(self.G.parameters()) + list(self.space.parameters()), cfg.g_lr, cfg,
                                  self.device)
         self.d_optim = make_adam(self.D.parameters(), cfg.d_lr, cfg, self.device)
-        for key, flag in (('samples', 'sample_dir'), ('logs', 'log_dir'), ('models', 'model_save_dir'),
-                          ('results', 'result_dir')):   # the GANmut seed's folder flags
-            if getattr(cfg, flag, ''):
-                self.dirs[key] = getattr(cfg, flag)
 
     # ----------------------------------------------------------------- one iteration
+
     def set_learning_rates(self, it):
         g_lr, d_lr = self.learning_rates(it)
         for group in self.g_optim.param_groups:

@@ -57,6 +57,8 @@ TRAIN_FLAGS = [
     ('--d_lr', 1e-4, 'critic learning rate'),
     ('--beta1', 0.5, 'Adam beta1'),
     ('--beta2', 0.999, 'Adam beta2'),
+    ('--g_ema_beta', 0.0, 'keep an exponential moving average of the generator\'s weights with this decay per '
+                          'generator step (e.g. 0.995) and use it for samples, test and eval (0: off)'),
     ('--seed', 0, 'seed of weights, batch order, flips and targets'),
     ('--num_workers', 2, 'data loader workers of the simple path (--data_cache false)'),
     ('--keep_checkpoints', 3, 'keep the newest N checkpoints'),
@@ -175,6 +177,8 @@ def build_parser():
                    help='bf16 autocast; auto: on for CUDA and for CPUs with AMX')
     p.add_argument('--channels_last', default='auto', choices=['auto', 'true', 'false'],
                    help='NHWC memory format for the convolutions')
+    p.add_argument('--compile', default='auto', choices=['auto', 'true', 'false'],
+                   help='torch.compile the generator\'s training passes; auto: on CUDA only')
     p.add_argument('--fused_adam', default='auto', choices=['auto', 'false'],
                    help='auto: fused Adam on CUDA, multi-tensor (foreach) on CPU; false: the per-parameter loop')
     p.add_argument('--bench_compare', action='store_true',

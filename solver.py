@@ -7,6 +7,7 @@ One *iteration* is one critic update; the generator is updated every
 seeded with (seed, iteration), so a resumed run repeats exactly what the
 uninterrupted run would have done.
 """
+import copy
 import json
 import os
 
@@ -53,6 +54,39 @@ def resolve_amp(amp, device):
 
 def resolve_flag(value, default):
     return default if value == 'auto' else value in (True, 'true', '1', 'yes')
+
+
+def compiled(module, cfg, device):
+    """torch.compile(module) with --compile true (auto: on CUDA only; on a small CPU the
+    compile time is not won back in a short run), else the module itself."""
+    flag = getattr(cfg, 'compile', 'auto')
+    if resolve_flag(flag, device.type == 'cuda'):
+        return torch.compile(module)
+    return module
+
+
+def make_ema(G, cfg):
+    """A frozen copy of G that follows its weights as an exponential moving average
+    (--g_ema_beta > 0), or None. Averaging the generator's weights removes much of the
+    step-to-step jitter of GAN training from what is sampled, tested and evaluated
+    (Karras et al., Yazici et al.)."""
+    beta = getattr(cfg, 'g_ema_beta', 0.0) or 0.0
+    if beta <= 0:
+        return None
+    if beta >= 1:
+        raise ValueError(f'--g_ema_beta must be below 1, got {beta}')
+    return copy.deepcopy(G).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def update_ema(G_ema, G, beta, step):
+    """p_ema <- b p_ema + (1 - b) p, with b = min(beta, (1 + step) / (10 + step)) so that the
+    average does not drag the untrained first weights along; buffers are copied."""
+    b = min(beta, (1 + step) / (10 + step))
+    ema_params, params = list(G_ema.parameters()), list(G.parameters())
+    torch._foreach_lerp_(ema_params, params, 1 - b)
+    for be, bg in zip(G_ema.buffers(), G.buffers()):
+        be.copy_(bg)
 
 
 def make_adam(params, lr, cfg, device):
@@ -102,12 +136,7 @@ class Solver:
         self.label_names = list(train_set.label_names)
         self.c_dim = len(self.label_names)
         torch.manual_seed(cfg.seed)
-        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample).to(self.device, memory_format=self.memory_format)
-        self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
-                               label_trunk=cfg.d_label_trunk).to(
-            self.device, memory_format=self.memory_format)
-        self.g_optim = make_adam(self.G.parameters(), cfg.g_lr, cfg, self.device)
-        self.d_optim = make_adam(self.D.parameters(), cfg.d_lr, cfg, self.device)
+        self.build_networks()
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
         self.dirs = {k: os.path.join(cfg.outputs_dir, k) for k in ('logs', 'models', 'samples', 'results')}
         self.start_iter = 0
@@ -115,6 +144,20 @@ class Solver:
         self.images = None
         self.writer = None
         self.mask_extreme_logs = 0
+
+    def build_networks(self):
+        """G, D, their optimisers and G_train (G, compiled with --compile)."""
+        cfg = self.cfg
+        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample).to(
+            self.device, memory_format=self.memory_format)
+        self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
+                               label_trunk=cfg.d_label_trunk).to(self.device, memory_format=self.memory_format)
+        # torch.compile for the generator's training passes (the critic's gradient penalty needs a
+        # double backward, which compiled graphs do not support, so D stays eager).
+        self.G_train = compiled(self.G, cfg, self.device)
+        self.G_ema = make_ema(self.G, cfg)
+        self.g_optim = make_adam(self.G.parameters(), cfg.g_lr, cfg, self.device)
+        self.d_optim = make_adam(self.D.parameters(), cfg.d_lr, cfg, self.device)
 
     # ----------------------------------------------------------------- helpers
     def autocast(self):
@@ -170,7 +213,7 @@ class Solver:
         # updated in this iteration (its graph does not involve the critic),
         # without grad otherwise.
         with torch.set_grad_enabled(g_step), self.autocast():
-            x_fake, attn_fake, color_fake = self.G(x_real, aus_trg)
+            x_fake, attn_fake, color_fake = self.G_train(x_real, aus_trg)
 
         record = self.critic_step(x_real, aus_org, x_fake.detach(), gen)
         if g_step:
@@ -212,12 +255,12 @@ class Solver:
                 out_src, out_cls = out_src[:b], out_cls[b:]
             else:
                 out_src, out_cls, _ = self.D(x_fake)
-            x_rec, attn_rec, color_rec = self.G(x_fake, aus_org)
+            x_rec, attn_rec, color_rec = self.G_train(x_fake, aus_org)
             virtual = None
             if cfg.virtual:
                 aus_virtual = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
-                x_v, attn_v, _ = self.G(x_fake, aus_virtual)
-                x_vrec, attn_vrec, _ = self.G(x_v, aus_trg)
+                x_v, attn_v, _ = self.G_train(x_fake, aus_virtual)
+                x_vrec, attn_vrec, _ = self.G_train(x_v, aus_trg)
                 virtual = (x_vrec, x_fake.detach(), [attn_v, attn_vrec])
         loss, record = losses.generator_loss(out_src, out_cls, aus_trg, x_real, x_rec, [attn_fake, attn_rec],
                                              generator_au_weight(cfg, self.iteration), cfg.lambda_rec,
@@ -229,6 +272,8 @@ class Solver:
             record['G/color_tv'] = color_tv.item()
         loss.backward()
         self.g_optim.step()
+        if self.G_ema is not None:
+            update_ema(self.G_ema, self.G, cfg.g_ema_beta, (self.iteration + 1) // cfg.n_critic)
         record['G/attn_mean'] = attn_fake.float().mean().item()
         return record
 
@@ -302,15 +347,17 @@ class Solver:
     @torch.no_grad()
     def save_samples(self, it, fixed):
         x, targets, titles, aus_in = fixed
-        self.G.eval()   # no effect on the networks (no dropout, IN uses per-image statistics)
+        G = self.G_eval
+        G.eval()   # no effect on the networks (no dropout, IN uses per-image statistics)
         with self.autocast():
             outs = []
             for t in targets:
                 c = t.expand(x.shape[0], -1)
-                y, attn, color = self.G(x, c)
-                rec, _, _ = self.G(y, aus_in)
+                y, attn, color = G(x, c)
+                rec, _, _ = G(y, aus_in)
                 outs.append((attn, color, y, rec))
-        self.G.train()
+        if G is self.G:
+            G.train()
         rows = []
         if self.cfg.dataset_kind == 'synthetic':   # what each target looks like on a reference face
             ref = sf.sample_identity(424242)
@@ -333,7 +380,8 @@ class Solver:
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, it):
-        return {'G': self.G.state_dict(), 'D': self.D.state_dict(), 'g_optim': self.g_optim.state_dict(),
+        extra = {'G_ema': self.G_ema.state_dict()} if self.G_ema is not None else {}
+        return {**extra, 'G': self.G.state_dict(), 'D': self.D.state_dict(), 'g_optim': self.g_optim.state_dict(),
                 'd_optim': self.d_optim.state_dict(), 'iteration': it, 'config': config_dict(self.cfg),
                 'label_names': self.label_names, 'rng': checkpoint.rng_state(), 'format': 1}
 
@@ -342,7 +390,12 @@ class Solver:
 
     def saved_modules(self):
         """(checkpoint key, module) of what a checkpoint restores besides the optimisers."""
-        return (('G', self.G), ('D', self.D))
+        return (('G', self.G), ('D', self.D)) + ((('G_ema', self.G_ema),) if self.G_ema is not None else ())
+
+    @property
+    def G_eval(self):
+        """The generator for samples and evaluation: the weight average when there is one."""
+        return self.G_ema if self.G_ema is not None else self.G
 
     def check_checkpoint(self, ckpt, path):
         check_compatible(ckpt, self.cfg, self.label_names, path)

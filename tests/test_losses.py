@@ -146,3 +146,22 @@ def test_generator_au_weight_ramps_linearly_to_lambda_cls_end():
     assert generator_au_weight(cfg, 0) == 160.0 and generator_au_weight(cfg, 100) == 20.0
     assert generator_au_weight(cfg, 50) == pytest.approx(90.0)
     assert generator_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_end=-1.0, num_iters=10), 9) == 160.0
+
+
+def test_generator_weight_average_follows_with_a_ramped_decay():
+    from types import SimpleNamespace
+    from solver import make_ema, update_ema
+    G = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.InstanceNorm2d(1, affine=True))
+    assert make_ema(G, SimpleNamespace(g_ema_beta=0.0)) is None
+    with pytest.raises(ValueError, match='g_ema_beta'):
+        make_ema(G, SimpleNamespace(g_ema_beta=1.0))
+    ema = make_ema(G, SimpleNamespace(g_ema_beta=0.99))
+    assert not any(p.requires_grad for p in ema.parameters())
+    w0 = G[0].weight.detach().clone()
+    with torch.no_grad():
+        G[0].weight.add_(1.0)
+    update_ema(ema, G, 0.99, step=0)              # ramp: b = min(0.99, 1/10) = 0.1
+    assert torch.allclose(ema[0].weight, 0.1 * w0 + 0.9 * (w0 + 1))
+    before = ema[0].weight.clone()
+    update_ema(ema, G, 0.99, step=10 ** 6)        # late: b = 0.99
+    assert torch.allclose(ema[0].weight, 0.99 * before + 0.01 * G[0].weight)

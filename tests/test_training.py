@@ -134,3 +134,17 @@ def test_parse_target_aus_and_errors():
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main.main(['--mode', 'test', '--outputs_dir', str(tmp_path)]) == 2
     assert 'no checkpoint' in capsys.readouterr().err
+
+
+def test_weight_average_is_saved_and_used_by_test_mode(synth_dir, tmp_path):
+    out = run(synth_dir, tmp_path / 'ema', '--num_iters', '4', '--num_iters_decay', '0', '--sample_step', '4',
+              '--model_save_step', '4', '--g_ema_beta', '0.9')
+    ck = checkpoint.load(checkpoint.list_checkpoints(str(out / 'models'))[-1][1])
+    assert set(ck['G_ema']) == set(ck['G'])
+    assert any(not torch.equal(ck['G_ema'][k], ck['G'][k]) for k in ck['G'])   # an average, not a copy
+    G, _, _, _, _ = animate.load_models(str(out / 'models'), torch.device('cpu'))
+    assert all(torch.equal(v, ck['G_ema'][k]) for k, v in G.state_dict().items())
+    # resume restores the average too
+    assert main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir, '--outputs_dir',
+                      str(out), '--num_iters', '6', '--num_iters_decay', '0', '--sample_step', '6',
+                      '--model_save_step', '6', '--g_ema_beta', '0.9', '--resume_iters', 'latest'] + TINY) == 0
