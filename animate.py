@@ -246,6 +246,20 @@ def run(cfg):
 
 
 @torch.no_grad()
+def save_edits(G, x_all, faces, conds, out_dir, device, amp):
+    """Each face edited to its condition row: <face>_edited.png, photos with every face pasted
+    back, and edits.png (input | edited | attention). Returns the grid's path."""
+    rows, edited = [], []
+    for (name, img), x, c in zip(faces, x_all, conds):
+        frames, masks = generate(G, x, c.unsqueeze(0), device, amp)
+        vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
+        rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
+        edited.append(frames[0])
+    for p in face_crops.save_stills(faces, edited, out_dir, '_edited'):   # photos: every face pasted back
+        print(f'photo with its faces edited: {p}')
+    return vis.save_png(vis.grid(rows), os.path.join(out_dir, 'edits.png'))
+
+
 def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
     """Start from each face's own AUs (read by the critic's AU head), set the given ones."""
     targets = parse_target_aus(cfg.target_aus, label_names)
@@ -254,15 +268,7 @@ def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
     cond = own.clone()
     for idx, v in targets.items():
         cond[:, idx] = v
-    rows, edited = [], []
-    for (name, img), x, c in zip(faces, x_all, cond):
-        frames, masks = generate(G, x, (c / 5).unsqueeze(0), device, amp)
-        vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
-        rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
-        edited.append(frames[0])
-    for p in face_crops.save_stills(faces, edited, out_dir, '_edited'):   # photos: every face pasted back
-        print(f'photo with its faces edited: {p}')
-    path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'edits.png'))
+    path = save_edits(G, x_all, faces, cond / 5, out_dir, device, amp)
     desc = ', '.join(f'{label_names[i]}={v:g}' for i, v in targets.items())
     print(f'edited {len(faces)} face(s) to {desc}: {out_dir}/*_edited.png, grid (input | edited | attention): {path}')
     return path

@@ -29,7 +29,7 @@ import ganmut
 import ganmut_solver as gs
 import ganmut_vis as gv
 import visualize as vis
-from animate import generate, save_animation
+from animate import generate, save_animation, save_edits
 from model import Discriminator, Generator
 from solver import images_to_float, resolve_amp, resolve_device, resolve_flag
 
@@ -168,15 +168,7 @@ def run(cfg):
 
 def edit_faces(G, x_all, faces, edit, out_dir, device, amp):
     code, desc = edit
-    rows, edited = [], []
-    for (name, img), x in zip(faces, x_all):
-        frames, masks = generate(G, x, code.unsqueeze(0), device, amp)
-        vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
-        rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
-        edited.append(frames[0])
-    for p in face_crops.save_stills(faces, edited, out_dir, '_edited'):   # photos: every face pasted back
-        print(f'photo with its faces edited: {p}')
-    path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'edits.png'))
+    path = save_edits(G, x_all, faces, code.unsqueeze(0).expand(len(faces), -1), out_dir, device, amp)
     with open(os.path.join(out_dir, 'edit.json'), 'w') as f:
         json.dump({'edit': desc, 'code': code.tolist(), 'faces': [n for n, _ in faces]}, f, indent=1)
     print(f'edited {len(faces)} face(s) to {desc} (code {", ".join(f"{v:+.3f}" for v in code.tolist())}): '
