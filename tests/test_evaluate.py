@@ -14,6 +14,7 @@ import data_loader as dl
 import evaluate as ev
 import main
 import synthetic_faces as sf
+from tiny import TINY_MODEL
 
 
 # --------------------------------------------------------------------------- metrics
@@ -156,9 +157,8 @@ def test_reader_learns_the_aus(synth):
 
 # --------------------------------------------------------------------------- end to end
 
-TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
-        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--log_step', '2',
-        '--synthetic_images', '48', '--num_workers', '0', '--eval_pairs', '24', '--eval_step_pairs', '8']
+TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48', '--eval_pairs', '24',
+                     '--eval_step_pairs', '8']
 
 
 def test_eval_mode_and_eval_step(tmp_path, monkeypatch):

@@ -16,11 +16,10 @@ import ganmut
 import ganmut_animate
 import main
 import synthetic_faces as sf
+from tiny import TINY_MODEL
 
-TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
-        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--log_step', '2',
-        '--synthetic_images', '64', '--num_workers', '0', '--num_iters_decay', '2', '--eval_pairs', '14',
-        '--eval_step_pairs', '7']
+TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '64', '--num_iters_decay', '2',
+                     '--eval_pairs', '14', '--eval_step_pairs', '7']
 
 
 @pytest.fixture(scope='module')

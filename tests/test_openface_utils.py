@@ -14,6 +14,7 @@ import main
 import openface_utils as ou
 from openface_utils import __main__ as ou_cli
 from synthetic_faces import AU_NAMES
+from tiny import TINY_MODEL
 
 AU_R = [f'{a}_r' for a in AU_NAMES]
 AU_C = [f'{a}_c' for a in AU_NAMES[:-1]] + ['AU28_c', 'AU45_c']
@@ -211,9 +212,7 @@ def test_runs_openface_with_the_seed_command(tmp_path, openface_dir, capsys):
 
 # --------------------------------------------------------------------------- test mode with OpenFace sequences
 
-TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
-        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--log_step', '2',
-        '--synthetic_images', '48', '--num_workers', '0']
+TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48']
 
 
 @pytest.fixture(scope='module')

@@ -13,11 +13,10 @@ import animate
 import faces
 import main
 import synthetic_faces as sf
+from tiny import TINY_MODEL
 
-TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
-        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--log_step', '2',
-        '--synthetic_images', '48', '--num_workers', '0', '--num_iters', '2', '--model_save_step', '2',
-        '--sample_step', '100']
+TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48', '--num_iters', '2',
+                     '--model_save_step', '2', '--sample_step', '100']
 
 
 @pytest.fixture(scope='module')

@@ -10,10 +10,9 @@ from PIL import Image
 import animate
 import checkpoint
 import main
+from tiny import TINY_MODEL
 
-TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
-        '--d_repeat_num', '3', '--batch_size', '4', '--n_critic', '2', '--log_step', '2',
-        '--synthetic_images', '48', '--num_workers', '0']
+TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48']
 
 
 @pytest.fixture(scope='module')
