@@ -269,9 +269,7 @@ class GANmutSolver(Solver):
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, it):
-        state = super().state(it)
-        state.update(space=self.space.state_dict(), model='ganmut')
-        return state
+        return dict(super().state(it), model='ganmut')   # the space is in saved_modules
 
     def saved_modules(self):
         return super().saved_modules() + (('space', self.space),)

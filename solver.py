@@ -380,10 +380,10 @@ class Solver:
 
     # ----------------------------------------------------------------- checkpoints
     def state(self, it):
-        extra = {'G_ema': self.G_ema.state_dict()} if self.G_ema is not None else {}
-        return {**extra, 'G': self.G.state_dict(), 'D': self.D.state_dict(), 'g_optim': self.g_optim.state_dict(),
-                'd_optim': self.d_optim.state_dict(), 'iteration': it, 'config': config_dict(self.cfg),
-                'label_names': self.label_names, 'rng': checkpoint.rng_state(), 'format': 1}
+        modules = {name: module.state_dict() for name, module in self.saved_modules()}
+        return {**modules, 'g_optim': self.g_optim.state_dict(), 'd_optim': self.d_optim.state_dict(),
+                'iteration': it, 'config': config_dict(self.cfg), 'label_names': self.label_names,
+                'rng': checkpoint.rng_state(), 'format': 1}
 
     def save_checkpoint(self, it):
         return checkpoint.save(self.state(it), checkpoint.path_for(self.dirs['models'], it), keep=self.cfg.keep_checkpoints)
@@ -405,6 +405,8 @@ class Solver:
         ckpt = checkpoint.load(path)
         self.check_checkpoint(ckpt, path)
         for name, module in self.saved_modules():
+            if name == 'G_ema' and name not in ckpt:   # --g_ema_beta added on resume: start the average here
+                ckpt[name] = ckpt['G']
             checkpoint.check_state_dict(module, ckpt[name], name, path)
             module.load_state_dict(ckpt[name])
         self.g_optim.load_state_dict(ckpt['g_optim'])

@@ -147,3 +147,13 @@ def test_weight_average_is_saved_and_used_by_test_mode(synth_dir, tmp_path):
     assert main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir, '--outputs_dir',
                       str(out), '--num_iters', '6', '--num_iters_decay', '0', '--sample_step', '6',
                       '--model_save_step', '6', '--g_ema_beta', '0.9', '--resume_iters', 'latest'] + TINY) == 0
+
+
+def test_weight_average_can_be_switched_on_when_resuming(synth_dir, tmp_path):
+    out = run(synth_dir, tmp_path / 'late_ema', '--num_iters', '2', '--num_iters_decay', '0', '--sample_step', '2',
+              '--model_save_step', '2')
+    assert 'G_ema' not in checkpoint.load(checkpoint.list_checkpoints(str(out / 'models'))[-1][1])
+    run(synth_dir, out, '--num_iters', '4', '--num_iters_decay', '0', '--sample_step', '4', '--model_save_step', '4',
+        '--g_ema_beta', '0.9', '--resume_iters', 'latest')
+    ck = checkpoint.load(checkpoint.list_checkpoints(str(out / 'models'))[-1][1])
+    assert ck['iteration'] == 4 and set(ck['G_ema']) == set(ck['G'])
