@@ -12,6 +12,7 @@ draws target AUs from the table without touching images. Images come out in
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import pickle
@@ -322,7 +323,6 @@ def _cache_key(dataset):
     The cache holds only pixels, but a change of the labels rebuilds it too: a relabelled
     dataset is a new dataset, and nothing stale can then be paired with the new labels.
     """
-    import hashlib
     h = hashlib.sha1(f'v2 {dataset.image_size}\n'.encode())
     for fn in dataset.files:
         st = os.stat(os.path.join(dataset.image_dir, fn))
@@ -334,7 +334,6 @@ def _cache_key(dataset):
 def _cache_prefix(dataset):
     """One cache per (image folder, label file, size): the AU and emotion views of a folder
     keep their own files and do not evict each other."""
-    import hashlib
     label = hashlib.sha1(os.path.abspath(dataset.label_path or '').encode()).hexdigest()[:6]
     return f'{os.path.basename(os.path.abspath(dataset.image_dir))}_{dataset.image_size}px_{label}_'
 
