@@ -331,8 +331,7 @@ def comparison_grid(pairs, y, attn, n=12, per_column=6):
             for r in range(per_column)]
     img = vis.grid(rows)
     titles = ['source'] + (['truth'] if pairs.truth is not None else []) + ['output', 'attention']
-    header = vis.label_strip(titles * len(blocks), y.shape[-1])
-    return np.concatenate([header[:, :img.shape[1]], img], 0) if header.shape[1] >= img.shape[1] else img
+    return vis.stack([vis.label_row(titles * len(blocks), y.shape[-1]), img])
 
 
 # --------------------------------------------------------------------------- entry points

@@ -194,8 +194,8 @@ def all_emotions(cfg, G, space, x_all, faces, names, out_dir, device, amp):
     if photos[0]:
         print(f'photos with every face at each emotion: {out_dir}/<photo>_<emotion>.png')
     size = x_all.shape[-1]
-    header = gv.label_row(['input'] + names, size, size=max(8, min(12, size // 4)))
-    grid_path = vis.save_png(gv.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
+    header = vis.label_row(['input'] + names, size, size=max(8, min(12, size // 4)))
+    grid_path = vis.save_png(vis.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
     with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         plane_faces, _ = gs.run_codes(G, x_all[0], gv.plane_codes(gs.PLANE_GRID, space.dim))
     plane_path = vis.save_png(gv.plane_map(plane_faces, gs.PLANE_GRID, space, f'{faces[0][0]}'),
@@ -222,9 +222,9 @@ def wheel(cfg, G, space, x_all, faces, out_dir, device, amp):
         save_animation(full, os.path.join(out_dir, f'{photo}_animated.gif'), cfg.fps, getattr(cfg, 'mp4', 'auto'))
         print(f'{photo}: {out_dir}/{photo}_animated.gif')
     size = x_all.shape[-1]
-    header = gv.label_row([f'{angles[j]:.0f} deg\n{space.names[nearest[j]]}' for j in cols], size,
+    header = vis.label_row([f'{angles[j]:.0f} deg\n{space.names[nearest[j]]}' for j in cols], size,
                           height=max(26, size // 3), size=max(8, min(11, size // 5)))
-    grid_path = vis.save_png(gv.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
+    grid_path = vis.save_png(vis.stack([header, vis.grid(rows)]), os.path.join(out_dir, 'grid.png'))
     save_animation([np.concatenate([s[t] for s in all_frames], 1) for t in range(len(codes))],
                    os.path.join(out_dir, 'all_faces.gif'), cfg.fps, getattr(cfg, 'mp4', 'auto'))
     np.savetxt(os.path.join(out_dir, 'wheel_codes.txt'), np.column_stack([angles, codes.cpu().numpy()]),

@@ -26,7 +26,6 @@ import checkpoint
 import data_loader as dl
 import evaluate as ev
 import ganmut_solver as gs
-import ganmut_vis as gv
 import synthetic_faces as sf
 import visualize as vis
 from solver import resolve_amp, resolve_device
@@ -184,8 +183,8 @@ def comparison_grid(faces, y, n=6):
     size = y.shape[-1]
     titles = ['source\n'] + sum(([f'{name}\ntruth', f'{name}\nedit'] if faces.truth is not None else [name]
                                  for name in faces.names), [])
-    header = gv.label_row(titles, size, height=max(24, size // 3), size=max(8, min(11, size // 5)))
-    return gv.stack([header, vis.grid(rows)])
+    header = vis.label_row(titles, size, height=max(24, size // 3), size=max(8, min(11, size // 5)))
+    return vis.stack([header, vis.grid(rows)])
 
 
 def load_reader(image_dir, attr_path, size, names, device, amp):

@@ -4,16 +4,14 @@
   gaussians' 1-std ellipses (gaussian), labelled with the emotion names;
 - `plane_map`: faces generated on a grid of codes over [-1, 1]^2 beside that plot;
 - `strength_grid`: for each emotion a row of faces at increasing strength;
-- `text_cell` / `label_row` / `label_column`: labelled image cells.
 
 Codes of more than two dimensions are drawn in their first two (the plane z = 0).
 """
-import functools
 import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 import visualize as vis
 
@@ -22,86 +20,10 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 NEUTRAL_COLOUR = (0, 0, 0)
 
 
-@functools.lru_cache(maxsize=16)
-def font(size=11):
-    """A scalable font of `size` px (Pillow's built-in one, with FreeType), else the bitmap default."""
-    try:
-        return ImageFont.load_default(size=max(8, int(size)))
-    except (TypeError, ValueError, OSError, AttributeError):
-        return ImageFont.load_default()
-
-
 def emotion_colour(i, neutral_index=0):
     if i == neutral_index:
         return NEUTRAL_COLOUR
     return PALETTE[(i - (1 if neutral_index is not None and i > neutral_index else 0)) % len(PALETTE)]
-
-
-def _text(draw, xy, text, fnt, fill=(0, 0, 0), anchor='mm', avoid=None):
-    """Text placed by its bounding box: anchor m (centre), l (left) or r (right), then m / t / b.
-    `avoid`: a list of boxes already taken; the text moves down (then up) until it overlaps
-    none of them, and its box is added."""
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=fnt)
-    w, h = x1 - x0, y1 - y0
-    x, y = xy
-    x = x - w / 2 if anchor[0] == 'm' else (x - w if anchor[0] == 'r' else x)
-    y = y - h / 2 if anchor[1] == 'm' else (y - h if anchor[1] == 'b' else y)
-    if avoid is not None:
-        def free(yy):
-            return all(x + w < a[0] or x > a[2] or yy + h < a[1] or yy > a[3] for a in avoid)
-        for k in range(12):
-            shift = (k + 1) // 2 * (h + 2) * (1 if k % 2 else -1)
-            if free(y + shift):
-                y += shift
-                break
-        avoid.append((x - 1, y - 1, x + w + 1, y + h + 1))
-    draw.text((x - x0, y - y0), text, font=fnt, fill=fill)
-
-
-def text_cell(text, width, height, size=None, fill=(0, 0, 0), background=(255, 255, 255)):
-    """(height, width, 3) uint8 with `text` centred (lines split at newlines)."""
-    img = Image.new('RGB', (int(width), int(height)), background)
-    d = ImageDraw.Draw(img)
-    lines = str(text).split('\n')
-    size = size or max(9, min(height // (len(lines) + 1), 14))
-    fnt = font(size)
-    while size > 7 and max(d.textbbox((0, 0), line, font=fnt)[2] for line in lines) > width - 2:
-        size -= 1   # shrink to fit the cell
-        fnt = font(size)
-    line_h = d.textbbox((0, 0), 'Ag', font=fnt)[3] + 2
-    top = height / 2 - line_h * (len(lines) - 1) / 2
-    for k, line in enumerate(lines):
-        _text(d, (width / 2, top + k * line_h), line, fnt, fill)
-    return np.asarray(img)
-
-
-def label_row(labels, cell, height=None, pad=2, size=None):
-    """A strip of text cells that sits above a vis.grid row of `len(labels)` cells."""
-    height = height or max(14, cell // 4)
-    cells = [[text_cell(t, cell, height, size) if t is not None else None for t in labels]]
-    if all(c is None for c in cells[0]):
-        return None
-    h = height
-    out = np.full((h + pad, len(labels) * (cell + pad) + pad, 3), 255, np.uint8)
-    for j, c in enumerate(cells[0]):
-        if c is not None:
-            out[pad:pad + h, pad + j * (cell + pad):pad + j * (cell + pad) + cell] = c
-    return out
-
-
-def stack(parts, axis=0):
-    """Concatenate uint8 images along `axis`, padding the other side with white."""
-    parts = [p for p in parts if p is not None]
-    other = 1 - axis
-    size = max(p.shape[other] for p in parts)
-    padded = []
-    for p in parts:
-        if p.shape[other] < size:
-            shape = list(p.shape)
-            shape[other] = size - p.shape[other]
-            p = np.concatenate([p, np.full(shape, 255, np.uint8)], other)
-        padded.append(p)
-    return np.concatenate(padded, axis)
 
 
 # --------------------------------------------------------------------------- the plane
@@ -137,7 +59,7 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
     geo = space_geometry(space)
     img = Image.new('RGB', (size, size), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    small, big = font(max(9, size // 32)), font(max(10, size // 26))
+    small, big = vis.font(max(9, size // 32)), vis.font(max(10, size // 26))
     top = max(16, size // 14) if title else max(8, size // 30)
     left, bottom, right = max(18, size // 14), max(16, size // 16), max(8, size // 30)
     side = min(size - left - right, size - top - bottom)
@@ -146,7 +68,7 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
         return left + (x + lim) / (2 * lim) * side, top + (lim - y) / (2 * lim) * side
 
     if title:
-        _text(d, (size / 2, top / 2), title, big)
+        vis.place_text(d, (size / 2, top / 2), title, big)
     lw = max(1, size // 200)
     d.rectangle([px(-1, 1), px(1, -1)], outline=(180, 180, 180), width=1)
     if grid_n:
@@ -156,10 +78,10 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
     d.line([px(-lim, 0), px(lim, 0)], fill=(150, 150, 150))
     d.line([px(0, -lim), px(0, lim)], fill=(150, 150, 150))
     for t in (-1, 0, 1):
-        _text(d, (px(t, -lim)[0], top + side + 2), f'{t:g}', small, (90, 90, 90), 'mt')
-        _text(d, (left - 3, px(0, t)[1]), f'{t:g}', small, (90, 90, 90), 'rm')
-    _text(d, (px(lim, 0)[0], px(0, 0)[1] - 2), 'x', small, (90, 90, 90), 'rb')
-    _text(d, (px(0, lim)[0] + 3, px(0, lim)[1]), 'y', small, (90, 90, 90), 'lt')
+        vis.place_text(d, (px(t, -lim)[0], top + side + 2), f'{t:g}', small, (90, 90, 90), 'mt')
+        vis.place_text(d, (left - 3, px(0, t)[1]), f'{t:g}', small, (90, 90, 90), 'rm')
+    vis.place_text(d, (px(lim, 0)[0], px(0, 0)[1] - 2), 'x', small, (90, 90, 90), 'rb')
+    vis.place_text(d, (px(0, lim)[0] + 3, px(0, lim)[1]), 'y', small, (90, 90, 90), 'lt')
     names, neutral = geo['names'], geo['neutral']
     r = max(2, size // 110)
     taken = []   # label boxes, so that labels of nearby axes or means do not overlap
@@ -176,11 +98,11 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
             tx, ty = px(ax, ay)
             d.ellipse([tx - r, ty - r, tx + r, ty + r], fill=colour)
             norm = math.hypot(ax, ay) or 1.0
-            _text(d, px(ax + 0.13 * ax / norm, ay + 0.13 * ay / norm), name, small, colour, avoid=taken)
+            vis.place_text(d, px(ax + 0.13 * ax / norm, ay + 0.13 * ay / norm), name, small, colour, avoid=taken)
         if neutral is not None:
             ox, oy = px(0, 0)
             d.ellipse([ox - r, oy - r, ox + r, oy + r], fill=NEUTRAL_COLOUR)
-            _text(d, (ox + 3, oy + 3), names[neutral], small, NEUTRAL_COLOUR, 'lt', avoid=taken)
+            vis.place_text(d, (ox + 3, oy + 3), names[neutral], small, NEUTRAL_COLOUR, 'lt', avoid=taken)
     else:
         ts = np.linspace(0, 2 * math.pi, 73)
         unit = np.stack([np.cos(ts), np.sin(ts)])
@@ -193,7 +115,7 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
             d.line(poly, fill=colour, width=lw)
             mx, my = px(float(mu[0]), float(mu[1]))
             d.ellipse([mx - r, my - r, mx + r, my + r], fill=colour)
-            _text(d, (mx, my - r - 1), name, small, colour, 'mb', avoid=taken)
+            vis.place_text(d, (mx, my - r - 1), name, small, colour, 'mb', avoid=taken)
     return np.asarray(img)
 
 
@@ -207,17 +129,17 @@ def plane_map(faces, n, space, title='', cell=None):
     ticks = np.linspace(-1, 1, n)
     fsize = max(8, min(20, h // 5))
     tick_h = max(12, fsize + 4)
-    xs = [text_cell(f'{t:+.2f}', h + 1, tick_h, fsize) for t in ticks]
-    top = stack([np.full((tick_h, 1, 3), 255, np.uint8)] + xs, axis=1)
-    ys = [text_cell(f'{t:+.2f}', 4 * fsize, h + 1, fsize) for t in ticks[::-1]]
-    side = stack(ys + [np.full((1, 4 * fsize, 3), 255, np.uint8)], axis=0)
-    face_part = stack([np.full((tick_h, side.shape[1], 3), 255, np.uint8), side], axis=0)
-    face_part = stack([face_part, stack([top, grid], axis=0)], axis=1)
-    caption = text_cell('faces at codes (x, y)', face_part.shape[1], tick_h + 4, fsize + 1)
-    face_part = stack([caption, face_part], axis=0)
+    xs = [vis.text_cell(f'{t:+.2f}', h + 1, tick_h, fsize) for t in ticks]
+    top = vis.stack([np.full((tick_h, 1, 3), 255, np.uint8)] + xs, axis=1)
+    ys = [vis.text_cell(f'{t:+.2f}', 4 * fsize, h + 1, fsize) for t in ticks[::-1]]
+    side = vis.stack(ys + [np.full((1, 4 * fsize, 3), 255, np.uint8)], axis=0)
+    face_part = vis.stack([np.full((tick_h, side.shape[1], 3), 255, np.uint8), side], axis=0)
+    face_part = vis.stack([face_part, vis.stack([top, grid], axis=0)], axis=1)
+    caption = vis.text_cell('faces at codes (x, y)', face_part.shape[1], tick_h + 4, fsize + 1)
+    face_part = vis.stack([caption, face_part], axis=0)
     plot = plane_plot(space, face_part.shape[0], title, grid_n=n)
     gap = np.full((face_part.shape[0], 8, 3), 255, np.uint8)
-    return stack([face_part, gap, plot], axis=1)
+    return vis.stack([face_part, gap, plot], axis=1)
 
 
 def strength_grid(inputs, outputs, masks, names, strengths, references=None):
@@ -241,7 +163,7 @@ def strength_grid(inputs, outputs, masks, names, strengths, references=None):
     body = vis.grid(rows)
     per_face = ['input'] + [f's={s:g}' for s in strengths] + (['A s=1'] if masks[0] is not None else [])
     titles = per_face * len(inputs) + ([('reference' if h >= 48 else 'ref.')] if references is not None else [])
-    header = label_row(titles, h, size=max(8, min(12, h // 4)))
-    labels = stack([np.full((header.shape[0] + 2, label_w, 3), 255, np.uint8)]
-                   + [text_cell(n, label_w, h + 2, max(9, min(13, h // 3))) for n in names], axis=0)
-    return stack([labels, stack([header, body], axis=0)], axis=1)
+    header = vis.label_row(titles, h, size=max(8, min(12, h // 4)))
+    labels = vis.stack([np.full((header.shape[0] + 2, label_w, 3), 255, np.uint8)]
+                   + [vis.text_cell(n, label_w, h + 2, max(9, min(13, h // 3))) for n in names], axis=0)
+    return vis.stack([labels, vis.stack([header, body], axis=0)], axis=1)

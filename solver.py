@@ -370,9 +370,9 @@ class Solver:
                 row += [vis.to_uint8(attn[i]), vis.to_uint8(color[i]), vis.to_uint8(y[i]), vis.to_uint8(rec[i])]
             rows.append(row)
         img = vis.grid(rows)
-        header = vis.label_strip(['input'] + sum([[f'A {t}', 'colour', 'output', 'rec'] for t in titles], []),
+        header = vis.label_row(['input'] + sum([[f'A {t}', 'colour', 'output', 'rec'] for t in titles], []),
                                  x.shape[-1])
-        img = np.concatenate([header[:, :img.shape[1]], img], 0) if header.shape[1] >= img.shape[1] else img
+        img = vis.stack([header, img])
         path = vis.save_png(img, os.path.join(self.dirs['samples'], f'{it:08d}-samples.png'))
         if self.writer is not None:
             self.writer.add_image('samples', img, it, dataformats='HWC')

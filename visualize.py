@@ -1,9 +1,10 @@
 """Image grids and GIFs with PIL and numpy (no torchvision)."""
+import functools
 import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8(x):
@@ -42,10 +43,77 @@ def save_gif(frames, path, fps=10):
     return path
 
 
-def label_strip(labels, cell_w, height=14, pad=2):
-    """A white strip with a text label above each column."""
-    out = Image.new('RGB', (len(labels) * (cell_w + pad) + pad, height), (255, 255, 255))
-    d = ImageDraw.Draw(out)
-    for j, text in enumerate(labels):
-        d.text((pad + j * (cell_w + pad) + 2, 1), text, fill=(0, 0, 0))
-    return np.asarray(out)
+@functools.lru_cache(maxsize=16)
+def font(size=11):
+    """A scalable font of `size` px (Pillow's built-in one, with FreeType), else the bitmap default."""
+    try:
+        return ImageFont.load_default(size=max(8, int(size)))
+    except (TypeError, ValueError, OSError, AttributeError):
+        return ImageFont.load_default()
+
+
+def place_text(draw, xy, text, fnt, fill=(0, 0, 0), anchor='mm', avoid=None):
+    """Text placed by its bounding box: anchor m (centre), l (left) or r (right), then m / t / b.
+    `avoid`: a list of boxes already taken; the text moves down (then up) until it overlaps
+    none of them, and its box is added."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=fnt)
+    w, h = x1 - x0, y1 - y0
+    x, y = xy
+    x = x - w / 2 if anchor[0] == 'm' else (x - w if anchor[0] == 'r' else x)
+    y = y - h / 2 if anchor[1] == 'm' else (y - h if anchor[1] == 'b' else y)
+    if avoid is not None:
+        def free(yy):
+            return all(x + w < a[0] or x > a[2] or yy + h < a[1] or yy > a[3] for a in avoid)
+        for k in range(12):
+            shift = (k + 1) // 2 * (h + 2) * (1 if k % 2 else -1)
+            if free(y + shift):
+                y += shift
+                break
+        avoid.append((x - 1, y - 1, x + w + 1, y + h + 1))
+    draw.text((x - x0, y - y0), text, font=fnt, fill=fill)
+
+
+def text_cell(text, width, height, size=None, fill=(0, 0, 0), background=(255, 255, 255)):
+    """(height, width, 3) uint8 with `text` centred (lines split at newlines)."""
+    img = Image.new('RGB', (int(width), int(height)), background)
+    d = ImageDraw.Draw(img)
+    lines = str(text).split('\n')
+    size = size or max(9, min(height // (len(lines) + 1), 14))
+    fnt = font(size)
+    while size > 7 and max(d.textbbox((0, 0), line, font=fnt)[2] for line in lines) > width - 2:
+        size -= 1   # shrink to fit the cell
+        fnt = font(size)
+    line_h = d.textbbox((0, 0), 'Ag', font=fnt)[3] + 2
+    top = height / 2 - line_h * (len(lines) - 1) / 2
+    for k, line in enumerate(lines):
+        place_text(d, (width / 2, top + k * line_h), line, fnt, fill)
+    return np.asarray(img)
+
+
+def label_row(labels, cell, height=None, pad=2, size=None):
+    """A strip of text cells that sits above a vis.grid row of `len(labels)` cells."""
+    height = height or max(14, cell // 4)
+    cells = [[text_cell(t, cell, height, size) if t is not None else None for t in labels]]
+    if all(c is None for c in cells[0]):
+        return None
+    h = height
+    out = np.full((h + pad, len(labels) * (cell + pad) + pad, 3), 255, np.uint8)
+    for j, c in enumerate(cells[0]):
+        if c is not None:
+            out[pad:pad + h, pad + j * (cell + pad):pad + j * (cell + pad) + cell] = c
+    return out
+
+
+def stack(parts, axis=0):
+    """Concatenate uint8 images along `axis`, padding the other side with white."""
+    parts = [p for p in parts if p is not None]
+    other = 1 - axis
+    size = max(p.shape[other] for p in parts)
+    padded = []
+    for p in parts:
+        if p.shape[other] < size:
+            shape = list(p.shape)
+            shape[other] = size - p.shape[other]
+            p = np.concatenate([p, np.full(shape, 255, np.uint8)], other)
+        padded.append(p)
+    return np.concatenate(padded, axis)
