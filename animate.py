@@ -27,8 +27,7 @@ from solver import images_to_float, resolve_amp, resolve_device
 
 def load_models(models_dir, device):
     """G and D of the newest checkpoint, built from the checkpoint's own config."""
-    path = checkpoint.find(models_dir, 'latest')
-    ckpt = checkpoint.load(path)
+    path, ckpt = checkpoint.load_newest(models_dir)
     c = ckpt['config']
     names = list(ckpt['label_names'])
     G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], upsample=c.get('g_upsample', 'transposed'))

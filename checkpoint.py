@@ -2,11 +2,16 @@
 
 A checkpoint is a plain dict of tensors and Python values (G, D, both
 optimisers, the iteration, the config, RNG states) and loads with
-`torch.load(weights_only=True)`, which never executes code.
+`torch.load(weights_only=True)`, which never executes code. It carries a
+SHA-256 of its own contents (`_sha256`, over every tensor's bytes and every
+value, in a fixed order), so a truncated or damaged file is detected on load
+and `load_newest` falls back to the previous checkpoint.
 """
+import hashlib
 import os
 import random
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -41,26 +46,110 @@ def find(models_dir, which='latest'):
                             f'found iterations {[it for it, _ in ckpts]}')
 
 
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be read or whose checksum does not match."""
+
+
+def content_hash(obj):
+    """SHA-256 of a checkpoint's contents: dict keys in sorted order, tensors by dtype,
+    shape and bytes, other values by repr. The same before saving and after loading."""
+    h = hashlib.sha256()
+
+    def visit(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f'T{t.dtype}{tuple(t.shape)}'.encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        elif isinstance(x, dict):
+            h.update(b'{')
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                visit(x[k])
+            h.update(b'}')
+        elif isinstance(x, (list, tuple)):
+            h.update(b'[')
+            for v in x:
+                visit(v)
+            h.update(b']')
+        else:
+            h.update(repr(x).encode())
+    visit(obj)
+    return h.hexdigest()
+
+
 def save(obj, path, keep=None):
     """Write to a temp file in the same folder, fsync, then rename over `path`,
     so a crash never leaves a half-written checkpoint under the real name.
-    With `keep`, only the newest `keep` checkpoints of the folder remain."""
+    The contents' checksum goes in as `_sha256`. With `keep`, only the newest
+    `keep` checkpoints of the folder remain."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    obj = {k: v for k, v in obj.items() if k != '_sha256'}
+    obj['_sha256'] = content_hash(obj)
     tmp = f'{path}.{os.getpid()}.tmp'
     with open(tmp, 'wb') as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(folder)
     if keep:
         for _, old in list_checkpoints(folder)[:-keep]:
             os.remove(old)
     return path
 
 
+def _fsync_dir(folder):
+    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def load(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
+    """Load with weights_only=True and verify the checksum; CorruptCheckpoint if either fails.
+    Files without a checksum (written before it existed) load unverified."""
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise CorruptCheckpoint(f'{path}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+                                f'the file is truncated, damaged or not a checkpoint') from None
+    if not isinstance(obj, dict):
+        raise CorruptCheckpoint(f'{path}: not a checkpoint (a {type(obj).__name__}, not a dict)')
+    stored = obj.pop('_sha256', None)
+    if stored is not None and content_hash(obj) != stored:
+        raise CorruptCheckpoint(f'{path}: checksum mismatch; the file is damaged')
+    return obj
+
+
+def load_newest(models_dir, which='latest'):
+    """(path, checkpoint) of checkpoint `which`. For 'latest', a corrupt newest file is
+    skipped with a warning and the one before it used; a named iteration must load."""
+    if str(which) != 'latest':
+        path = find(models_dir, which)
+        return path, load(path)
+    ckpts = list_checkpoints(models_dir)
+    if not ckpts:
+        raise FileNotFoundError(f'no checkpoint (iter_*.ckpt) in {models_dir}')
+    problems = []
+    for _, path in reversed(ckpts):
+        try:
+            obj = load(path)
+        except CorruptCheckpoint as e:
+            warnings.warn(f'{e}; falling back to the previous checkpoint', stacklevel=2)
+            problems.append(str(e))
+            continue
+        return path, obj
+    raise CorruptCheckpoint(f'no readable checkpoint in {models_dir}:\n  ' + '\n  '.join(problems))
 
 
 def rng_state():

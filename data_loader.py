@@ -11,9 +11,11 @@ draws target AUs from the table without touching images. Images come out in
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
+import json
 import os
 import pickle
 
@@ -36,6 +38,56 @@ class DataError(ValueError):
         self.path, self.line, self.problem = path, line, problem
 
 
+class BadData:
+    """What happens to a bad image or label row (--on_bad_data): 'error' raises a DataError
+    naming the file and line at the first one; 'skip' drops it and counts it by kind, for
+    the report printed at start-up. Whole-file problems (an empty dataset, a missing
+    header) are errors in both modes."""
+
+    def __init__(self, mode='error'):
+        if mode not in ('error', 'skip'):
+            raise ValueError(f'--on_bad_data: expected error or skip, found {mode!r}')
+        self.mode = mode
+        self.skipped = {}          # message -> kind; repeated loads of one file count once
+
+    def __call__(self, path, problem, line=None, kind=None):
+        err = DataError(path, problem, line)
+        if self.mode == 'error':
+            raise err
+        self.skipped.setdefault(str(err), kind or problem)
+
+    def many(self, path, items, kind, summary):
+        """A group of bad items found together (missing files, unlabelled images)."""
+        if not items:
+            return
+        if self.mode == 'error':
+            raise DataError(path, summary + ' (--on_bad_data skip drops them)')
+        for item in items:
+            self.skipped.setdefault(f'{path}: {kind}: {item}', kind)
+
+    def report(self):
+        """Lines for the start-up report ([] when nothing was skipped)."""
+        if not self.skipped:
+            return []
+        by_kind = {}
+        for message, kind in self.skipped.items():
+            by_kind.setdefault(kind, []).append(message)
+        lines = [f'--on_bad_data skip: {len(self.skipped)} bad item(s) skipped']
+        for kind, messages in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f'  {len(messages):6d} x {kind}; first: {messages[0]}')
+        return lines
+
+
+# The policy of this process; main.py sets it from --on_bad_data before any data is read.
+BAD_DATA = BadData('error')
+
+
+def set_bad_data_policy(mode):
+    global BAD_DATA
+    BAD_DATA = BadData(mode)
+    return BAD_DATA
+
+
 # --------------------------------------------------------------------------- AU table (.txt)
 
 def _is_float(tok):
@@ -54,7 +106,8 @@ def read_au_table(path, num_aus=None):
     (`AU01 AU02 ...`, optionally after a first column title). Any other line
     that is not `<name> <A numbers>` is an error naming the file and line.
     """
-    names, rows, au_names = [], [], None
+    bad = BAD_DATA
+    names, rows, au_names, seen = [], [], None, {}
     with open(path, 'r', encoding='utf-8', errors='replace') as f:
         for lineno, raw in enumerate(f, 1):
             toks = raw.split()
@@ -69,25 +122,39 @@ def read_au_table(path, num_aus=None):
                         au_names = [t.upper().replace('_R', '') for t in header]
                     continue
             expected = len(au_names) if au_names else (num_aus or len(AU_NAMES))
-            if len(toks) != expected + 1:
-                raise DataError(path, f'expected a file name and {expected} AU values, found '
-                                      f'{len(toks) - 1} value(s): {raw.strip()[:80]!r}', lineno)
-            try:
-                values = [float(t) for t in toks[1:]]
-            except ValueError:
-                bad = next(t for t in toks[1:] if not _is_float(t))
-                raise DataError(path, f'AU value {bad!r} is not a number', lineno) from None
-            values = np.asarray(values, dtype=np.float64)
-            if not np.all(np.isfinite(values)):
-                raise DataError(path, f'non-finite AU value in {raw.strip()[:80]!r}', lineno)
-            if values.min() < -1e-3 or values.max() > AU_MAX + 1e-3:
-                raise DataError(path, f'AU values must lie in [0, {AU_MAX:g}], found '
-                                      f'{values.min():g}..{values.max():g}', lineno)
+            problem = _au_row_problem(toks, expected, raw)
+            if problem:
+                bad(path, problem[1], lineno, problem[0])
+                continue
+            if toks[0] in seen:
+                bad(path, f'duplicate name {toks[0]!r} (first on line {seen[toks[0]]})', lineno, 'duplicate name')
+                continue
+            seen[toks[0]] = lineno
             names.append(toks[0])
-            rows.append(np.clip(values, 0, AU_MAX))
+            rows.append(np.clip(np.asarray([float(t) for t in toks[1:]]), 0, AU_MAX))
     if not rows:
-        raise DataError(path, 'no label rows found')
+        raise DataError(path, 'no valid label rows found')
     return names, (au_names or list(AU_NAMES[:len(rows[0])])), np.stack(rows).astype(np.float32)
+
+
+def _au_row_problem(toks, expected, raw):
+    """(kind, message) of what is wrong with one AU-table row, or None."""
+    if len(toks) != expected + 1:
+        return ('row with a wrong number of values', f'expected a file name and {expected} AU values, '
+                f'found {len(toks) - 1} value(s): {raw.strip()[:80]!r}')
+    bad = next((t for t in toks[1:] if not _is_float(t)), None)
+    if bad is not None:
+        return 'AU value not a number', f'AU value {bad!r} is not a number'
+    return _au_values_problem(np.asarray([float(t) for t in toks[1:]]))
+
+
+def _au_values_problem(values):
+    if not np.all(np.isfinite(values)):
+        return 'non-finite AU value', f'non-finite AU value (NaN or infinity) in {values.tolist()}'
+    if values.min() < -1e-3 or values.max() > AU_MAX + 1e-3:
+        return 'AU value out of range', (f'AU values must lie in [0, {AU_MAX:g}], found '
+                                         f'{values.min():g}..{values.max():g}')
+    return None
 
 
 # --------------------------------------------------------------------------- AU dict (.pkl)
@@ -125,17 +192,25 @@ def read_au_pickle(path, num_aus=None):
     if not isinstance(obj, dict):
         raise DataError(path, f'expected a dict {{image_id: AU array}}, found {type(obj).__name__}')
     expected = num_aus or len(AU_NAMES)
-    ids, rows = [], []
+    ids, rows, seen = [], [], set()
     for key, value in obj.items():
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-        if arr.shape[0] != expected:
-            raise DataError(path, f'entry {key!r}: expected {expected} AU values, found {arr.shape[0]}')
-        if not np.all(np.isfinite(arr)) or arr.min() < -1e-3 or arr.max() > AU_MAX + 1e-3:
-            raise DataError(path, f'entry {key!r}: AU values must be finite and in [0, {AU_MAX:g}]')
+        try:
+            arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            BAD_DATA(path, f'entry {key!r}: AU values are not numbers: {str(value)[:80]}', None, 'AU value not a number')
+            continue
+        problem = (('row with a wrong number of values', f'expected {expected} AU values, found {arr.shape[0]}')
+                   if arr.shape[0] != expected else _au_values_problem(arr))
+        if problem is None and os.path.splitext(str(key))[0] in seen:
+            problem = 'duplicate name', f'{key!r} names the same image as an earlier entry'
+        if problem:
+            BAD_DATA(path, f'entry {key!r}: {problem[1]}', None, problem[0])
+            continue
+        seen.add(os.path.splitext(str(key))[0])
         ids.append(str(key))
         rows.append(np.clip(arr, 0, AU_MAX))
     if not rows:
-        raise DataError(path, 'the AU dict is empty')
+        raise DataError(path, 'the AU dict has no valid entries')
     return ids, list(AU_NAMES[:expected]), np.stack(rows).astype(np.float32)
 
 
@@ -161,21 +236,44 @@ def read_emotion_csv(path, c_dim):
         if 'subDirectory_filePath' not in header or 'expression' not in header:
             raise DataError(path, f'header must name subDirectory_filePath and expression, found {header}', 1)
         i_path, i_expr = header.index('subDirectory_filePath'), header.index('expression')
+        seen = {}
         for lineno, row in enumerate(reader, 2):
             if not row or not any(c.strip() for c in row):
                 continue
-            if len(row) <= max(i_path, i_expr):
-                raise DataError(path, f'expected {len(header)} columns, found {len(row)}', lineno)
+            if len(row) != len(header):
+                BAD_DATA(path, f'expected {len(header)} columns, found {len(row)}', lineno,
+                         'row with a wrong number of values')
+                continue
             try:
-                expr = int(float(row[i_expr]))
-            except ValueError:
-                raise DataError(path, f'expression {row[i_expr]!r} is not an integer', lineno) from None
+                value = float(row[i_expr])
+                expr = int(value)
+                if expr != value:
+                    raise ValueError
+            except (ValueError, OverflowError):
+                BAD_DATA(path, f'expression {row[i_expr]!r} is not an integer', lineno, 'expression not an integer')
+                continue
+            name = os.path.basename(row[i_path].strip().replace('\\', '/'))
+            if name in seen:
+                BAD_DATA(path, f'duplicate image {name!r} (first on line {seen[name]})', lineno, 'duplicate name')
+                continue
+            seen[name] = lineno
             if 0 <= expr < c_dim:
-                names.append(os.path.basename(row[i_path].strip().replace('\\', '/')))
+                names.append(name)
                 labels.append(expr)
     if not names:
         raise DataError(path, f'no rows with an expression in [0, {c_dim})')
     return names, np.asarray(labels, dtype=np.int64)
+
+
+def emotion_csv_names(path):
+    """Base names of every row of an emotion CSV, whatever the class ([] if the file is not one)."""
+    with open(path, newline='', encoding='utf-8-sig', errors='replace') as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if 'subDirectory_filePath' not in header:
+            return []
+        i = header.index('subDirectory_filePath')
+        return [os.path.basename(r[i].strip().replace('\\', '/')) for r in reader if len(r) > i and r[i].strip()]
 
 
 # --------------------------------------------------------------------------- images
@@ -220,6 +318,26 @@ def _index_image_dir(image_dir):
     return set(files), by_stem
 
 
+def resolve_name(name, files, by_stem):
+    """The file of the image a label names (exactly, or by its name without extension), or None."""
+    if name in files:
+        return name
+    stem = os.path.splitext(name)[0]
+    if stem in by_stem:
+        return by_stem[stem]
+    return by_stem.get(name)          # AU-dict ids have no extension
+
+
+def check_unlabelled(image_dir, label_names, label_path):
+    """Images in the folder that no label row names: an error, or skipped (--on_bad_data)."""
+    _, by_stem = _index_image_dir(image_dir)
+    labelled = {os.path.splitext(n)[0] for n in label_names} | set(label_names)
+    extra = sorted(fn for stem, fn in by_stem.items() if stem not in labelled)
+    BAD_DATA.many(image_dir, extra, 'image without a label',
+                  f'{len(extra)} image(s) have no label row in {label_path}, e.g. '
+                  f'{os.path.join(image_dir, extra[0]) if extra else ""}')
+
+
 class LabelledImages(torch.utils.data.Dataset):
     """Images with labels held in memory.
 
@@ -230,23 +348,28 @@ class LabelledImages(torch.utils.data.Dataset):
         self.image_dir, self.image_size, self.label_path = image_dir, image_size, label_path
         self.label_names = label_names
         files, by_stem = _index_image_dir(image_dir)
-        resolved, missing = [], []
-        for name in names:
-            if name in files:
-                resolved.append(name)
-            elif os.path.splitext(name)[0] in by_stem:
-                resolved.append(by_stem[os.path.splitext(name)[0]])
-            elif name in by_stem:            # AU-dict ids have no extension
-                resolved.append(by_stem[name])
+        resolved, keep, missing = [], [], []
+        for i, name in enumerate(names):
+            fn = resolve_name(name, files, by_stem)
+            if fn is None:
+                missing.append(os.path.join(image_dir, name))
             else:
-                missing.append(name)
-        if missing:
-            raise DataError(label_path, f'{len(missing)} labelled image(s) have no file in {image_dir}, '
-                                        f'e.g. {os.path.join(image_dir, missing[0])}')
+                resolved.append(fn)
+                keep.append(i)
+        BAD_DATA.many(label_path, missing, 'labelled image without a file',
+                      f'{len(missing)} labelled image(s) have no file in {image_dir}, e.g. {missing[0] if missing else ""}')
         if not resolved:
-            raise DataError(label_path, 'the dataset is empty')
+            raise DataError(label_path, f'the dataset is empty: no labelled image found in {image_dir}')
         self.files = resolved
-        self.labels = torch.as_tensor(labels)
+        self.labels = torch.as_tensor(labels)[torch.as_tensor(keep, dtype=torch.long)]
+        self.cache_rows = None     # set by prepare_training_images when unreadable images were dropped
+
+    def subset(self, keep):
+        """The same dataset restricted to the indices `keep`."""
+        other = copy.copy(self)
+        other.files = [self.files[i] for i in keep]
+        other.labels = self.labels[torch.as_tensor(keep, dtype=torch.long)]
+        return other
 
     def __len__(self):
         return len(self.files)
@@ -294,6 +417,7 @@ def au_dataset(image_dir, attr_path, image_size, split='train', aus=None):
         names, au_names, values = read_au_pickle(attr_path)
     else:
         names, au_names, values = read_au_table(attr_path)
+    check_unlabelled(image_dir, names, attr_path)
     if split != 'all':
         ids_path = _split_file(attr_path, split)
         if ids_path:
@@ -310,8 +434,16 @@ def au_dataset(image_dir, attr_path, image_size, split='train', aus=None):
 
 
 def emotion_dataset(image_dir, csv_path, image_size, c_dim):
-    """GANmut dataset from an emotion CSV."""
+    """GANmut dataset from an emotion CSV. Images that no emotion CSV of the label file's
+    folder names (training.csv and test.csv, or AffectNet's training and validation files)
+    count as unlabelled."""
     names, labels = read_emotion_csv(csv_path, c_dim)
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    labelled = set()
+    for fn in sorted(os.listdir(folder)):
+        if fn.lower().endswith('.csv'):
+            labelled |= set(emotion_csv_names(os.path.join(folder, fn)))
+    check_unlabelled(image_dir, labelled, csv_path)
     return LabelledImages(image_dir, names, labels, image_size, csv_path)
 
 
@@ -344,31 +476,116 @@ def uint8_cache(dataset, cache_dir=None, verbose=True):
     The file lies beside the image folder (`<image_dir>/../.cache/`), or in
     `cache_dir` when given; its name carries a hash of the file list, sizes,
     modification times, labels and image size, so any change builds a new one
-    (and removes the stale one).
+    (and removes the stale one). Images that cannot be decoded raise a DataError
+    (--on_bad_data error) or are left black and listed in a `.unreadable.json`
+    beside the cache, which sets `dataset.unreadable` ({index: problem}).
     """
     cache_dir = cache_dir or os.path.join(os.path.dirname(os.path.abspath(dataset.image_dir)), '.cache')
     prefix = _cache_prefix(dataset)
     n, s = len(dataset), dataset.image_size
     path = os.path.join(cache_dir, f'{prefix}{_cache_key(dataset)}.u8')
+    bad_path = path + '.unreadable.json'
     if os.path.exists(path) and os.path.getsize(path) == n * s * s * 3:
+        dataset.unreadable = {}
+        if os.path.exists(bad_path):
+            with open(bad_path) as f:
+                dataset.unreadable = {int(i): p for i, p in json.load(f).items()}
         return np.memmap(path, dtype=np.uint8, mode='c', shape=(n, s, s, 3))  # copy-on-write: writable view, file untouched
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f'{path}.{os.getpid()}.tmp'
     arr = np.memmap(tmp, dtype=np.uint8, mode='w+', shape=(n, s, s, 3))
     if verbose:
         print(f'decoding {n} images once into {path}', flush=True)
-    for i in range(n):
-        arr[i] = dataset.load_uint8(i)
-    arr.flush()
-    del arr
-    os.replace(tmp, path)
+    unreadable = {}
+    try:
+        for i in range(n):
+            try:
+                arr[i] = dataset.load_uint8(i)
+            except DataError as e:
+                if BAD_DATA.mode == 'error':
+                    raise
+                arr[i] = 0
+                unreadable[i] = e.problem
+        arr.flush()
+        del arr
+        if unreadable:
+            with open(bad_path, 'w') as f:
+                json.dump({str(i): p for i, p in unreadable.items()}, f)
+        elif os.path.exists(bad_path):
+            os.remove(bad_path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     for old in os.listdir(cache_dir):   # older versions of this cache
-        if old.startswith(prefix) and old.endswith('.u8') and old != os.path.basename(path):
+        if old.startswith(prefix) and old.endswith(('.u8', '.u8.unreadable.json')) \
+                and not os.path.basename(path) in old:
             try:
                 os.remove(os.path.join(cache_dir, old))
             except OSError:
                 pass
+    dataset.unreadable = unreadable
     return np.memmap(path, dtype=np.uint8, mode='c', shape=(n, s, s, 3))  # copy-on-write: writable view, file untouched
+
+
+def prepare_training_images(dataset):
+    """Decode every image once into the uint8 cache (see uint8_cache). Unreadable images
+    stop here with a DataError naming the file, or with --on_bad_data skip are dropped:
+    the returned dataset is then a subset whose `cache_rows` index the cache."""
+    arr = uint8_cache(dataset)
+    for i, problem in sorted(dataset.unreadable.items()):
+        BAD_DATA(dataset.path(i), problem, None, 'unreadable image')
+    if dataset.unreadable:
+        keep = [i for i in range(len(dataset)) if i not in dataset.unreadable]
+        if not keep:
+            raise DataError(dataset.image_dir, 'the dataset is empty: no image could be read')
+        dataset = dataset.subset(keep)
+        dataset.cache_rows = torch.as_tensor(keep, dtype=torch.long)
+    dataset.cache_array = arr
+    return dataset
+
+
+class ReadableItems(torch.utils.data.Dataset):
+    """(image, label, path, problem) for the simple loader: an image that cannot be read
+    comes back black with its path and problem, so the main process can raise the same
+    clear DataError as the cached path (or skip it) instead of a worker traceback."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        try:
+            x, label = self.dataset[i]
+            return x, label, '', ''
+        except DataError as e:
+            s = self.dataset.image_size
+            return torch.zeros(3, s, s), self.dataset.labels[i], e.path, e.problem
+
+
+def worker_ignores_stop_signals(_worker_id):
+    """Loader workers leave SIGINT/SIGTERM to the main process, which saves a checkpoint
+    and then shuts them down."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def drop_unreadable(x, labels, paths, problems):
+    """Batch from ReadableItems -> (x, labels): unreadable rows raise a DataError or, with
+    --on_bad_data skip, are replaced by readable rows of the same batch."""
+    bad = [i for i, p in enumerate(paths) if p]
+    if not bad:
+        return x, labels
+    for i in bad:
+        BAD_DATA(paths[i], problems[i], None, 'unreadable image')
+    good = [i for i in range(len(paths)) if not paths[i]]
+    if not good:
+        raise DataError(paths[0], 'every image of a batch is unreadable')
+    rows = torch.as_tensor([i if not paths[i] else good[i % len(good)] for i in range(len(paths))])
+    return x[rows], labels[rows]
 
 
 def batch_indices(num_items, batch_size, iteration, seed):

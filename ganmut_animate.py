@@ -42,17 +42,15 @@ def is_ganmut_run(cfg):
     """Whether the newest checkpoint of the run is a GANmut one (read lazily, without loading
     the weights); with no checkpoint, whether --model ganmut was asked for."""
     try:
-        path = checkpoint.find(models_dir_of(cfg), 'latest')
-    except FileNotFoundError:
+        _, ckpt = checkpoint.load_newest(models_dir_of(cfg))
+    except (FileNotFoundError, checkpoint.CorruptCheckpoint):
         return cfg.model == 'ganmut'
-    ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     return ckpt.get('model', ckpt.get('config', {}).get('model')) == 'ganmut'
 
 
 def load_ganmut(models_dir, device):
     """G, D and the emotion space of the newest checkpoint, built from its own config."""
-    path = checkpoint.find(models_dir, 'latest')
-    ckpt = checkpoint.load(path)
+    path, ckpt = checkpoint.load_newest(models_dir)
     c = ckpt['config']
     if ckpt.get('model', c.get('model')) != 'ganmut':
         raise ValueError(f'{path} is not a GANmut checkpoint (model {c.get("model", "ganimation")})')

@@ -192,8 +192,7 @@ class GANmutSolver(Solver):
             loss, record = ganmut.gaussian_critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], e_org,
                                                        out_code[b:2 * b], z, reg, cfg.lambda_cls, cfg.lambda_reg,
                                                        cfg.lambda_expr)
-        loss.backward()
-        self.d_optim.step()
+        self.apply_step(loss, self.d_optim, record)
         return record, (out_cls[:b].detach(), out_code[:b].detach())
 
     def generator_step(self, x_real, e_org, target, x_fake, attn_fake, real_out):
@@ -220,8 +219,7 @@ class GANmutSolver(Solver):
             loss, record = ganmut.gaussian_generator_loss(
                 out_src, out_cls, log_p, target['emotion'], x_real, x_rec, cfg.lambda_cls, cfg.lambda_prediction,
                 cfg.lambda_rec, masks, cfg.lambda_sat, cfg.lambda_smooth)
-        loss.backward()
-        self.g_optim.step()
+        self.apply_step(loss, self.g_optim, record)
         if self.attention:
             record['G/attn_mean'] = attn_fake.float().mean().item()
         return record
@@ -378,7 +376,8 @@ def sample_pictures(G, space, x, names, reference=False, title='', strengths=STR
 
 def train(cfg):
     what = resolve_emotion_data(cfg)
-    train_set = emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim)
+    from main import prepare_data
+    train_set = prepare_data(cfg, emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim))
     test_csv = held_out_csv(cfg.attr_path)
     sample_set = None
     if test_csv:

@@ -37,6 +37,9 @@ LOSS_FLAGS = [
                               'regressor and the real/fake head weak'),
     ('--au_noise', 0.0, 'std of gaussian noise added to the images the critic\'s AU head reads (images in [-1, 1]); '
                         'makes the head read shapes rather than faint patterns the generator can paint'),
+    ('--au_blur', 0.0, 'sigma in pixels of a gaussian blur applied to the images the critic\'s AU head reads: '
+                       'high frequencies then carry no AU gradient, so the generator cannot meet its AU targets '
+                       'with fine patterns and must change shapes (0 = off)'),
     ('--lambda_au_jac', 0.0, 'penalty on the input gradient of the critic\'s AU head (at the GP\'s interpolates): '
                              'the head must read shapes, not faint patterns the generator can paint'),
     ('--lambda_color_tv', 0.0, 'total variation of the colour head where the mask uses it (weighted by 1 - A): '
@@ -62,6 +65,10 @@ TRAIN_FLAGS = [
     ('--seed', 0, 'seed of weights, batch order, flips and targets'),
     ('--num_workers', 2, 'data loader workers of the simple path (--data_cache false)'),
     ('--keep_checkpoints', 3, 'keep the newest N checkpoints'),
+    ('--nonfinite_patience', 5, 'a step whose loss or gradients are not finite is skipped; stop after this many '
+                                'iterations in a row with such a step'),
+    ('--on_bad_data', 'error', 'bad images or label rows: error (stop, naming file and line) or skip '
+                               '(drop them, counted and reported at start-up)'),
 ]
 STEP_FLAGS = [
     ('--log_step', 10, 'log losses every N iterations'),
@@ -194,6 +201,9 @@ def build_parser():
     p.add_argument('--data_cache', default='true', choices=['true', 'false'],
                    help='decode images once into a uint8 memory-mapped cache beside the dataset')
     p.add_argument('--virtual', action='store_true', help='virtual cycle-consistency loss (Kaneko et al.)')
+    p.add_argument('--deterministic', action='store_true',
+                   help='deterministic kernels (and no cudnn autotuning): a resumed run then matches an '
+                        'uninterrupted one bit for bit on the same machine')
     for group, flags in (('model', MODEL_FLAGS), ('losses', LOSS_FLAGS), ('training', TRAIN_FLAGS),
                          ('cadence', STEP_FLAGS), ('test mode', TEST_FLAGS)):
         g = p.add_argument_group(group)
@@ -289,12 +299,24 @@ def resolve_dataset(cfg):
     return f'{choice} ({attr})'
 
 
+def prepare_data(cfg, train_set):
+    """Decode the training images once (the uint8 cache), and report what --on_bad_data
+    skip dropped while reading labels and images."""
+    import data_loader as dl
+    from solver import resolve_flag
+    if resolve_flag(cfg.data_cache, True):
+        train_set = dl.prepare_training_images(train_set)
+    for line in dl.BAD_DATA.report():
+        print(line)
+    return train_set
+
+
 def train(cfg):
     import data_loader as dl
     from solver import Solver, write_config
     what = resolve_dataset(cfg)
     aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
-    train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus)
+    train_set = prepare_data(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus))
     try:
         sample_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'test', aus)
     except dl.DataError:
@@ -331,6 +353,7 @@ def main(argv=None):
         if 'dataset' not in given and not cfg.image_dir:
             cfg.dataset = 'synthetic'
     try:
+        __import__('data_loader').set_bad_data_policy(cfg.on_bad_data)
         if cfg.mode == 'bench':
             import bench
             bench.run(cfg)
@@ -355,6 +378,16 @@ def main(argv=None):
         from data_loader import DataError
         if isinstance(e, (DataError, FileNotFoundError)) or str(e).startswith('--') or 'checkpoint' in str(e) \
                 or '.ckpt' in str(e):
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        raise
+    except RuntimeError as e:
+        from checkpoint import CorruptCheckpoint
+        from solver import TrainingStopped
+        if isinstance(e, TrainingStopped):       # a signal, or non-finite losses: a checkpoint is safe
+            print(f'stopped: {e}', file=sys.stderr)
+            return e.exit_code
+        if isinstance(e, CorruptCheckpoint):
             print(f'error: {e}', file=sys.stderr)
             return 2
         raise

@@ -9,17 +9,27 @@ uninterrupted run would have done.
 """
 import copy
 import json
+import math
 import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import checkpoint
+import data_loader
 import losses
 import synthetic_faces as sf
 import visualize as vis
-from data_loader import ResumableBatchSampler, batch_indices, uint8_cache
+from data_loader import (DataError, ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
+                         worker_ignores_stop_signals)
 from model import Discriminator, Generator
 
 
@@ -130,9 +140,13 @@ class Solver:
         self.memory_format = (torch.channels_last if resolve_flag(cfg.channels_last, True)
                               else torch.contiguous_format)
         if self.device.type == 'cuda':
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not getattr(cfg, 'deterministic', False)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if getattr(cfg, 'deterministic', False):
+            os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True)
         self.label_names = list(train_set.label_names)
         self.c_dim = len(self.label_names)
         torch.manual_seed(cfg.seed)
@@ -144,6 +158,9 @@ class Solver:
         self.images = None
         self.writer = None
         self.mask_extreme_logs = 0
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.last_good_checkpoint = None
 
     def build_networks(self):
         """G, D, their optimisers and G_train (G, compiled with --compile)."""
@@ -167,6 +184,19 @@ class Solver:
     def iteration_generator(self, it):
         return torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1_000_003 + it + 17)
 
+    def apply_step(self, loss, optim, record):
+        """Backward, then the optimiser step, unless the loss or a gradient is not finite:
+        then the gradients are dropped, the step skipped and `record` marked for train()."""
+        loss.backward()
+        grads = [p.grad for g in optim.param_groups for p in g['params'] if p.grad is not None]
+        total = loss.detach().float() + torch.nn.utils.get_total_norm(grads).float()
+        if torch.isfinite(total).item():
+            optim.step()
+            return True
+        optim.zero_grad(set_to_none=True)
+        record['skipped_nonfinite'] = 1.0
+        return False
+
     def learning_rates(self, it):
         """Linear decay to zero over the last num_iters_decay iterations."""
         cfg = self.cfg
@@ -180,18 +210,23 @@ class Solver:
         cfg, n = self.cfg, len(self.train_set)
         if resolve_flag(cfg.data_cache, True):
             if self.images is None:
-                self.images = torch.from_numpy(uint8_cache(self.train_set).view(np.ndarray))
+                arr = getattr(self.train_set, 'cache_array', None)
+                self.images = torch.from_numpy((arr if arr is not None else uint8_cache(self.train_set))
+                                               .view(np.ndarray))
+            rows = getattr(self.train_set, 'cache_rows', None)   # when unreadable images were dropped
             pin = self.device.type == 'cuda'
             for it in range(start, cfg.num_iters):
                 idx = batch_indices(n, cfg.batch_size, it, cfg.seed)
-                x = self.images[idx]
+                x = self.images[idx if rows is None else rows[idx]]
                 yield images_to_float(x.pin_memory() if pin else x, self.device, self.memory_format), \
                     self.labels[idx.to(self.device)]
         else:   # the simple path: decode every image every time, in DataLoader workers
             loader = torch.utils.data.DataLoader(
-                self.train_set, num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
-                batch_sampler=ResumableBatchSampler(n, cfg.batch_size, cfg.seed, start, cfg.num_iters))
-            for x, aus in loader:
+                ReadableItems(self.train_set), num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
+                batch_sampler=ResumableBatchSampler(n, cfg.batch_size, cfg.seed, start, cfg.num_iters),
+                worker_init_fn=worker_ignores_stop_signals)
+            for batch in loader:
+                x, aus = drop_unreadable(*batch)
                 yield x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format), \
                     aus.float().to(self.device)
 
@@ -227,21 +262,20 @@ class Solver:
         with self.autocast():
             x_hat = losses.interpolate(x_real, x_fake, gen)
             parts = [x_real, x_fake, x_hat]
-            if cfg.au_noise > 0:   # the AU head learns on noisy real images (see au_noisy)
-                parts.append(au_noisy(x_real, cfg.au_noise, gen))
+            if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
+                parts.append(au_view(x_real, cfg, gen))
             # one critic pass over real, fake and interpolated (and noisy real) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
         b = x_real.shape[0]
         gp = losses.gradient_penalty(out_src[2 * b:3 * b], x_hat)
-        au_pred_real = out_cls[3 * b:] if cfg.au_noise > 0 else out_cls[:b]
+        au_pred_real = out_cls[3 * b:] if au_view_on(cfg) else out_cls[:b]
         loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, gp,
                                           cfg.lambda_gp, critic_au_weight(cfg))
         if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
             jac = losses.au_jacobian_penalty(out_cls[2 * b:3 * b], x_hat, gen)
             loss = loss + cfg.lambda_au_jac * jac
             record['D/au_jac'] = jac.item()
-        loss.backward()
-        self.d_optim.step()
+        self.apply_step(loss, self.d_optim, record)
         return record
 
     def generator_step(self, x_real, aus_org, aus_trg, x_fake, attn_fake, gen, color_fake=None):
@@ -249,9 +283,9 @@ class Solver:
         self.D.requires_grad_(False)
         self.g_optim.zero_grad(set_to_none=True)
         with self.autocast():
-            if cfg.au_noise > 0:
+            if au_view_on(cfg):
                 b = x_fake.shape[0]
-                out_src, out_cls, _ = self.D(torch.cat([x_fake, au_noisy(x_fake, cfg.au_noise, gen)]))
+                out_src, out_cls, _ = self.D(torch.cat([x_fake, au_view(x_fake, cfg, gen)]))
                 out_src, out_cls = out_src[:b], out_cls[b:]
             else:
                 out_src, out_cls, _ = self.D(x_fake)
@@ -270,9 +304,7 @@ class Solver:
             color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
             loss = loss + cfg.lambda_color_tv * color_tv
             record['G/color_tv'] = color_tv.item()
-        loss.backward()
-        self.g_optim.step()
-        if self.G_ema is not None:
+        if self.apply_step(loss, self.g_optim, record) and self.G_ema is not None:
             update_ema(self.G_ema, self.G, cfg.g_ema_beta, (self.iteration + 1) // cfg.n_critic)
         record['G/attn_mean'] = attn_fake.float().mean().item()
         return record
@@ -291,27 +323,55 @@ class Solver:
         bar = tqdm(total=cfg.num_iters, initial=self.start_iter, dynamic_ncols=True, desc='train',
                    mininterval=1.0, smoothing=0.05)
         it = self.start_iter
-        for it, (x_real, aus_org) in enumerate(self.batches(self.start_iter), self.start_iter):
-            record = self.train_step(it, x_real, aus_org)
-            for k, v in record.items():
-                s, n = window.get(k, (0.0, 0))
-                window[k] = (s + v, n + 1)
-            bar.update(1)
-            done = it + 1
-            if done % cfg.log_step == 0 or done == cfg.num_iters:
-                means = {k: s / n for k, (s, n) in window.items()}
-                self.log(done, means)
-                bar.set_postfix_str(self.postfix(means), refresh=False)
-                window = {}
-            if done % cfg.sample_step == 0 or done == cfg.num_iters:
-                self.save_samples(done, fixed)
-            if done % cfg.model_save_step == 0 or done == cfg.num_iters:
-                self.save_checkpoint(done)
-            if cfg.eval_step and done % cfg.eval_step == 0 and getattr(self, 'eval_hook', None):
-                self.eval_hook(self, done)
-        bar.close()
-        self.writer.close()
+        try:
+            with StopSignals() as stop:
+                for it, (x_real, aus_org) in enumerate(self.batches(self.start_iter), self.start_iter):
+                    record = self.train_step(it, x_real, aus_org)
+                    done = it + 1
+                    self.count_nonfinite(record, done)
+                    for k, v in record.items():
+                        if math.isfinite(v):
+                            s, n = window.get(k, (0.0, 0))
+                            window[k] = (s + v, n + 1)
+                    bar.update(1)
+                    if done % cfg.log_step == 0 or done == cfg.num_iters:
+                        means = {k: s / n for k, (s, n) in window.items()}
+                        self.log(done, means)
+                        bar.set_postfix_str(self.postfix(means), refresh=False)
+                        window = {}
+                    if done % cfg.sample_step == 0 or done == cfg.num_iters:
+                        self.save_samples(done, fixed)
+                    saved = done % cfg.model_save_step == 0 or done == cfg.num_iters or stop.signum is not None
+                    if saved:
+                        self.save_checkpoint(done)
+                    if cfg.eval_step and done % cfg.eval_step == 0 and getattr(self, 'eval_hook', None):
+                        self.eval_hook(self, done)
+                    if stop.signum is not None:
+                        raise TrainingInterrupted(
+                            f'{signal.Signals(stop.signum).name}: stopped after iteration {done}; saved '
+                            f'{self.last_good_checkpoint}; continue with --resume_iters latest',
+                            128 + stop.signum)
+        finally:
+            bar.close()
+            self.writer.close()
+        if self.nonfinite_total:
+            print(f'{self.nonfinite_total} iteration(s) had a step skipped for a non-finite loss or gradient')
         return it + 1
+
+    def count_nonfinite(self, record, done):
+        """Count iterations with a skipped step; stop after --nonfinite_patience in a row."""
+        if not record.pop('skipped_nonfinite', 0):
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        bad = ', '.join(k for k, v in record.items() if not math.isfinite(v)) or 'a gradient'
+        tqdm.write(f'warning: iteration {done}: non-finite {bad}; the step was skipped')
+        if self.nonfinite_in_a_row >= self.cfg.nonfinite_patience:
+            raise NonFiniteTraining(
+                f'iteration {done}: non-finite losses or gradients in {self.nonfinite_in_a_row} iterations in a row; '
+                f'training stopped. Last good checkpoint: {self.last_good_checkpoint or "none"} (resume from it '
+                f'with a lower learning rate, or check the data)', 3)
 
     @staticmethod
     def postfix(m):
@@ -337,11 +397,10 @@ class Solver:
     # ----------------------------------------------------------------- samples
     def fixed_samples(self, n=6, num_targets=4):
         """Fixed inputs (held-out images when available) and fixed target conditions."""
-        n = min(n, len(self.sample_set))
-        x = torch.stack([torch.from_numpy(self.sample_set.load_uint8(i)) for i in range(n)])
-        x = images_to_float(x, self.device, self.memory_format)
+        rows, images = readable_images(self.sample_set, n)
+        x = images_to_float(torch.from_numpy(np.stack(images)), self.device, self.memory_format)
         targets, titles = fixed_targets(self.label_names, self.labels.cpu(), num_targets, self.cfg.seed)
-        aus_in = self.sample_set.labels[:n].float().to(self.device)   # their own AUs, for the reconstruction
+        aus_in = self.sample_set.labels[rows].float().to(self.device)   # their own AUs, for the reconstruction
         return x, targets.to(self.device), titles, aus_in
 
     @torch.no_grad()
@@ -386,7 +445,11 @@ class Solver:
                 'rng': checkpoint.rng_state(), 'format': 1}
 
     def save_checkpoint(self, it):
-        return checkpoint.save(self.state(it), checkpoint.path_for(self.dirs['models'], it), keep=self.cfg.keep_checkpoints)
+        path = checkpoint.save(self.state(it), checkpoint.path_for(self.dirs['models'], it),
+                               keep=self.cfg.keep_checkpoints)
+        if self.nonfinite_in_a_row == 0:
+            self.last_good_checkpoint = path
+        return path
 
     def saved_modules(self):
         """(checkpoint key, module) of what a checkpoint restores besides the optimisers."""
@@ -401,8 +464,7 @@ class Solver:
         check_compatible(ckpt, self.cfg, self.label_names, path)
 
     def restore(self, which):
-        path = checkpoint.find(self.dirs['models'], which)
-        ckpt = checkpoint.load(path)
+        path, ckpt = checkpoint.load_newest(self.dirs['models'], which)
         self.check_checkpoint(ckpt, path)
         for name, module in self.saved_modules():
             if name == 'G_ema' and name not in ckpt:   # --g_ema_beta added on resume: start the average here
@@ -413,17 +475,96 @@ class Solver:
         self.d_optim.load_state_dict(ckpt['d_optim'])
         checkpoint.set_rng_state(ckpt['rng'])
         self.start_iter = int(ckpt['iteration'])
+        self.last_good_checkpoint = path
         tqdm.write(f'resumed from {path} (iteration {self.start_iter})')
         return path
 
 
-def au_noisy(x, std, gen):
-    """x + N(0, std^2): the AU head reads images with noise added, real ones when the
-    critic learns and fakes when the generator does. A regressor trained on clean images
-    only is fooled by faint high-frequency patterns, and the generator learns to paint
-    those instead of expressions; with the noise the head must read shapes, and the
-    generator's AU gradient is averaged over the noise."""
-    return x + std * torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
+class TrainingStopped(RuntimeError):
+    """Training ended early on purpose; `exit_code` is what the process returns."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT or SIGTERM: a checkpoint was saved first."""
+
+
+class NonFiniteTraining(TrainingStopped):
+    """Too many non-finite steps in a row."""
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set `signum`; the training loop finishes the
+    iteration, saves a checkpoint and stops. A second signal stops at once."""
+
+    def __enter__(self):
+        self.signum, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write(f'{signal.Signals(signum).name} received: saving a checkpoint after this iteration '
+                   f'(send it again to stop at once)')
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+def readable_images(dataset, n):
+    """(indices, uint8 images) of the first n images of `dataset` that can be read; the others
+    are an error or, with --on_bad_data skip, passed over."""
+    rows, images = [], []
+    for i in range(len(dataset)):
+        try:
+            images.append(dataset.load_uint8(i))
+        except DataError as e:
+            data_loader.BAD_DATA(e.path, e.problem, None, "unreadable image")
+            continue
+        rows.append(i)
+        if len(rows) == n:
+            break
+    if not rows:
+        raise DataError(dataset.image_dir, 'no image of the sample set can be read')
+    return rows, images
+
+
+def au_view_on(cfg):
+    return cfg.au_noise > 0 or getattr(cfg, 'au_blur', 0.0) > 0
+
+
+def au_view(x, cfg, gen):
+    """What the critic's AU head reads: real images when the critic learns, fakes when
+    the generator does. A regressor trained on clean images is fooled by faint
+    high-frequency patterns, and the generator learns to paint those instead of
+    expressions. --au_blur low-passes the view, so those frequencies get no AU gradient
+    at all; --au_noise adds N(0, std^2), averaging the gradient over the noise."""
+    if getattr(cfg, 'au_blur', 0.0) > 0:
+        x = gaussian_blur(x, cfg.au_blur)
+    if cfg.au_noise > 0:
+        x = x + cfg.au_noise * torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
+    return x
+
+
+def gaussian_blur(x, sigma):
+    """Separable gaussian blur of (B, C, H, W) images, radius 3 sigma, edges replicated."""
+    radius = max(int(math.ceil(3 * sigma)), 1)
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode='replicate')
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def generator_au_weight(cfg, it):
@@ -492,5 +633,36 @@ def render_target(identity, target01, label_names, size):
 
 
 def write_config(cfg, path):
+    """config.json, and one line per start in runs.jsonl beside it: the command line,
+    git commit and package versions, so every run can be traced and repeated."""
     with open(path, 'w') as f:
         json.dump(config_dict(cfg), f, indent=1, sort_keys=True)
+    with open(os.path.join(os.path.dirname(path), 'runs.jsonl'), 'a') as f:
+        f.write(json.dumps(run_record()) + '\n')
+
+
+def run_record():
+    here = os.path.dirname(os.path.abspath(__file__))
+    versions = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
+    for name in ('PIL', 'tensorboard', 'cv2'):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            versions[name] = getattr(mod, '__version__', '?')
+    return {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'cwd': os.getcwd(),
+            'git': git_commit(here), 'packages': versions, 'host': platform.node(),
+            'platform': platform.platform(), 'cuda': torch.version.cuda,
+            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()}
+
+
+def git_commit(folder):
+    """'<sha>' or '<sha>-dirty' of the code's checkout; None outside git."""
+    try:
+        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=folder,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ('-dirty' if dirty else '')
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,5 +1,6 @@
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -79,18 +80,20 @@ def test_header_detection_by_content(tmp_path):
     ('x.jpg ' + ' '.join(['0.5'] * 16 + ['7']), r'in \[0, 5\]'),
 ])
 def test_malformed_rows_name_file_and_line(tmp_path, bad, problem):
-    good = 'a.jpg ' + ' '.join(['0.5'] * 17)
-    path = _write_table(tmp_path / 'labels.txt', [good, good, bad])
+    good = ' ' + ' '.join(['0.5'] * 17)
+    path = _write_table(tmp_path / 'labels.txt', ['a.jpg' + good, 'b.jpg' + good, bad])
     with pytest.raises(dl.DataError, match=problem) as e:
         dl.read_au_table(path)
     assert 'labels.txt, line 3' in str(e.value)
 
 
 def test_missing_image_names_the_file(synth, tmp_path):
+    (tmp_path / 'images').mkdir()
+    shutil.copy(synth / 'images' / '000000.png', tmp_path / 'images')
     path = _write_table(tmp_path / 'l.txt', ['000000.png ' + ' '.join(['1'] * 17),
                                              'nope.png ' + ' '.join(['1'] * 17)])
     with pytest.raises(dl.DataError, match='nope.png'):
-        dl.au_dataset(str(synth / 'images'), path, 32)
+        dl.au_dataset(str(tmp_path / 'images'), path, 32)
 
 
 def test_unreadable_image_names_the_file(tmp_path):
