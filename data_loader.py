@@ -588,24 +588,29 @@ def drop_unreadable(x, labels, paths, problems):
     return x[rows], labels[rows]
 
 
-def batch_indices(num_items, batch_size, iteration, seed):
+def batch_indices(num_items, batch_size, iteration, seed, rank=0, world=1):
     """Indices of the batch of `iteration`: epoch e = iteration // batches_per_epoch
     is a permutation seeded by (seed, e). A pure function of the iteration, so a
-    resumed run reads exactly the batches the uninterrupted run would have read."""
-    batch_size = min(batch_size, num_items)
-    per_epoch = num_items // batch_size
+    resumed run reads exactly the batches the uninterrupted run would have read.
+    With `world` ranks, the iteration reads a global batch of world x batch_size
+    images and `rank` gets its rows rank*B..(rank+1)*B-1 (see distributed.py)."""
+    batch_size = min(batch_size, num_items // world)
+    if batch_size < 1:
+        raise ValueError(f'{num_items} images cannot feed {world} ranks')
+    per_epoch = num_items // (batch_size * world)
     epoch, pos = divmod(iteration, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(num_items, generator=g)
-    return perm[pos * batch_size:(pos + 1) * batch_size]
+    start = (pos * world + rank) * batch_size
+    return perm[start:start + batch_size]
 
 
 class ResumableBatchSampler(torch.utils.data.Sampler):
     """batch_indices() for iterations start..stop-1, for a DataLoader with workers."""
 
-    def __init__(self, num_items, batch_size, seed, start, stop):
+    def __init__(self, num_items, batch_size, seed, start, stop, rank=0, world=1):
         self.args = num_items, batch_size, seed
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.rank, self.world = start, stop, rank, world
 
     def __len__(self):
         return self.stop - self.start
@@ -613,4 +618,4 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         n, b, seed = self.args
         for it in range(self.start, self.stop):
-            yield batch_indices(n, b, it, seed).tolist()
+            yield batch_indices(n, b, it, seed, self.rank, self.world).tolist()

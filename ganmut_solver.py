@@ -26,13 +26,14 @@ import numpy as np
 import torch
 
 import data_loader as dl
+import distributed
 import ganmut
 import ganmut_vis as gv
 import losses
 import synthetic_faces as sf
 import visualize as vis
 from model import Discriminator, Generator
-from solver import Solver, make_adam, images_to_float, random_flip, resolve_flag, write_config
+from solver import Solver, images_to_float, interpolate, make_adam, random_flip, resolve_flag, write_config
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)   # the columns of the sample grid
 PLANE_GRID = 9                            # codes per side of the plane map
@@ -144,10 +145,11 @@ class GANmutSolver(Solver):
     def sample_targets(self, batch_size, gen):
         """Training codes: linear: uniform target emotions, LinearSpace.sample (strengths,
         noise, the first n_r codes random directions); gaussian: the means, then uniform codes."""
+        n = batch_size * distributed.STATE.world   # drawn for the global batch; this rank's rows
         if self.linear:
-            e_t = torch.randint(0, self.c_dim, (batch_size,), generator=gen, device=gen.device).to(self.device)
-            return self.space.sample(e_t, gen, n_random=self.cfg.n_r)
-        return self.space.sample(batch_size, gen)
+            e_t = torch.randint(0, self.c_dim, (n,), generator=gen, device=gen.device).to(self.device)
+            return distributed.rows(self.space.sample(e_t, gen, n_random=self.cfg.n_r))
+        return distributed.rows(self.space.sample(n, gen))
 
     def train_step(self, it, x_real, labels):
         cfg = self.cfg
@@ -180,7 +182,7 @@ class GANmutSolver(Solver):
                 x_in = x_real.detach().requires_grad_(True)
                 parts = [x_in, x_fake]
             else:
-                x_hat = losses.interpolate(x_real, x_fake, gen)
+                x_hat = interpolate(x_real, x_fake, gen)
                 parts = [x_real, x_fake, x_hat]
             out_src, out_cls, out_code = self.D(torch.cat(parts))
         reg = ganmut.r1_penalty(out_src[:b], x_in) if r1 else losses.gradient_penalty(out_src[2 * b:], x_hat)
@@ -375,9 +377,10 @@ def sample_pictures(G, space, x, names, reference=False, title='', strengths=STR
 # --------------------------------------------------------------------------- entry point
 
 def train(cfg):
-    what = resolve_emotion_data(cfg)
     from main import prepare_data
-    train_set = prepare_data(cfg, emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim))
+    with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
+        what = resolve_emotion_data(cfg)
+        train_set = prepare_data(cfg, emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim))
     test_csv = held_out_csv(cfg.attr_path)
     sample_set = None
     if test_csv:
@@ -395,12 +398,13 @@ def train(cfg):
     print(f'GANmut: {cfg.parametrization} {cfg.emotion_dim}-D space, '
           f'{"attention" if solver.attention else "plain"} generator, regulariser {cfg.regularization_type}, '
           f'{cfg.cycle_loss} cycle; device {solver.device}, bf16 autocast: {solver.amp_dtype is not None}')
-    if cfg.eval_step:
+    if cfg.eval_step and solver.is_main:
         import ganmut_eval
         solver.eval_hook = ganmut_eval.TrainingProbe(cfg, solver, cfg.eval_step_pairs)
     config_dir = cfg.model_save_dir or cfg.outputs_dir   # with the seed's folder flags: beside the checkpoints
-    os.makedirs(config_dir, exist_ok=True)
-    write_config(cfg, os.path.join(config_dir, 'config.json'))
+    if solver.is_main:
+        os.makedirs(config_dir, exist_ok=True)
+        write_config(cfg, os.path.join(config_dir, 'config.json'))
     t0 = time.time()
     solver.train()
     print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '

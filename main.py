@@ -10,6 +10,7 @@
 Every default is below, visible and editable, as in the seed README.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -182,7 +183,8 @@ def build_parser():
     p.add_argument('--synthetic_images', type=int, default=4000, help='synthetic faces to generate')
     p.add_argument('--outputs_dir', default='outputs/ganimation',
                    help='run folder: logs/ models/ samples/ results/ config.json')
-    p.add_argument('--resume_iters', default='', help='resume training from iteration N or "latest"')
+    p.add_argument('--resume_iters', default='', help='resume training from iteration N or "latest"; "auto": the latest checkpoint '
+                        'when there is one, else start (for jobs that get pre-empted and requeued)')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'off'],
                    help='bf16 autocast; auto: on for CUDA and for CPUs with AMX')
@@ -314,9 +316,11 @@ def prepare_data(cfg, train_set):
 def train(cfg):
     import data_loader as dl
     from solver import Solver, write_config
-    what = resolve_dataset(cfg)
+    import distributed
     aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
-    train_set = prepare_data(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus))
+    with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
+        what = resolve_dataset(cfg)
+        train_set = prepare_data(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus))
     try:
         sample_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'test', aus)
     except dl.DataError:
@@ -325,14 +329,15 @@ def train(cfg):
         print(f'note: the labels have {train_set.labels.shape[1]} AUs; using that as c_dim')
     cfg.c_dim = train_set.labels.shape[1]
     solver = Solver(cfg, train_set, sample_set)
-    if cfg.eval_step:
+    if cfg.eval_step and solver.is_main:
         import evaluate
         solver.eval_hook = evaluate.TrainingProbe(cfg, solver, cfg.eval_step_pairs)
     print(f'dataset: {what}: {len(train_set)} training images, conditions: {" ".join(train_set.label_names)}')
     print(f'device: {solver.device}, bf16 autocast: {solver.amp_dtype is not None}, '
           f'channels_last: {solver.memory_format == __import__("torch").channels_last}')
-    os.makedirs(cfg.outputs_dir, exist_ok=True)
-    write_config(cfg, os.path.join(cfg.outputs_dir, 'config.json'))
+    if solver.is_main:
+        os.makedirs(cfg.outputs_dir, exist_ok=True)
+        write_config(cfg, os.path.join(cfg.outputs_dir, 'config.json'))
     t0 = time.time()
     solver.train()
     print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
@@ -352,6 +357,7 @@ def main(argv=None):
                 setattr(cfg, k, v)
         if 'dataset' not in given and not cfg.image_dir:
             cfg.dataset = 'synthetic'
+    import distributed
     try:
         __import__('data_loader').set_bad_data_policy(cfg.on_bad_data)
         if cfg.mode == 'bench':
@@ -359,11 +365,21 @@ def main(argv=None):
             bench.run(cfg)
             return 0
         if cfg.mode in ('train', 'demo'):
-            if cfg.model == 'ganmut':
-                import ganmut_solver
-                ganmut_solver.train(cfg)
-            else:
-                train(cfg)
+            ranks = distributed.init(cfg)        # torchrun: join the process group (distributed.py)
+            try:
+                with contextlib.redirect_stdout(sys.stdout if ranks.is_main else open(os.devnull, 'w')):
+                    if ranks.active:
+                        print(f'distributed: world size {ranks.world} ({ranks.backend}); --batch_size '
+                              f'{cfg.batch_size} per rank, {cfg.batch_size * ranks.world} per iteration')
+                    if cfg.model == 'ganmut':
+                        import ganmut_solver
+                        ganmut_solver.train(cfg)
+                    else:
+                        train(cfg)
+            finally:
+                distributed.shutdown()
+            if not ranks.is_main:
+                return 0
         ganmut_run = cfg.mode != 'train' and __import__('ganmut_animate').is_ganmut_run(cfg)   # the checkpoint's model
         if cfg.mode in ('test', 'demo'):
             import animate
@@ -378,17 +394,17 @@ def main(argv=None):
         from data_loader import DataError
         if isinstance(e, (DataError, FileNotFoundError)) or str(e).startswith('--') or 'checkpoint' in str(e) \
                 or '.ckpt' in str(e):
-            print(f'error: {e}', file=sys.stderr)
+            print(f'error{distributed.who()}: {e}', file=sys.stderr)
             return 2
         raise
     except RuntimeError as e:
         from checkpoint import CorruptCheckpoint
         from solver import TrainingStopped
         if isinstance(e, TrainingStopped):       # a signal, or non-finite losses: a checkpoint is safe
-            print(f'stopped: {e}', file=sys.stderr)
+            print(f'stopped{distributed.who()}: {e}', file=sys.stderr)
             return e.exit_code
         if isinstance(e, CorruptCheckpoint):
-            print(f'error: {e}', file=sys.stderr)
+            print(f'error{distributed.who()}: {e}', file=sys.stderr)
             return 2
         raise
     return 0

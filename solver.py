@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 import checkpoint
 import data_loader
+import distributed
 import losses
 import synthetic_faces as sf
 import visualize as vis
@@ -110,16 +111,23 @@ def make_adam(params, lr, cfg, device):
 
 
 def sample_targets(labels, batch_size, generator, noise=0.1):
-    """Target conditions: rows of the in-memory label table plus U(-noise, noise), clipped to [0, 1]."""
-    idx = torch.randint(0, labels.shape[0], (batch_size,), device=labels.device, generator=generator)
-    jitter = (torch.rand(batch_size, labels.shape[1], device=labels.device, generator=generator) * 2 - 1) * noise
-    return (labels[idx] + jitter).clamp_(0, 1)
+    """Target conditions: rows of the in-memory label table plus U(-noise, noise), clipped to [0, 1].
+    Drawn for the global batch of all ranks; this rank gets its rows (distributed.py)."""
+    n = batch_size * distributed.STATE.world
+    idx = torch.randint(0, labels.shape[0], (n,), device=labels.device, generator=generator)
+    jitter = (torch.rand(n, labels.shape[1], device=labels.device, generator=generator) * 2 - 1) * noise
+    return distributed.rows((labels[idx] + jitter).clamp_(0, 1))
 
 
 def random_flip(x, generator):
     """Horizontal flip of about half the batch (AUs are symmetric, labels stay valid)."""
-    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    flip = torch.rand(x.shape[0] * distributed.STATE.world, device=x.device, generator=generator) < 0.5
+    return torch.where(distributed.rows(flip).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def interpolate(x_real, x_fake, generator):
+    """losses.interpolate with the weights drawn for the global batch."""
+    return losses.interpolate(x_real, x_fake, generator, distributed.STATE.world, distributed.rows)
 
 
 def images_to_float(x_uint8_nhwc, device, memory_format):
@@ -149,8 +157,11 @@ class Solver:
             torch.use_deterministic_algorithms(True)
         self.label_names = list(train_set.label_names)
         self.c_dim = len(self.label_names)
+        self.rank, self.world = distributed.STATE.rank, distributed.STATE.world
+        self.is_main = self.rank == 0      # only rank 0 writes logs, samples and checkpoints
         torch.manual_seed(cfg.seed)
         self.build_networks()
+        distributed.broadcast_modules(m for _, m in self.saved_modules())
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
         self.dirs = {k: os.path.join(cfg.outputs_dir, k) for k in ('logs', 'models', 'samples', 'results')}
         self.start_iter = 0
@@ -188,8 +199,10 @@ class Solver:
         """Backward, then the optimiser step, unless the loss or a gradient is not finite:
         then the gradients are dropped, the step skipped and `record` marked for train()."""
         loss.backward()
-        grads = [p.grad for g in optim.param_groups for p in g['params'] if p.grad is not None]
-        total = loss.detach().float() + torch.nn.utils.get_total_norm(grads).float()
+        params = [p for g in optim.param_groups for p in g['params']]
+        loss_mean = distributed.average(loss, params)      # gradients averaged over ranks (one all-reduce)
+        grads = [p.grad for p in params if p.grad is not None]
+        total = loss_mean.float() + torch.nn.utils.get_total_norm(grads).float()
         if torch.isfinite(total).item():
             optim.step()
             return True
@@ -216,14 +229,15 @@ class Solver:
             rows = getattr(self.train_set, 'cache_rows', None)   # when unreadable images were dropped
             pin = self.device.type == 'cuda'
             for it in range(start, cfg.num_iters):
-                idx = batch_indices(n, cfg.batch_size, it, cfg.seed)
+                idx = batch_indices(n, cfg.batch_size, it, cfg.seed, self.rank, self.world)
                 x = self.images[idx if rows is None else rows[idx]]
                 yield images_to_float(x.pin_memory() if pin else x, self.device, self.memory_format), \
                     self.labels[idx.to(self.device)]
         else:   # the simple path: decode every image every time, in DataLoader workers
             loader = torch.utils.data.DataLoader(
                 ReadableItems(self.train_set), num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
-                batch_sampler=ResumableBatchSampler(n, cfg.batch_size, cfg.seed, start, cfg.num_iters),
+                batch_sampler=ResumableBatchSampler(n, cfg.batch_size, cfg.seed, start, cfg.num_iters,
+                                                    self.rank, self.world),
                 worker_init_fn=worker_ignores_stop_signals)
             for batch in loader:
                 x, aus = drop_unreadable(*batch)
@@ -260,7 +274,7 @@ class Solver:
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
         with self.autocast():
-            x_hat = losses.interpolate(x_real, x_fake, gen)
+            x_hat = interpolate(x_real, x_fake, gen)
             parts = [x_real, x_fake, x_hat]
             if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
                 parts.append(au_view(x_real, cfg, gen))
@@ -314,14 +328,18 @@ class Solver:
         cfg = self.cfg
         for d in self.dirs.values():
             os.makedirs(d, exist_ok=True)
-        if cfg.resume_iters not in (None, '', 'none'):
-            self.restore(cfg.resume_iters)
+        resume = str(cfg.resume_iters or '').lower()
+        if resume == 'auto':    # pre-emptible jobs: the same command starts or resumes
+            resume = 'latest' if checkpoint.list_checkpoints(self.dirs['models']) else ''
+        if resume not in ('', 'none'):
+            self.restore(resume)
+            distributed.broadcast_modules(m for _, m in self.saved_modules())
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(self.dirs['logs'])
-        fixed = self.fixed_samples()
+        self.writer = SummaryWriter(self.dirs['logs']) if self.is_main else NoWriter()
+        fixed = self.fixed_samples() if self.is_main else None
         window = {}
         bar = tqdm(total=cfg.num_iters, initial=self.start_iter, dynamic_ncols=True, desc='train',
-                   mininterval=1.0, smoothing=0.05)
+                   mininterval=1.0, smoothing=0.05, disable=not self.is_main)
         it = self.start_iter
         try:
             with StopSignals() as stop:
@@ -339,24 +357,28 @@ class Solver:
                         self.log(done, means)
                         bar.set_postfix_str(self.postfix(means), refresh=False)
                         window = {}
-                    if done % cfg.sample_step == 0 or done == cfg.num_iters:
-                        self.save_samples(done, fixed)
-                    saved = done % cfg.model_save_step == 0 or done == cfg.num_iters or stop.signum is not None
-                    if saved:
-                        self.save_checkpoint(done)
-                    if cfg.eval_step and done % cfg.eval_step == 0 and getattr(self, 'eval_hook', None):
-                        self.eval_hook(self, done)
-                    if stop.signum is not None:
-                        raise TrainingInterrupted(
-                            f'{signal.Signals(stop.signum).name}: stopped after iteration {done}; saved '
-                            f'{self.last_good_checkpoint}; continue with --resume_iters latest',
-                            128 + stop.signum)
+                    self.after_iteration(done, fixed, distributed.any_rank(stop.signum))
         finally:
             bar.close()
             self.writer.close()
         if self.nonfinite_total:
             print(f'{self.nonfinite_total} iteration(s) had a step skipped for a non-finite loss or gradient')
         return it + 1
+
+    def after_iteration(self, done, fixed, signum):
+        """Samples, checkpoint and eval on their cadence; after a signal (on any rank), a
+        checkpoint and the stop."""
+        cfg = self.cfg
+        if self.is_main and (done % cfg.sample_step == 0 or done == cfg.num_iters):
+            self.save_samples(done, fixed)
+        if done % cfg.model_save_step == 0 or done == cfg.num_iters or signum:
+            self.save_checkpoint(done)
+        if self.is_main and cfg.eval_step and done % cfg.eval_step == 0 and getattr(self, 'eval_hook', None):
+            self.eval_hook(self, done)
+        if signum:
+            raise TrainingInterrupted(f'{signal.Signals(signum).name}: stopped after iteration {done}; saved '
+                                      f'{self.last_good_checkpoint}; continue with --resume_iters latest',
+                                      128 + signum)
 
     def count_nonfinite(self, record, done):
         """Count iterations with a skipped step; stop after --nonfinite_patience in a row."""
@@ -445,8 +467,19 @@ class Solver:
                 'rng': checkpoint.rng_state(), 'format': 1}
 
     def save_checkpoint(self, it):
-        path = checkpoint.save(self.state(it), checkpoint.path_for(self.dirs['models'], it),
-                               keep=self.cfg.keep_checkpoints)
+        """Rank 0 writes; with several ranks, every rank's weight fingerprint goes in too
+        (`rank_fingerprints`), and ranks out of step are reported."""
+        path = checkpoint.path_for(self.dirs['models'], it)
+        if self.world > 1:
+            mine, everyone = distributed.fingerprint(m for _, m in self.saved_modules())
+            if self.is_main and len(set(everyone)) > 1:
+                tqdm.write(f'warning: iteration {it}: the ranks\' weights differ '
+                           f'(ranks {[r for r, f in enumerate(everyone) if f != mine]} differ from rank 0)')
+        if self.is_main:
+            state = self.state(it)
+            if self.world > 1:
+                state['rank_fingerprints'] = everyone
+            checkpoint.save(state, path, keep=self.cfg.keep_checkpoints)
         if self.nonfinite_in_a_row == 0:
             self.last_good_checkpoint = path
         return path
@@ -478,6 +511,13 @@ class Solver:
         self.last_good_checkpoint = path
         tqdm.write(f'resumed from {path} (iteration {self.start_iter})')
         return path
+
+
+class NoWriter:
+    """The TensorBoard writer of ranks other than 0: writes nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: None
 
 
 class TrainingStopped(RuntimeError):

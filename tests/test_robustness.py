@@ -412,3 +412,15 @@ def test_pickle_parser_never_crashes_on_garbage(tmp_path, data):
         assert str(e).startswith(str(path))
         return
     assert np.isfinite(values).all()
+
+
+def test_resume_auto_starts_or_resumes(synth, tmp_path, capsys):
+    out = tmp_path / 'auto'
+    assert main.main(train_args(synth, out, '--num_iters', '2', '--model_save_step', '2',
+                                '--resume_iters', 'auto')) == 0
+    assert 'resumed from' not in capsys.readouterr().err
+    assert main.main(train_args(synth, out, '--num_iters', '4', '--model_save_step', '2',
+                                '--resume_iters', 'auto')) == 0
+    printed = capsys.readouterr()
+    assert f'resumed from {checkpoint.path_for(str(out / "models"), 2)}' in printed.out + printed.err
+    assert [it for it, _ in checkpoint.list_checkpoints(str(out / 'models'))] == [2, 4]
