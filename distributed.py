@@ -77,7 +77,7 @@ def shutdown():
 
 def who():
     """' (rank N)' for messages when several ranks run, else ''."""
-    return f' (rank {STATE.rank})' if STATE.active else ''
+    return f' (rank {os.environ.get("RANK", STATE.rank)})' if launched_by_torchrun() else ''
 
 
 @contextlib.contextmanager
@@ -89,6 +89,27 @@ def local_main_first():
     yield
     if STATE.active and STATE.local_rank == 0:
         dist.barrier()
+
+
+def launched_by_torchrun():
+    return int(os.environ.get('WORLD_SIZE', '1')) > 1
+
+
+def record_error(exc):
+    """Under torchrun, hand a handled error's message to the launcher, which prints it as
+    the root cause when it stops the other ranks."""
+    if launched_by_torchrun() and os.environ.get('TORCHELASTIC_ERROR_FILE'):
+        from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+        ErrorHandler().record_exception(exc)
+
+
+def entry_point(main):
+    """`main`, wrapped under torchrun so that an unhandled exception's traceback reaches
+    the launcher's summary too."""
+    if not launched_by_torchrun():
+        return main
+    from torch.distributed.elastic.multiprocessing.errors import record
+    return record(main)
 
 
 def barrier():

@@ -395,6 +395,7 @@ def main(argv=None):
         if isinstance(e, (DataError, FileNotFoundError)) or str(e).startswith('--') or 'checkpoint' in str(e) \
                 or '.ckpt' in str(e):
             print(f'error{distributed.who()}: {e}', file=sys.stderr)
+            distributed.record_error(e)
             return 2
         raise
     except RuntimeError as e:
@@ -402,13 +403,15 @@ def main(argv=None):
         from solver import TrainingStopped
         if isinstance(e, TrainingStopped):       # a signal, or non-finite losses: a checkpoint is safe
             print(f'stopped{distributed.who()}: {e}', file=sys.stderr)
+            distributed.record_error(e)
             return e.exit_code
         if isinstance(e, CorruptCheckpoint):
             print(f'error{distributed.who()}: {e}', file=sys.stderr)
+            distributed.record_error(e)
             return 2
         raise
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(__import__('distributed').entry_point(main)())

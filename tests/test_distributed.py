@@ -92,3 +92,28 @@ def test_two_ranks_match_one_process_and_resume(synth, tmp_path):
     log = torchrun(args(synth, resumed, 2, '--resume_iters', 'latest'))
     assert 'resumed from' in log
     assert_close(ref, checkpoint.load(checkpoint.path_for(str(resumed / 'models'), 6)), 'resumed on 2 ranks')
+
+
+def test_an_error_on_one_rank_stops_all_with_its_message(synth, tmp_path):
+    script = tmp_path / 'fail_on_rank1.py'
+    script.write_text(f'''import os, sys
+sys.path.insert(0, {ROOT!r})
+import distributed, losses, main
+real, calls = losses.critic_loss, []
+def critic_loss(*a, **k):
+    calls.append(1)
+    if os.environ['RANK'] == '1' and len(calls) == 3:
+        raise ValueError('--simulated: bad thing on rank 1')
+    return real(*a, **k)
+losses.critic_loss = critic_loss
+sys.exit(distributed.entry_point(main.main)())
+''')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(script)] + args(synth, tmp_path / 'f', 2, '--num_iters', '1000'),
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert 'error (rank 1): --simulated: bad thing on rank 1' in proc.stderr    # the rank's own message
+    root_cause = proc.stderr[proc.stderr.index('Root Cause'):]
+    assert 'rank      : 1' in root_cause and 'bad thing on rank 1' in root_cause   # and torchrun's summary
+    assert not checkpoint.list_checkpoints(str(tmp_path / 'f' / 'models'))
