@@ -117,3 +117,16 @@ sys.exit(distributed.entry_point(main.main)())
     root_cause = proc.stderr[proc.stderr.index('Root Cause'):]
     assert 'rank      : 1' in root_cause and 'bad thing on rank 1' in root_cause   # and torchrun's summary
     assert not checkpoint.list_checkpoints(str(tmp_path / 'f' / 'models'))
+
+
+def test_ganmut_trains_on_two_ranks(tmp_path):
+    out = tmp_path / 'gm'
+    log = torchrun(['--mode', 'train', '--model', 'ganmut', '--dataset', 'synthetic', '--synthetic_dir',
+                    str(tmp_path / 'data'), '--synthetic_images', '60', '--batch_size', '4', '--outputs_dir', str(out),
+                    '--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1',
+                    '--d_repeat_num', '3', '--num_iters', '4', '--model_save_step', '2', '--sample_step', '4'])
+    assert log.count('distributed: world size 2 (gloo)') == 1
+    assert log.count('generating 60 synthetic faces') == 1           # rank 0 wrote the data, rank 1 waited
+    first, last = (checkpoint.load(checkpoint.path_for(str(out / 'models'), it)) for it in (2, 4))
+    assert last['model'] == 'ganmut' and len(set(last['rank_fingerprints'])) == 1
+    assert any(not torch.equal(t, last['D'][k]) for k, t in first['D'].items())   # and it trains
