@@ -165,3 +165,20 @@ def test_generator_weight_average_follows_with_a_ramped_decay():
     before = ema[0].weight.clone()
     update_ema(ema, G, 0.99, step=10 ** 6)        # late: b = 0.99
     assert torch.allclose(ema[0].weight, 0.99 * before + 0.01 * G[0].weight)
+
+
+def test_au_view_blurs_away_a_checkerboard_and_keeps_shapes():
+    from types import SimpleNamespace
+    from solver import au_view, au_view_on, gaussian_blur
+    checker = (torch.arange(16).view(1, -1) + torch.arange(16).view(-1, 1)) % 2 * 2.0 - 1   # period 2, +-1
+    x = checker.expand(1, 3, 16, 16).clone()
+    step = torch.zeros(1, 3, 16, 16)
+    step[..., 8:] = 1.0                                   # an edge: a shape the AU head must still see
+    blurred = gaussian_blur(torch.cat([x, step]), 1.0)
+    assert blurred[0, :, 4:12, 4:12].abs().max() < 0.05   # the pattern is gone (its energy x 0.02)
+    assert blurred[1].sum().item() == pytest.approx(step.sum().item(), rel=1e-5)   # mass kept
+    assert blurred[1, :, :, 2].max() < 1e-6 and blurred[1, :, :, 14].min() > 1 - 1e-6   # the edge stays
+    off = SimpleNamespace(au_noise=0.0, au_blur=0.0)
+    on = SimpleNamespace(au_noise=0.0, au_blur=1.0)
+    assert not au_view_on(off) and au_view_on(on)
+    assert torch.equal(au_view(step, on, None), gaussian_blur(step, 1.0))
