@@ -104,7 +104,8 @@ def read_au_table(path, num_aus=None):
     Header lines are recognised by content, only before the first data row: a
     lone integer (a row count, as in the CelebA file) or a line of names
     (`AU01 AU02 ...`, optionally after a first column title). Any other line
-    that is not `<name> <A numbers>` is an error naming the file and line.
+    that is not `<name> <A numbers in [0, 5]>`, and a name given twice, is an error
+    naming the file and line, or with --on_bad_data skip a skipped row (BAD_DATA).
     """
     bad = BAD_DATA
     names, rows, au_names, seen = [], [], None, {}

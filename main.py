@@ -137,6 +137,9 @@ GANMUT_FLAGS = [
     ('--info_moves_space', 'false', 'GANmut linear: whether the generator\'s info term MSE(code_hat(x_f), z) also moves '
                                     'the axes (true) or only G (false: z detached in that term; with true the axes '
                                     'bunched together in short runs, pulled towards the untrained code regression)'),
+    ('--kl_moves_space', 'true', 'GANmut gaussian: whether the generator\'s KL term also moves the means and '
+                                 'covariances (true, as specified) or only G (false: the target distribution '
+                                 'detached in that term; the space then learns from the prediction term)'),
     ('--wheel_frames', 48, 'GANmut --emotion_wheel: frames once around the plane'),
     # the GANmut seed's flag names
     ('--dataset_root', '', 'GANmut seed style: images in <dataset_root>/<imgs_folder>, labels <dataset_root>/training.csv'),
@@ -160,7 +163,7 @@ GANMUT_EDIT_FLAGS = [
 ]
 GANMUT_CHOICES = {'--parametrization': ['linear', 'gaussian'], '--attention': ['true', 'false'],
                   '--regularization_type': ['gp', 'R1', 'r1'], '--cycle_loss': ['approximate', 'original'],
-                  '--info_moves_space': ['true', 'false']}
+                  '--info_moves_space': ['true', 'false'], '--kl_moves_space': ['true', 'false']}
 GANMUT_DEFAULTS = dict(c_dim=7, lambda_cls=1.0, lambda_rec=10.0, n_critic=5, batch_size=16, g_lr=1e-4, d_lr=1e-4,
                        num_iters=2000000, num_iters_decay=100000, model_save_step=2000, outputs_dir='outputs/ganmut')
 # `--mode demo --model ganmut`: the CPU-sized GANimation demo's settings, for GANmut.
