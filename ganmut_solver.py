@@ -218,8 +218,6 @@ class GANmutSolver(Solver):
                 cfg.lambda_g_info, cfg.lambda_rec, self.space.neutral_index, masks, cfg.lambda_sat, cfg.lambda_smooth)
         else:
             log_p = self.space.target_log_distribution(target['code'])
-            if not resolve_flag(getattr(cfg, 'kl_moves_space', 'true'), True):
-                log_p = log_p.detach()   # the KL term trains G only
             loss, record = ganmut.gaussian_generator_loss(
                 out_src, out_cls, log_p, target['emotion'], x_real, x_rec, cfg.lambda_cls, cfg.lambda_prediction,
                 cfg.lambda_rec, masks, cfg.lambda_sat, cfg.lambda_smooth)

@@ -137,9 +137,6 @@ GANMUT_FLAGS = [
     ('--info_moves_space', 'false', 'GANmut linear: whether the generator\'s info term MSE(code_hat(x_f), z) also moves '
                                     'the axes (true) or only G (false: z detached in that term; with true the axes '
                                     'bunched together in short runs, pulled towards the untrained code regression)'),
-    ('--kl_moves_space', 'true', 'GANmut gaussian: whether the generator\'s KL term also moves the means and '
-                                 'covariances (true, as specified) or only G (false: the target distribution '
-                                 'detached in that term; the space then learns from the prediction term)'),
     ('--wheel_frames', 48, 'GANmut --emotion_wheel: frames once around the plane'),
     # the GANmut seed's flag names
     ('--dataset_root', '', 'GANmut seed style: images in <dataset_root>/<imgs_folder>, labels <dataset_root>/training.csv'),
@@ -163,12 +160,15 @@ GANMUT_EDIT_FLAGS = [
 ]
 GANMUT_CHOICES = {'--parametrization': ['linear', 'gaussian'], '--attention': ['true', 'false'],
                   '--regularization_type': ['gp', 'R1', 'r1'], '--cycle_loss': ['approximate', 'original'],
-                  '--info_moves_space': ['true', 'false'], '--kl_moves_space': ['true', 'false']}
+                  '--info_moves_space': ['true', 'false']}
 GANMUT_DEFAULTS = dict(c_dim=7, lambda_cls=1.0, lambda_rec=10.0, n_critic=5, batch_size=16, g_lr=1e-4, d_lr=1e-4,
                        num_iters=2000000, num_iters_decay=100000, model_save_step=2000, outputs_dir='outputs/ganmut')
 # `--mode demo --model ganmut`: the CPU-sized GANimation demo's settings, for GANmut.
+# lambda_prediction 5 (released: 0.5; only the gaussian space uses it): with 0.5 the attention mask
+# saturates at 1 within a few hundred iterations and the gaussian demo only copies (EVALUATION.md).
 GANMUT_DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
                    num_iters=2500, num_iters_decay=500, n_critic=2, g_lr=2e-4, d_lr=2e-4, lambda_smooth=1.0,
+                   lambda_prediction=5.0,
                    sample_step=250, model_save_step=500, log_step=10, eval_step=500, synthetic_images=2000,
                    eval_pairs=280, outputs_dir='outputs/demo_ganmut')
 
