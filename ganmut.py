@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses
+from losses import r1_penalty   # noqa: F401  (GANmut's R1 option; shared with GANimation's --adv_loss ns-r1)
 from synthetic_faces import EMOTIONS as EMOTION_NAMES   # 0 neutral, 1 happy, ... as the emotion CSV (SPEC 3)
 
 PARAMETRIZATIONS = ('linear', 'gaussian')
@@ -344,16 +345,6 @@ def cycle_code_original(code_hat_real):
 
 
 # --------------------------------------------------------------------------- regularisers
-
-def r1_penalty(out_real, x_real):
-    """R1: mean over the batch of ||d sum(out_real) / d x_real||^2 (no 1/2 factor).
-
-    `x_real` must have had requires_grad set before the critic's forward pass.
-    The gradient is of the fp32 sum of the patch scores, as losses.gradient_penalty.
-    """
-    grad, = torch.autograd.grad(out_real.float().sum(), x_real, create_graph=True)
-    return grad.float().flatten(1).pow(2).sum(1).mean()
-
 
 def critic_regulariser(critic, x_real, x_fake, kind='gp', generator=None):
     """The critic's regulariser: WGAN-GP on real-fake interpolates or R1 on real images.

@@ -76,14 +76,40 @@ def au_jacobian_penalty(au_pred, x, generator=None):
     return grad.float().flatten(1).pow(2).sum(1).mean()
 
 
-def critic_loss(out_real, out_fake, au_pred_real, aus_real, gp, lambda_gp, lambda_cls):
-    """WGAN-GP critic loss with the AU regression head trained on real images."""
-    loss_real = -out_real.float().mean()
-    loss_fake = out_fake.float().mean()
+def critic_loss(out_real, out_fake, au_pred_real, aus_real, gp, lambda_gp, lambda_cls, adv='wgan-gp'):
+    """Critic loss with the AU regression head trained on real images. `adv`:
+    'wgan-gp' (the seed): -mean D(x) + mean D(x_f) + lambda_gp * GP;
+    'ns-r1' (StarGAN v2, StyleGAN): softplus(-D(x)) + softplus(D(x_f)), means, + lambda_gp * R1,
+    where `gp` then holds the R1 penalty of the real images."""
+    loss_real, loss_fake = scored_as_real(out_real, adv), scored_as_fake(out_fake, adv)
     loss_cls = au_loss(au_pred_real, aus_real)
     loss = loss_real + loss_fake + lambda_gp * gp + lambda_cls * loss_cls
     return loss, {'D/loss': loss.item(), 'D/real': loss_real.item(), 'D/fake': loss_fake.item(),
                   'D/gp': gp.item(), 'D/au': loss_cls.item()}
+
+
+def scored_as_real(out, adv):
+    """The adversarial loss of critic outputs that should read 'real' (the critic's real
+    images, the generator's fakes)."""
+    out = out.float()
+    return F.softplus(-out).mean() if adv == 'ns-r1' else -out.mean()
+
+
+def scored_as_fake(out, adv):
+    out = out.float()
+    return F.softplus(out).mean() if adv == 'ns-r1' else out.mean()
+
+
+def r1_penalty(out_real, x_real):
+    """R1: mean over the batch of ||d sum(out_real) / d x_real||^2 (no 1/2 factor).
+
+    `x_real` must have had requires_grad set before the critic's forward pass.
+    The gradient is of the fp32 sum of the patch scores, as losses.gradient_penalty.
+    """
+    grad, = torch.autograd.grad(out_real.float().sum(), x_real, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(1).mean()
+
+
 
 
 def attention_terms(masks):
@@ -94,7 +120,7 @@ def attention_terms(masks):
 
 
 def generator_loss(out_fake, au_pred_fake, aus_target, x_real, x_rec, masks, lambda_cls, lambda_rec,
-                   lambda_sat, lambda_smooth, virtual=None, virtual_weight=0.5):
+                   lambda_sat, lambda_smooth, virtual=None, virtual_weight=0.5, adv='wgan-gp'):
     """Adversarial + AU + cycle + attention terms.
 
     `masks`: attention masks of the forward and reconstruction passes (empty for
@@ -102,7 +128,7 @@ def generator_loss(out_fake, au_pred_fake, aus_target, x_real, x_rec, masks, lam
     virtual_masks) of the virtual cycle; its L1 is mixed with the ordinary
     cycle by `virtual_weight`, and its masks join the attention terms.
     """
-    loss_adv = -out_fake.float().mean()
+    loss_adv = scored_as_real(out_fake, adv)
     loss_cls = au_loss(au_pred_fake, aus_target)
     loss_rec = (x_rec.float() - x_real.float()).abs().mean()
     masks = list(masks)

@@ -46,7 +46,12 @@ LOSS_FLAGS = [
     ('--lambda_color_tv', 0.0, 'total variation of the colour head where the mask uses it (weighted by 1 - A): '
                                'keeps the edited regions piecewise smooth instead of patterned'),
     ('--lambda_rec', 10.0, 'cycle-consistency (reconstruction) weight'),
-    ('--lambda_gp', 10.0, 'gradient-penalty weight'),
+    ('--lambda_gp', 10.0, 'gradient-penalty weight (--adv_loss wgan-gp)'),
+    ('--adv_loss', 'wgan-gp', 'adversarial loss: wgan-gp (the seed: Wasserstein critic, gradient penalty on '
+                              'interpolates) or ns-r1 (non-saturating logistic loss, R1 penalty on real images, '
+                              'as StarGAN v2: the critic is not 1-Lipschitz, so faint artefacts can cost the '
+                              'generator more)'),
+    ('--lambda_r1', 1.0, 'R1 weight (--adv_loss ns-r1): lambda * mean ||grad D(x_real)||^2'),
     ('--lambda_sat', 0.1, 'attention saturation weight: mean(A), pushes the mask away from copying the input'),
     ('--lambda_smooth', 1e-4, 'attention smoothness weight; TV(A) is the mean-based total variation'),
     ('--virtual_weight', 0.5, 'share of the virtual cycle in the cycle term with --virtual'),

@@ -157,6 +157,8 @@ class Solver:
             torch.use_deterministic_algorithms(True, warn_only=True)   # warn, not fail, where CUDA has no such kernel
         self.label_names = list(train_set.label_names)
         self.c_dim = len(self.label_names)
+        if adv_loss(cfg) not in ('wgan-gp', 'ns-r1'):
+            raise ValueError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
         self.rank, self.world = distributed.STATE.rank, distributed.STATE.world
         self.is_main = self.rank == 0      # only rank 0 writes logs, samples and checkpoints
         torch.manual_seed(cfg.seed)
@@ -273,20 +275,28 @@ class Solver:
         cfg = self.cfg
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
+        r1 = adv_loss(cfg) == 'ns-r1'
         with self.autocast():
-            x_hat = interpolate(x_real, x_fake, gen)
-            parts = [x_real, x_fake, x_hat]
+            if r1:    # R1 on the real images: they take part with requires_grad
+                x_real = x_real.detach().requires_grad_(True)
+                x_hat = x_real
+                parts = [x_real, x_fake, x_fake[:0]]
+            else:     # WGAN-GP on real-fake interpolates
+                x_hat = interpolate(x_real, x_fake, gen)
+                parts = [x_real, x_fake, x_hat]
             if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
-                parts.append(au_view(x_real, cfg, gen))
-            # one critic pass over real, fake and interpolated (and noisy real) images
+                parts.append(au_view(x_real.detach(), cfg, gen))
+            # one critic pass over real, fake and interpolated (and AU-view) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
         b = x_real.shape[0]
-        gp = losses.gradient_penalty(out_src[2 * b:3 * b], x_hat)
-        au_pred_real = out_cls[3 * b:] if au_view_on(cfg) else out_cls[:b]
-        loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, gp,
-                                          cfg.lambda_gp, critic_au_weight(cfg))
+        n_reg = 0 if r1 else b
+        reg = (losses.r1_penalty(out_src[:b], x_real) if r1
+               else losses.gradient_penalty(out_src[2 * b:3 * b], x_hat))
+        au_pred_real = out_cls[2 * b + n_reg:] if au_view_on(cfg) else out_cls[:b]
+        loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, reg,
+                                          cfg.lambda_r1 if r1 else cfg.lambda_gp, critic_au_weight(cfg), adv_loss(cfg))
         if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
-            jac = losses.au_jacobian_penalty(out_cls[2 * b:3 * b], x_hat, gen)
+            jac = losses.au_jacobian_penalty(out_cls[:b] if r1 else out_cls[2 * b:3 * b], x_hat, gen)
             loss = loss + cfg.lambda_au_jac * jac
             record['D/au_jac'] = jac.item()
         self.apply_step(loss, self.d_optim, record)
@@ -313,7 +323,7 @@ class Solver:
         loss, record = losses.generator_loss(out_src, out_cls, aus_trg, x_real, x_rec, [attn_fake, attn_rec],
                                              generator_au_weight(cfg, self.iteration), cfg.lambda_rec,
                                              cfg.lambda_sat, cfg.lambda_smooth,
-                                             virtual, cfg.virtual_weight)
+                                             virtual, cfg.virtual_weight, adv_loss(cfg))
         if cfg.lambda_color_tv > 0 and attn_fake is not None:
             color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
             loss = loss + cfg.lambda_color_tv * color_tv
@@ -576,6 +586,10 @@ def readable_images(dataset, n):
     if not rows:
         raise DataError(dataset.image_dir, 'no image of the sample set can be read')
     return rows, images
+
+
+def adv_loss(cfg):
+    return getattr(cfg, 'adv_loss', 'wgan-gp')
 
 
 def au_view_on(cfg):

@@ -182,3 +182,44 @@ def test_au_view_blurs_away_a_checkerboard_and_keeps_shapes():
     on = SimpleNamespace(au_noise=0.0, au_blur=1.0)
     assert not au_view_on(off) and au_view_on(on)
     assert torch.equal(au_view(step, on, None), gaussian_blur(step, 1.0))
+
+
+def test_non_saturating_losses_by_hand():
+    import math
+    sp = lambda v: math.log1p(math.exp(v))              # softplus
+    out_real = torch.tensor([[0.0], [1.0]])
+    out_fake = torch.tensor([[0.5], [-2.0]])
+    au_pred, au_real = torch.zeros(2, 3), torch.zeros(2, 3)
+    r1 = torch.tensor(0.3)
+    loss, rec = losses.critic_loss(out_real, out_fake, au_pred, au_real, r1, lambda_gp=2, lambda_cls=1, adv='ns-r1')
+    expected_real = (sp(0.0) + sp(-1.0)) / 2
+    expected_fake = (sp(0.5) + sp(-2.0)) / 2
+    assert rec['D/real'] == pytest.approx(expected_real) and rec['D/fake'] == pytest.approx(expected_fake)
+    assert loss.item() == pytest.approx(expected_real + expected_fake + 2 * 0.3)
+    x = torch.zeros(1, 3, 2, 2)
+    g_loss, g_rec = losses.generator_loss(torch.tensor([[2.0]]), torch.zeros(1, 2), torch.zeros(1, 2), x, x, [],
+                                          lambda_cls=1, lambda_rec=1, lambda_sat=0, lambda_smooth=0, adv='ns-r1')
+    assert g_loss.item() == pytest.approx(sp(-2.0))    # the generator wants its fakes scored real
+
+
+def test_r1_critic_step_regularises_the_real_images(tmp_path):
+    import main
+    import synthetic_faces as sf
+    import data_loader as dl
+    sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
+    argv = ['--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
+            '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
+            '--batch_size', '4', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off']
+    records = {}
+    for adv in ('wgan-gp', 'ns-r1'):
+        cfg = main.build_parser().parse_args(argv + ['--adv_loss', adv])
+        solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+        x, aus = next(solver.batches(0))
+        records[adv] = solver.train_step(0, x, aus)
+    r1 = records['ns-r1']
+    assert r1['D/real'] > 0 and r1['D/fake'] > 0 and r1['D/gp'] > 0           # softplus terms, R1 > 0
+    assert r1['G/fake'] > 0                                                       # softplus(-D(x_f))
+    assert records['wgan-gp']['D/gp'] != r1['D/gp']
+    cfg = main.build_parser().parse_args(argv + ['--adv_loss', 'hinge'])
+    with pytest.raises(ValueError, match='--adv_loss'):
+        Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
