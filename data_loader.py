@@ -546,6 +546,28 @@ def prepare_training_images(dataset):
     return dataset
 
 
+def load_readable(dataset, indices):
+    """(indices used, uint8 images) for `indices`: an unreadable image is a DataError, or with
+    --on_bad_data skip is replaced by the next readable image of the dataset (for the fixed
+    sample and evaluation faces, which are picked by index)."""
+    used, images, unreadable = [], [], set()
+    for i in indices:
+        j = int(i)
+        for _ in range(len(dataset)):
+            if j not in unreadable:
+                try:
+                    images.append(dataset.load_uint8(j))
+                    used.append(j)
+                    break
+                except DataError as e:
+                    BAD_DATA(e.path, e.problem, None, 'unreadable image')
+                    unreadable.add(j)
+            j = (j + 1) % len(dataset)
+        else:
+            raise DataError(dataset.image_dir, 'the dataset is empty: no image could be read')
+    return np.asarray(used, dtype=np.int64), images
+
+
 class ReadableItems(torch.utils.data.Dataset):
     """(image, label, path, problem) for the simple loader: an image that cannot be read
     comes back black with its path and problem, so the main process can raise the same

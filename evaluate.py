@@ -211,12 +211,13 @@ class EvalPairs:
         n = len(full)
         self.src = rng.integers(0, n, num_pairs)
         trg = (self.src + rng.integers(1, max(n, 2), num_pairs)) % n
+        self.src, images = dl.load_readable(full, self.src)              # (--on_bad_data skip: readable ones)
         self.aus_src = full.labels[self.src].float()                     # all columns, [0, 1]
         self.aus_trg = self.aus_src.clone()
         self.aus_trg[:, self.cols] = full.labels[trg].float()[:, self.cols]
         self.cond_trg = self.aus_trg[:, self.cols]                        # G's condition
         self.cond_src = self.aus_src[:, self.cols]
-        self.x_src = dl.to_tensor(np.stack([full.load_uint8(i) for i in self.src]))
+        self.x_src = dl.to_tensor(np.stack(images))
         self.files = [full.files[i] for i in self.src]
         self.truth = None
         root = synthetic_root(attr_path)

@@ -43,11 +43,11 @@ class EmotionEvalFaces:
         ds = gs.emotion_set(image_dir, held_out or attr_path, size, len(names))
         rng = np.random.default_rng(seed)
         n = min(len(ds), max(1, num_faces))
-        self.index = np.sort(rng.choice(len(ds), n, replace=False))
+        self.index, images = dl.load_readable(ds, np.sort(rng.choice(len(ds), n, replace=False)))
         self.names = list(names)
         self.files = [ds.files[i] for i in self.index]
-        self.labels = ds.labels[self.index].clone()
-        self.x_src = dl.to_tensor(np.stack([ds.load_uint8(i) for i in self.index]))
+        self.labels = ds.labels[torch.as_tensor(self.index)].clone()
+        self.x_src = dl.to_tensor(np.stack(images))
         self.truth = None
         root = gs.synthetic_root(attr_path)
         if root and all(n in sf.EMOTION_PROTOTYPES for n in names):

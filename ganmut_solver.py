@@ -245,7 +245,8 @@ class GANmutSolver(Solver):
         neutral = [i for i, e in enumerate(labels) if e == 0][:1]
         others = [i for i, e in enumerate(labels) if e != 0][:n - len(neutral)]
         idx = (neutral + others) or list(range(min(n, len(self.sample_set))))
-        x = torch.stack([torch.from_numpy(self.sample_set.load_uint8(i)) for i in idx])
+        _, images = dl.load_readable(self.sample_set, idx)
+        x = torch.from_numpy(np.stack(images))
         return images_to_float(x, self.device, self.memory_format)
 
     @torch.no_grad()

@@ -29,7 +29,7 @@ import distributed
 import losses
 import synthetic_faces as sf
 import visualize as vis
-from data_loader import (DataError, ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
+from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
                          worker_ignores_stop_signals)
 from model import Discriminator, Generator
 
@@ -429,7 +429,7 @@ class Solver:
     # ----------------------------------------------------------------- samples
     def fixed_samples(self, n=6, num_targets=4):
         """Fixed inputs (held-out images when available) and fixed target conditions."""
-        rows, images = readable_images(self.sample_set, n)
+        rows, images = data_loader.load_readable(self.sample_set, range(min(n, len(self.sample_set))))
         x = images_to_float(torch.from_numpy(np.stack(images)), self.device, self.memory_format)
         targets, titles = fixed_targets(self.label_names, self.labels.cpu(), num_targets, self.cfg.seed)
         aus_in = self.sample_set.labels[rows].float().to(self.device)   # their own AUs, for the reconstruction
@@ -568,24 +568,6 @@ class StopSignals:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         return False
-
-
-def readable_images(dataset, n):
-    """(indices, uint8 images) of the first n images of `dataset` that can be read; the others
-    are an error or, with --on_bad_data skip, passed over."""
-    rows, images = [], []
-    for i in range(len(dataset)):
-        try:
-            images.append(dataset.load_uint8(i))
-        except DataError as e:
-            data_loader.BAD_DATA(e.path, e.problem, None, "unreadable image")
-            continue
-        rows.append(i)
-        if len(rows) == n:
-            break
-    if not rows:
-        raise DataError(dataset.image_dir, 'no image of the sample set can be read')
-    return rows, images
 
 
 def adv_loss(cfg):

@@ -424,3 +424,26 @@ def test_resume_auto_starts_or_resumes(synth, tmp_path, capsys):
     printed = capsys.readouterr()
     assert f'resumed from {checkpoint.path_for(str(out / "models"), 2)}' in printed.out + printed.err
     assert [it for it, _ in checkpoint.list_checkpoints(str(out / 'models'))] == [2, 4]
+
+
+def test_sample_and_eval_faces_pass_over_unreadable_images(synth, tmp_path):
+    import evaluate
+    root = tmp_path / 'data'
+    shutil.copytree(synth, root, ignore=shutil.ignore_patterns('.cache'))
+    test_names = dl.read_id_list(str(root / 'test_ids.csv'))
+    bad = test_names[0]
+    data = (root / 'images' / bad).read_bytes()
+    (root / 'images' / bad).write_bytes(data[:len(data) // 3])
+    full = dl.au_dataset(str(root / 'images'), str(root / 'aus.txt'), 32, 'test')
+    with pytest.raises(dl.DataError, match=bad):
+        dl.load_readable(full, range(len(full)))
+    with pytest.raises(dl.DataError, match=bad):
+        evaluate.EvalPairs(str(root / 'images'), str(root / 'aus.txt'), full.label_names, 32, num_pairs=30)
+    policy = dl.set_bad_data_policy('skip')
+    used, images = dl.load_readable(full, range(len(full)))
+    i_bad = full.files.index(bad)
+    assert i_bad not in used and len(images) == len(full)                  # replaced by the next readable one
+    assert used[i_bad] == (i_bad + 1) % len(full)
+    pairs = evaluate.EvalPairs(str(root / 'images'), str(root / 'aus.txt'), full.label_names, 32, num_pairs=30)
+    assert bad not in pairs.files and len(pairs) == 30 and torch.isfinite(pairs.x_src).all()
+    assert list(policy.skipped.values()) == ['unreadable image']
