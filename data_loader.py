@@ -568,6 +568,17 @@ def load_readable(dataset, indices):
     return np.asarray(used, dtype=np.int64), images
 
 
+def prepare_training_set(dataset, use_cache=True):
+    """The training set as training reads it: images decoded once into the uint8 cache
+    (prepare_training_images) unless `use_cache` is off; then what --on_bad_data skip dropped
+    while reading labels and images is reported."""
+    if use_cache:
+        dataset = prepare_training_images(dataset)
+    for line in BAD_DATA.report():
+        print(line)
+    return dataset
+
+
 class ReadableItems(torch.utils.data.Dataset):
     """(image, label, path, problem) for the simple loader: an image that cannot be read
     comes back black with its path and problem, so the main process can raise the same

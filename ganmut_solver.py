@@ -378,10 +378,10 @@ def sample_pictures(G, space, x, names, reference=False, title='', strengths=STR
 # --------------------------------------------------------------------------- entry point
 
 def train(cfg):
-    from main import prepare_data
     with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
         what = resolve_emotion_data(cfg)
-        train_set = prepare_data(cfg, emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim))
+        train_set = dl.prepare_training_set(emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim),
+                                            resolve_flag(cfg.data_cache, True))
     test_csv = held_out_csv(cfg.attr_path)
     sample_set = None
     if test_csv:

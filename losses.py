@@ -42,11 +42,11 @@ def au_loss(au_pred, au_target):
     return F.mse_loss(au_pred.float(), au_target.float())
 
 
-def interpolate(x_real, x_fake, generator=None, world=1, rows=None):
-    """Points drawn per sample on the segments between real and fake images. With `world`
-    ranks the weights are drawn for the global batch and `rows` picks this rank's part."""
-    alpha = torch.rand(x_real.shape[0] * world, 1, 1, 1, device=x_real.device, generator=generator)
-    alpha = rows(alpha) if rows is not None else alpha
+def interpolate(x_real, x_fake, generator=None, alpha=None):
+    """Points on the segments between real and fake images, at per-sample weights `alpha`
+    (B, 1, 1, 1), drawn with `generator` when not given."""
+    if alpha is None:
+        alpha = torch.rand(x_real.shape[0], 1, 1, 1, device=x_real.device, generator=generator)
     return (alpha * x_real + (1 - alpha) * x_fake).requires_grad_(True)
 
 

@@ -309,26 +309,15 @@ def resolve_dataset(cfg):
     return f'{choice} ({attr})'
 
 
-def prepare_data(cfg, train_set):
-    """Decode the training images once (the uint8 cache), and report what --on_bad_data
-    skip dropped while reading labels and images."""
-    import data_loader as dl
-    from solver import resolve_flag
-    if resolve_flag(cfg.data_cache, True):
-        train_set = dl.prepare_training_images(train_set)
-    for line in dl.BAD_DATA.report():
-        print(line)
-    return train_set
-
-
 def train(cfg):
     import data_loader as dl
-    from solver import Solver, write_config
     import distributed
+    from solver import Solver, resolve_flag, write_config
     aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
     with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
         what = resolve_dataset(cfg)
-        train_set = prepare_data(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus))
+        train_set = dl.prepare_training_set(dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus),
+                                             resolve_flag(cfg.data_cache, True))
     try:
         sample_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'test', aus)
     except dl.DataError:

@@ -126,8 +126,9 @@ def random_flip(x, generator):
 
 
 def interpolate(x_real, x_fake, generator):
-    """losses.interpolate with the weights drawn for the global batch."""
-    return losses.interpolate(x_real, x_fake, generator, distributed.STATE.world, distributed.rows)
+    """losses.interpolate with the weights drawn for the global batch (this rank's rows)."""
+    alpha = torch.rand(x_real.shape[0] * distributed.STATE.world, 1, 1, 1, device=x_real.device, generator=generator)
+    return losses.interpolate(x_real, x_fake, alpha=distributed.rows(alpha))
 
 
 def images_to_float(x_uint8_nhwc, device, memory_format):
@@ -280,19 +281,19 @@ class Solver:
             if r1:    # R1 on the real images: they take part with requires_grad
                 x_real = x_real.detach().requires_grad_(True)
                 x_hat = x_real
-                parts = [x_real, x_fake, x_fake[:0]]
+                parts = [x_real, x_fake]
             else:     # WGAN-GP on real-fake interpolates
                 x_hat = interpolate(x_real, x_fake, gen)
                 parts = [x_real, x_fake, x_hat]
+            n_main = len(parts)
             if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
                 parts.append(au_view(x_real.detach(), cfg, gen))
             # one critic pass over real, fake and interpolated (and AU-view) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
         b = x_real.shape[0]
-        n_reg = 0 if r1 else b
         reg = (losses.r1_penalty(out_src[:b], x_real) if r1
                else losses.gradient_penalty(out_src[2 * b:3 * b], x_hat))
-        au_pred_real = out_cls[2 * b + n_reg:] if au_view_on(cfg) else out_cls[:b]
+        au_pred_real = out_cls[n_main * b:] if au_view_on(cfg) else out_cls[:b]
         loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, reg,
                                           cfg.lambda_r1 if r1 else cfg.lambda_gp, critic_au_weight(cfg), adv_loss(cfg))
         if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
