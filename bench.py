@@ -80,7 +80,7 @@ def plain_config(cfg):
     """The unoptimised path: fp32, eager, NCHW, for-loop Adam, images decoded every time."""
     plain = copy.copy(cfg)
     plain.amp, plain.channels_last, plain.data_cache, plain.fused_adam = 'off', 'false', 'false', 'false'
-    plain.compile = 'false'
+    plain.compile, plain.small_conv_matmul, plain.explicit_gp = 'false', 'false', 'false'
     return plain
 
 

@@ -58,6 +58,13 @@ def gradient_penalty(critic_out, x_hat):
     8-bit mantissa would be coarse).
     """
     grad, = torch.autograd.grad(critic_out.float().sum(), x_hat, create_graph=True)
+    return penalty_of_gradient(grad)
+
+
+def penalty_of_gradient(grad):
+    """mean((||grad||_2 - 1)^2) of per-sample input gradients (fp32 norm): the gradient
+    penalty, for a gradient obtained by autograd or written out
+    (model.Discriminator.realism_input_gradient)."""
     norm = grad.float().flatten(1).norm(2, dim=1)
     return ((norm - 1.0) ** 2).mean()
 

@@ -200,8 +200,14 @@ def build_parser():
                    help='NHWC memory format for the convolutions')
     p.add_argument('--compile', default='auto', choices=['auto', 'true', 'false'],
                    help='torch.compile the generator\'s training passes; auto: on CUDA only')
-    p.add_argument('--fused_adam', default='auto', choices=['auto', 'false'],
-                   help='auto: fused Adam on CUDA, multi-tensor (foreach) on CPU; false: the per-parameter loop')
+    p.add_argument('--small_conv_matmul', default='auto', choices=['auto', 'true', 'false'],
+                   help='compute the critic\'s convolutions with at most 4 output pixels as one matrix product '
+                        '(model.SmallOutputConv2d); auto: on the CPU, where oneDNN runs them slowly')
+    p.add_argument('--explicit_gp', default='auto', choices=['auto', 'true', 'false'],
+                   help='gradient penalty from the critic\'s input gradient written out as transposed convolutions '
+                        'instead of a double backward (same values); auto: on the CPU')
+    p.add_argument('--fused_adam', default='auto', choices=['auto', 'foreach', 'false'],
+                   help='auto: fused Adam (CUDA and CPU); foreach: multi-tensor updates; false: the per-parameter loop')
     p.add_argument('--bench_compare', action='store_true',
                    help='--mode bench: also time the plain path (fp32, eager, NCHW, loop Adam, simple loader)')
     p.add_argument('--bench_iters', type=int, default=30, help='--mode bench: timed training iterations')

@@ -63,17 +63,27 @@ def test_optimised_and_plain_paths_agree(tiny):
         y_fast, a_fast, _ = s_fast.G(x_fast, c)
     y_plain, a_plain, _ = s_plain.G(x_plain, c)
     assert (y_fast.float() - y_plain).abs().max() < 0.05 and (a_fast.float() - a_plain).abs().max() < 0.02
-    # foreach and for-loop Adam: the same update
-    ref = copy.copy(plain)
-    ref.fused_adam = 'auto'
-    s_ref = Solver(ref, train_set)
-    assert s_ref.g_optim.defaults['foreach'] is True
-    for s in (s_ref, s_plain):
+    # fused, foreach and for-loop Adam, and the critic's small convolutions as matrix products
+    # with the gradient penalty written out, against the plain path (all fp32): the same update
+    variants = []
+    for adam, cpu_paths in (('auto', 'true'), ('foreach', 'false'), ('foreach', 'true')):
+        v = copy.copy(plain)
+        v.fused_adam, v.small_conv_matmul, v.explicit_gp = adam, cpu_paths, cpu_paths
+        variants.append(Solver(v, train_set))
+    assert variants[0].g_optim.defaults['fused'] is True and variants[1].g_optim.defaults['foreach'] is True
+    assert variants[0].D.main[-2].as_matmul and not variants[1].D.main[-2].as_matmul
+    for s in variants + [s_plain]:
         s.train_step(1, x_plain, aus_plain)      # iteration 1: critic and generator steps (n_critic 2)
-    for p, q in zip(s_ref.G.parameters(), s_plain.G.parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
-    for p, q in zip(s_ref.D.parameters(), s_plain.D.parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
+    lr = plain.g_lr
+    for s in variants:
+        for p, q in zip(list(s.G.parameters()) + list(s.D.parameters()),
+                        list(s_plain.G.parameters()) + list(s_plain.D.parameters())):
+            if s is variants[1]:     # the same arithmetic in another order of kernels
+                assert torch.allclose(p, q, atol=1e-6)
+            else:   # other float rounding of the gradients: Adam's first step is lr * sign(gradient),
+                # so where a gradient is ~0 its sign, and that weight, may differ by up to 2 lr
+                diff = (p - q).abs()
+                assert diff.max() <= 2.01 * lr and (diff > 1e-6).float().mean() < 0.03
 
 
 def test_bench_mode_writes_the_json_keys(tiny, tmp_path):

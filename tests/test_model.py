@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from model import Discriminator, Generator
+import losses
+from model import Discriminator, Generator, SmallOutputConv2d, use_matmul_for_small_convs
 
 
 @pytest.mark.parametrize('size, d_repeat', [(32, 5), (64, 5), (128, 6)])
@@ -93,3 +94,40 @@ def test_separate_label_trunk_keeps_the_realism_trunk_out_of_the_label_heads():
     assert all(p.grad is not None for p in D.label_main.parameters())
     with pytest.raises(ValueError, match='d_label_trunk'):
         Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4, label_trunk='both')
+
+
+@pytest.mark.parametrize('size,d_repeat,memory_format', [(64, 5, torch.channels_last), (32, 4, torch.contiguous_format),
+                                                         (128, 6, torch.channels_last)])
+def test_small_convs_as_matmul_and_the_written_out_input_gradient(size, d_repeat, memory_format):
+    """The critic's fast CPU paths compute the same function: its small-output convolutions
+    as matrix products (outputs, input and weight gradients), and the input gradient written
+    out as transposed convolutions against autograd's double backward, including the weight
+    gradient of the gradient penalty taken through it."""
+    torch.manual_seed(0)
+    D = Discriminator(image_size=size, conv_dim=8, c_dim=5, repeat_num=d_repeat).to(memory_format=memory_format)
+    assert isinstance(D.main[-2], SmallOutputConv2d)
+    x = torch.randn(3, 3, size, size).contiguous(memory_format=memory_format).requires_grad_(True)
+    results = {}
+    for as_matmul in (False, True):
+        use_matmul_for_small_convs(D, as_matmul)
+        D.zero_grad()
+        x.grad = None
+        src, cls, _ = D(x)
+        (src.sum() + (cls * torch.arange(5.0)).sum()).backward()
+        results[as_matmul] = (src.detach(), cls.detach(), x.grad.clone(), [p.grad.clone() for p in D.parameters()])
+    for a, b in zip(results[False][:3], results[True][:3]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(results[False][3], results[True][3]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    # the gradient penalty: autograd's double backward against the written-out gradient
+    use_matmul_for_small_convs(D, True)
+    out = D(x)[0]
+    grad_ref, = torch.autograd.grad(out.sum(), x, create_graph=True)
+    weights = [p for n, p in D.named_parameters() if n.endswith('weight') and not n.startswith('cls')]
+    ref = torch.autograd.grad(losses.penalty_of_gradient(grad_ref), weights)
+    grad = D.realism_input_gradient(x.detach())
+    assert torch.allclose(grad, grad_ref, atol=1e-6 * grad_ref.abs().max().item())
+    got = torch.autograd.grad(losses.penalty_of_gradient(grad), weights)
+    for a, b in zip(ref, got):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * a.abs().max().item())
+    assert all(a.abs().max() > 0 for a in ref)
