@@ -199,7 +199,8 @@ def build_parser():
     p.add_argument('--channels_last', default='auto', choices=['auto', 'true', 'false'],
                    help='NHWC memory format for the convolutions')
     p.add_argument('--compile', default='auto', choices=['auto', 'true', 'false'],
-                   help='torch.compile the generator\'s training passes; auto: on CUDA only')
+                   help='torch.compile the generator\'s training passes; auto: on CUDA, and on the CPU for runs of '
+                        '2,000 iterations or more when a C++ compiler is installed')
     p.add_argument('--small_conv_matmul', default='auto', choices=['auto', 'true', 'false'],
                    help='compute the critic\'s convolutions with at most 4 output pixels as one matrix product '
                         '(model.SmallOutputConv2d); auto: on the CPU, where oneDNN runs them slowly')

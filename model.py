@@ -5,6 +5,7 @@ its own statistics in training *and* at test time (models released with stored
 statistics and run in eval mode produced ruined faces).
 """
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -118,7 +119,7 @@ class Discriminator(nn.Module):
         The same values as the double backward (to float rounding); the biases get no
         gradient from it, as from the double backward.
         """
-        convs, slopes, shapes = [], [], []
+        convs, acts, shapes = [], [], []
         h = x
         with torch.no_grad():
             for layer in self.main:
@@ -126,14 +127,16 @@ class Discriminator(nn.Module):
                     convs.append(layer)
                     shapes.append(h.shape)
                     h = layer(h)
-                else:   # LeakyReLU: remember where its input was positive
+                else:   # LeakyReLU: its output has the sign of its input, which is all S needs
                     h = layer(h)
-                    slopes.append(torch.where(h > 0, 1.0, layer.negative_slope).to(h.dtype))
+                    acts.append((h, layer.negative_slope))
             out = self.src(h)
         g = torch.ones_like(out)
         g = _conv_input_grad(self.src, g, h.shape)
-        for conv, slope, shape in zip(reversed(convs), reversed(slopes), reversed(shapes)):
-            g = _conv_input_grad(conv, g * slope, shape)
+        for conv, (act, slope), shape in zip(reversed(convs), reversed(acts), reversed(shapes)):
+            # S: the LeakyReLU's own backward (differentiable in g), from its output
+            g = torch.ops.aten.leaky_relu_backward(g, act.to(g.dtype), slope, True)
+            g = _conv_input_grad(conv, g, shape)
         return g
 
 
@@ -188,10 +191,36 @@ def conv2d_as_matmul(x, weight, bias, stride, padding):
     patches = torch.stack([xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
                            for i in range(Ho) for j in range(Wo)], 1)          # (B, L, C, kh, kw)
     rows = patches.permute(0, 1, 3, 4, 2).reshape(B * Ho * Wo, kh * kw * C)
-    w = weight.to(dtype).permute(0, 2, 3, 1).reshape(O, -1)
+    w = _cast_weight(weight, dtype).permute(0, 2, 3, 1).reshape(O, -1)
     with torch.autocast('cpu', enabled=False):
         y = rows @ w.t() if bias is None else torch.addmm(bias.to(dtype), rows, w.t())
     return y.view(B, Ho, Wo, O).permute(0, 3, 1, 2)
+
+
+_CASTS = {}    # id(weight) -> (weak reference to it, key, cast); an entry is dropped with its weight
+
+
+def _cast_weight(weight, dtype):
+    """`weight` in `dtype`, cast once per weight update and shared by the critic's passes in
+    a step (forward, the penalty's sign pass and its transposed pass: one cast and one cast
+    of the gradient back instead of three and two, on the network's largest tensor).
+    Autocast caches its casts the same way, but only of the parameters themselves, not of
+    the reshaped views these matrix products take. Valid while the weight's version
+    counter (bumped by every in-place update) and requires_grad are unchanged; a cast made
+    without autograd recording is not used where the gradient must flow."""
+    if weight.dtype == dtype:
+        return weight
+    key = (weight._version, dtype, weight.requires_grad)
+    hit = _CASTS.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1] == key:
+        cast = hit[2]
+        if cast.requires_grad or not (torch.is_grad_enabled() and weight.requires_grad):
+            return cast
+    if hit is None or hit[0]() is not weight:
+        weakref.finalize(weight, _CASTS.pop, id(weight), None)
+    cast = weight.to(dtype)
+    _CASTS[id(weight)] = (weakref.ref(weight), key, cast)
+    return cast
 
 
 def _conv_input_grad(conv, grad_out, in_shape):
@@ -205,7 +234,7 @@ def _conv_input_grad(conv, grad_out, in_shape):
         dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else grad_out.dtype
         B, O = grad_out.shape[:2]
         rows = grad_out.to(dtype).permute(0, 2, 3, 1).reshape(B * Ho * Wo, O)
-        w = conv.weight.to(dtype).permute(0, 2, 3, 1).reshape(O, -1)
+        w = _cast_weight(conv.weight, dtype).permute(0, 2, 3, 1).reshape(O, -1)
         with torch.autocast('cpu', enabled=False):
             patches = (rows @ w).view(B, Ho, Wo, kh, kw, -1).permute(0, 1, 2, 5, 3, 4)   # (B, Ho, Wo, C, kh, kw)
         Hp, Wp = H + 2 * ph, W + 2 * pw

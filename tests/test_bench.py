@@ -1,6 +1,8 @@
 """--mode bench: the FLOP count by hand, the optimisation flags against the plain path, the JSON."""
 import copy
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 import bench
 import data_loader as dl
 import main
+import solver
 from model import Discriminator, Generator
 from solver import Solver
 from tiny import TINY_MODEL
@@ -90,7 +93,7 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
     cfg, _ = tiny
     rc = main.main(['--mode', 'bench', '--dataset', 'synthetic', '--synthetic_dir', cfg.synthetic_dir,
                     '--outputs_dir', str(tmp_path), '--bench_iters', '2', '--bench_warmup', '1',
-                    '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_compare'] + TINY)
+                    '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_compare', '--compile', 'false'] + TINY)
     assert rc == 0
     files = list((tmp_path / 'results').glob('bench*.json'))
     assert len(files) == 1
@@ -100,3 +103,29 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
     assert r['baseline']['ms_per_iter'] > 0 and r['baseline']['amp'] == 'off'
     assert r['speedup'] == pytest.approx(r['baseline']['ms_per_iter'] / r['ms_per_iter'])
     assert r['images_per_s'] == pytest.approx(4 * 1000 / r['ms_per_iter'])
+
+
+def test_compile_auto_rule_and_the_compiled_generator(tiny):
+    cfg, train_set = tiny
+    cpu = torch.device('cpu')
+    has_cxx = any(shutil.which(cc) for cc in (os.environ.get('CXX', 'c++'), 'g++', 'clang++'))
+    for num_iters, expected in ((10, False), (solver.COMPILE_MIN_ITERS_CPU, has_cxx)):
+        run = copy.copy(cfg)
+        run.compile, run.num_iters = 'auto', num_iters
+        assert solver.compile_on(run, cpu) is expected
+    # the compiled generator computes the same function and the same gradients (fp32)
+    run = bench.plain_config(cfg)
+    run.compile = 'true'
+    s = Solver(run, train_set)
+    assert s.G_train is not s.G
+    x, aus = next(s.batches(0))
+    results = []
+    for net in (s.G, s.G_train):
+        s.G.zero_grad()
+        y, attn, _ = net(x, aus.flip(0))
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), attn.detach(), [p.grad.clone() for p in s.G.parameters()]))
+    (y0, a0, g0), (y1, a1, g1) = results
+    assert torch.allclose(y0, y1, atol=1e-5) and torch.allclose(a0, a1, atol=1e-5)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * a.abs().max().item())
