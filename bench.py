@@ -22,7 +22,11 @@ the weights). Per iteration, with F_G, F_D the forward FLOPs of one image:
   generator step: reconstruction G forward (b), D forward (b), the backward
                   through D (input gradients only: F_D) and through both G
                   passes (4 F_G)                 = b (5 F_G + 2 F_D), once per n_critic iterations.
-Without --virtual.
+Without --virtual. This is the work of the standard computation (the plain path), and
+both paths are scored against it: with --explicit_gp the interpolates need no
+backward through D (sign pass F_D, transposed pass F_D and its backward 2 F_D: 10 F_D
+instead of 12 per critic step), about 5% fewer FLOPs than counted in the 64 px
+configuration, so its TFLOP/s are "model FLOPs" per second.
 """
 import copy
 import json
