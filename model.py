@@ -197,7 +197,10 @@ def conv2d_as_matmul(x, weight, bias, stride, padding):
     return y.view(B, Ho, Wo, O).permute(0, 3, 1, 2)
 
 
-_CASTS = {}    # id(weight) -> (weak reference to it, key, cast); an entry is dropped with its weight
+# id(weight) -> (weak reference to it, key, cast): one entry per critic weight. A cast recorded by
+# autograd keeps its weight alive (its graph node refers to it), so the finalizer that drops the
+# entry runs only for weights cast without grad; for the one critic of a run that costs nothing.
+_CASTS = {}
 
 
 def _cast_weight(weight, dtype):
