@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 import data_loader as dl
-from solver import Solver, compile_on, images_to_float, resolve_device
+from solver import Solver, images_to_float, resolve_device
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -102,8 +102,7 @@ def peak_memory_mb(device):
 def time_training(cfg, train_set, warmup, iters):
     """ms per iteration over `iters` iterations that follow `warmup` untimed ones."""
     run_cfg = copy.copy(cfg)
-    # --compile auto decides by the length of the run being benchmarked, not of this short one
-    run_cfg.compile = 'true' if compile_on(cfg, resolve_device(cfg.device)) else 'false'
+    run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
     run_cfg.num_iters = warmup + iters
     run_cfg.num_iters_decay = 0
     solver = Solver(run_cfg, train_set)

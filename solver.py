@@ -73,8 +73,10 @@ COMPILE_MIN_ITERS_CPU = 2000   # compiling takes ~40 s on 2 cores and saves ~30 
 
 def compile_on(cfg, device):
     """Whether --compile (see compiled) is on for this config and device."""
-    on_cpu = (device.type == 'cpu' and getattr(cfg, 'num_iters', 0) >= COMPILE_MIN_ITERS_CPU
-              and any(shutil.which(cc) for cc in (os.environ.get('CXX', 'c++'), 'g++', 'clang++')))
+    # the compiler inductor will use: $CXX, else g++ (clang++ on macOS)
+    cxx = os.environ.get('CXX') or ('clang++' if sys.platform == 'darwin' else 'g++')
+    iters = getattr(cfg, 'planned_iters', None) or getattr(cfg, 'num_iters', 0)   # bench: the run it stands for
+    on_cpu = device.type == 'cpu' and iters >= COMPILE_MIN_ITERS_CPU and shutil.which(cxx) is not None
     return resolve_flag(getattr(cfg, 'compile', 'auto'), device.type == 'cuda' or on_cpu)
 
 

@@ -108,11 +108,13 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
 def test_compile_auto_rule_and_the_compiled_generator(tiny):
     cfg, train_set = tiny
     cpu = torch.device('cpu')
-    has_cxx = any(shutil.which(cc) for cc in (os.environ.get('CXX', 'c++'), 'g++', 'clang++'))
+    has_cxx = shutil.which(os.environ.get('CXX') or 'g++') is not None
     for num_iters, expected in ((10, False), (solver.COMPILE_MIN_ITERS_CPU, has_cxx)):
         run = copy.copy(cfg)
         run.compile, run.num_iters = 'auto', num_iters
         assert solver.compile_on(run, cpu) is expected
+    run.num_iters, run.planned_iters = 10, solver.COMPILE_MIN_ITERS_CPU   # bench: the length of the run it stands for
+    assert solver.compile_on(run, cpu) is has_cxx
     # the compiled generator computes the same function and the same gradients (fp32)
     run = bench.plain_config(cfg)
     run.compile = 'true'
