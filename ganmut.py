@@ -42,7 +42,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses
-from losses import r1_penalty   # noqa: F401  (GANmut's R1 option; shared with GANimation's --adv_loss ns-r1)
 from synthetic_faces import EMOTIONS as EMOTION_NAMES   # 0 neutral, 1 happy, ... as the emotion CSV (SPEC 3)
 
 PARAMETRIZATIONS = ('linear', 'gaussian')
@@ -357,7 +356,7 @@ def critic_regulariser(critic, x_real, x_fake, kind='gp', generator=None):
         return losses.gradient_penalty(critic(x_hat), x_hat)
     if kind == 'r1':
         x = x_real.detach().requires_grad_(True)
-        return r1_penalty(critic(x), x)
+        return losses.r1_penalty(critic(x), x)
     raise ValueError(f'the critic regulariser must be gp or r1, got {kind!r}')
 
 

@@ -33,7 +33,8 @@ import losses
 import synthetic_faces as sf
 import visualize as vis
 from model import Discriminator, Generator, use_matmul_for_small_convs
-from solver import Solver, explicit_gp_on, images_to_float, interpolate, make_adam, random_flip, resolve_flag, write_config
+from solver import (Solver, explicit_gp_on, images_to_float, interpolate, make_adam, random_flip, resolve_flag,
+                    small_conv_matmul_on, write_config)
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)   # the columns of the sample grid
 PLANE_GRID = 9                            # codes per side of the plane map
@@ -128,8 +129,7 @@ class GANmutSolver(Solver):
             self.device, memory_format=self.memory_format)
         self.space = ganmut.make_space(cfg.parametrization, self.c_dim, cfg.emotion_dim, neutral_index=0,
                                        names=self.label_names).to(self.device)
-        use_matmul_for_small_convs(self.D, resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'),
-                                                        self.device.type == 'cpu'))
+        use_matmul_for_small_convs(self.D, small_conv_matmul_on(cfg, self.device))
         self.G_train, self.G_ema = self.G, None   # no compile, no weight average for GANmut yet
         self.g_optim = make_adam(list(self.G.parameters()) + list(self.space.parameters()), cfg.g_lr, cfg,
                                  self.device)
@@ -189,9 +189,9 @@ class GANmutSolver(Solver):
             explicit = not r1 and explicit_gp_on(cfg, self.device)
             out_src, out_cls, out_code = self.D(torch.cat(parts[:2] if explicit else parts))
             if explicit:
-                reg = losses.penalty_of_gradient(self.D.realism_input_gradient(x_hat.detach()))
+                reg = self.written_out_gradient_penalty(x_hat)
         if not explicit:
-            reg = ganmut.r1_penalty(out_src[:b], x_in) if r1 else losses.gradient_penalty(out_src[2 * b:], x_hat)
+            reg = losses.r1_penalty(out_src[:b], x_in) if r1 else losses.gradient_penalty(out_src[2 * b:], x_hat)
         if self.linear:
             loss, record = ganmut.linear_critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], e_org,
                                                      out_code[b:2 * b], z, reg, cfg.lambda_cls, cfg.lambda_reg,

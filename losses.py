@@ -117,8 +117,6 @@ def r1_penalty(out_real, x_real):
     return grad.float().flatten(1).pow(2).sum(1).mean()
 
 
-
-
 def attention_terms(masks):
     """(sum of mean A, sum of TV(A)) over a list of masks."""
     sat = sum(m.float().mean() for m in masks)

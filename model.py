@@ -175,6 +175,11 @@ def _out_area(x, conv):
     return ((x.shape[-2] + 2 * ph - kh) // sh + 1) * ((x.shape[-1] + 2 * pw - kw) // sw + 1)
 
 
+def _matmul_dtype(t):
+    """The dtype the CPU matrix-product paths compute in: autocast's when it is on, else t's."""
+    return torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else t.dtype
+
+
 def conv2d_as_matmul(x, weight, bias, stride, padding):
     """F.conv2d(x, weight, bias, stride, padding) as (B * out pixels, kh * kw * C) @ (kh * kw * C, O).
 
@@ -186,7 +191,7 @@ def conv2d_as_matmul(x, weight, bias, stride, padding):
     O, _, kh, kw = weight.shape
     (sh, sw), (ph, pw) = stride, padding
     Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+    dtype = _matmul_dtype(x)
     xp = nn.functional.pad(x.to(dtype), (pw, pw, ph, ph))
     patches = torch.stack([xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
                            for i in range(Ho) for j in range(Wo)], 1)          # (B, L, C, kh, kw)
@@ -234,7 +239,7 @@ def _conv_input_grad(conv, grad_out, in_shape):
     H, W = in_shape[-2:]
     Ho, Wo = grad_out.shape[-2:]
     if getattr(conv, 'as_matmul', False) and grad_out.device.type == 'cpu' and Ho * Wo <= conv.MAX_AREA:
-        dtype = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else grad_out.dtype
+        dtype = _matmul_dtype(grad_out)
         B, O = grad_out.shape[:2]
         rows = grad_out.to(dtype).permute(0, 2, 3, 1).reshape(B * Ho * Wo, O)
         w = _cast_weight(conv.weight, dtype).permute(0, 2, 3, 1).reshape(O, -1)

@@ -96,6 +96,11 @@ def compiled(module, cfg, device):
     return torch.compile(module)
 
 
+def small_conv_matmul_on(cfg, device):
+    """--small_conv_matmul (model.SmallOutputConv2d); auto: on the CPU."""
+    return resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'), device.type == 'cpu')
+
+
 def explicit_gp_on(cfg, device):
     """--explicit_gp: the gradient penalty from the critic's input gradient written out as
     transposed convolutions (model.Discriminator.realism_input_gradient) rather than a
@@ -213,8 +218,7 @@ class Solver:
             self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
                                label_trunk=cfg.d_label_trunk).to(self.device, memory_format=self.memory_format)
-        use_matmul_for_small_convs(self.D, resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'),
-                                                        self.device.type == 'cpu'))
+        use_matmul_for_small_convs(self.D, small_conv_matmul_on(cfg, self.device))
         # torch.compile for the generator's training passes. D stays eager: with --explicit_gp false its
         # gradient penalty needs a double backward, which compiled graphs do not support, and with
         # it (the CPU default) compiling D was measured to gain nothing.
@@ -327,7 +331,7 @@ class Solver:
             # one critic pass over real, fake and interpolated (and AU-view) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
             if explicit:
-                reg = losses.penalty_of_gradient(self.D.realism_input_gradient(x_hat.detach()))
+                reg = self.written_out_gradient_penalty(x_hat)
         b = x_real.shape[0]
         if not explicit:
             reg = (losses.r1_penalty(out_src[:b], x_real) if r1
@@ -341,6 +345,10 @@ class Solver:
             record['D/au_jac'] = jac.item()
         self.apply_step(loss, self.d_optim, record)
         return record
+
+    def written_out_gradient_penalty(self, x_hat):
+        """The WGAN-GP penalty at `x_hat` from the critic's input gradient written out (--explicit_gp)."""
+        return losses.penalty_of_gradient(self.D.realism_input_gradient(x_hat.detach()))
 
     def generator_step(self, x_real, aus_org, aus_trg, x_fake, attn_fake, gen, color_fake=None):
         cfg = self.cfg

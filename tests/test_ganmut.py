@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ganmut
+import losses
 import synthetic_faces
 from ganmut import GaussianSpace, LinearSpace
 
@@ -288,7 +289,7 @@ def test_r1_known_linear_critic():
     w.requires_grad_(True)
     x = torch.rand(4, 2, 2, 2, requires_grad=True)
     out = (x * w).flatten(1).sum(1).view(4, 1, 1, 1)
-    r1 = ganmut.r1_penalty(out, x)
+    r1 = losses.r1_penalty(out, x)
     assert r1.item() == pytest.approx(9.0, rel=1e-5)
     r1.backward()                                              # double backward: d r1 / d w = 2 w
     assert torch.allclose(w.grad, 2 * w.detach(), atol=1e-5)
@@ -305,7 +306,7 @@ def test_r1_quadratic_critic_per_sample():
     # f(x) = sum(x^2): gradient 2x, squared norm 4 * sum(x^2), averaged over the batch
     x = torch.tensor([[[[1.0, 2.0]]], [[[0.0, 1.0]]]], requires_grad=True)
     out = (x ** 2).flatten(1).sum(1)
-    assert ganmut.r1_penalty(out, x).item() == pytest.approx((4 * 5 + 4 * 1) / 2)
+    assert losses.r1_penalty(out, x).item() == pytest.approx((4 * 5 + 4 * 1) / 2)
 
 
 # --------------------------------------------------------------------------- critic losses
