@@ -41,6 +41,10 @@ LOSS_FLAGS = [
     ('--au_blur', 0.0, 'sigma in pixels of a gaussian blur applied to the images the critic\'s AU head reads: '
                        'high frequencies then carry no AU gradient, so the generator cannot meet its AU targets '
                        'with fine patterns and must change shapes (0 = off)'),
+    ('--au_adv_eps', 0.0, 'adversarial training of the critic\'s AU head: it learns on real images moved by up to '
+                          'this much per pixel (L-inf, images in [-1, 1]) in the direction that most increases its '
+                          'error (FGSM with a random start), so faint patterns move its reading less. 0.03 helped '
+                          'one demo run and left another copying its input (EVALUATION.md, session 6); 0 = off'),
     ('--lambda_au_jac', 0.0, 'penalty on the input gradient of the critic\'s AU head (at the GP\'s interpolates): '
                              'the head must read shapes, not faint patterns the generator can paint'),
     ('--lambda_color_tv', 0.0, 'total variation of the colour head where the mask uses it (weighted by 1 - A): '

@@ -195,6 +195,9 @@ class Solver:
         self.c_dim = len(self.label_names)
         if adv_loss(cfg) not in ('wgan-gp', 'ns-r1'):
             raise ValueError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
+        if getattr(cfg, 'au_adv_eps', 0.0) > 0 and au_view_on(cfg):
+            raise ValueError('--au_adv_eps is another view of the images the AU head learns on: '
+                             'use it without --au_noise and --au_blur')
         self.rank, self.world = distributed.STATE.rank, distributed.STATE.world
         self.is_main = self.rank == 0      # only rank 0 writes logs, samples and checkpoints
         torch.manual_seed(cfg.seed)
@@ -328,6 +331,8 @@ class Solver:
             n_main = len(parts)
             if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
                 parts.append(au_view(x_real.detach(), cfg, gen))
+            elif getattr(cfg, 'au_adv_eps', 0.0) > 0:   # ... or on adversarially moved real images
+                parts.append(self.adversarial_au_view(x_real.detach(), aus_org, gen))
             # one critic pass over real, fake and interpolated (and AU-view) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
             if explicit:
@@ -336,7 +341,7 @@ class Solver:
         if not explicit:
             reg = (losses.r1_penalty(out_src[:b], x_real) if r1
                    else losses.gradient_penalty(out_src[2 * b:3 * b], x_hat))
-        au_pred_real = out_cls[n_main * b:] if au_view_on(cfg) else out_cls[:b]
+        au_pred_real = out_cls[n_main * b:] if len(parts) > n_main else out_cls[:b]
         loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, reg,
                                           cfg.lambda_r1 if r1 else cfg.lambda_gp, critic_au_weight(cfg), adv_loss(cfg))
         if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
@@ -345,6 +350,20 @@ class Solver:
             record['D/au_jac'] = jac.item()
         self.apply_step(loss, self.d_optim, record)
         return record
+
+    def adversarial_au_view(self, x_real, aus_real, gen):
+        """`x_real` moved within an L-inf ball of radius --au_adv_eps towards a larger error of the
+        critic's AU head: one signed-gradient step of 1.25 eps from a uniform random start, clipped
+        to the ball (fast adversarial training, Wong et al. 2020). The head learns on these, so
+        faint patterns cannot move its reading; its input gradient, which is what the generator
+        follows, then points towards visible shapes (Santurkar et al. 2019)."""
+        eps = self.cfg.au_adv_eps
+        delta = (torch.rand(x_real.shape, generator=gen, device=x_real.device) * 2 - 1) * eps
+        x = (x_real + delta.to(x_real.dtype)).requires_grad_(True)
+        _, au_pred, _ = self.D(x)
+        grad, = torch.autograd.grad(losses.au_loss(au_pred, aus_real), x)
+        delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps)
+        return (x_real + delta.to(x_real.dtype)).clamp(-1, 1).detach()
 
     def written_out_gradient_penalty(self, x_hat):
         """The WGAN-GP penalty at `x_hat` from the critic's input gradient written out (--explicit_gp)."""

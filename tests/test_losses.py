@@ -223,3 +223,37 @@ def test_r1_critic_step_regularises_the_real_images(tmp_path):
     cfg = main.build_parser().parse_args(argv + ['--adv_loss', 'hinge'])
     with pytest.raises(ValueError, match='--adv_loss'):
         Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+
+
+def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path):
+    import main
+    import synthetic_faces as sf
+    import data_loader as dl
+    sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
+    cfg = main.build_parser().parse_args([
+        '--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
+        '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
+        '--batch_size', '8', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off',
+        '--au_adv_eps', '0.05'])
+    solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+    x, aus = next(solver.batches(0))
+    x_adv = solver.adversarial_au_view(x, aus, torch.Generator().manual_seed(0))
+    assert not x_adv.requires_grad
+    assert all(p.grad is None for p in solver.D.parameters())    # only an input gradient was taken
+    assert (x_adv - x).abs().max().item() <= 0.05 + 1e-6
+    assert x_adv.min().item() >= -1 and x_adv.max().item() <= 1
+    assert (x_adv - x).abs().mean().item() > 0.02                 # a full step, not a tiny one
+
+    def au_error(images):
+        with torch.no_grad():
+            return losses.au_loss(solver.D(images)[1], aus).item()
+    random_sign = 0.05 * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
+    assert au_error(x_adv) > au_error((x + random_sign).clamp(-1, 1)) > 0
+    assert au_error(x_adv) > au_error(x)
+    # the critic's AU head learns on the moved images: its recorded loss is theirs, not the clean one
+    moved, clean = au_error(x_adv), au_error(x)
+    record = solver.critic_step(x, aus, x.flip(0), torch.Generator().manual_seed(0))   # the same random start
+    assert record['D/au'] == pytest.approx(moved, rel=1e-4) and record['D/au'] != pytest.approx(clean, rel=1e-4)
+    cfg.au_blur = 1.0
+    with pytest.raises(ValueError, match='--au_adv_eps'):
+        Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
