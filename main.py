@@ -385,6 +385,9 @@ def main(argv=None):
                         ganmut_solver.train(cfg)
                     else:
                         train(cfg)
+                # every rank done before any tears down its process group: a rank that left early
+                # once made another abort in gloo (a rare failure of the two-rank resume test)
+                distributed.barrier()
             finally:
                 distributed.shutdown()
             if not ranks.is_main:
