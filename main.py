@@ -385,8 +385,8 @@ def main(argv=None):
                         ganmut_solver.train(cfg)
                     else:
                         train(cfg)
-                # every rank done before any tears down its process group: a rank that left early
-                # once made another abort in gloo (a rare failure of the two-rank resume test)
+                # every rank done before any tears down its process group (a rank once aborted in
+                # gloo at the end of a two-rank run; rare, cause not pinned down)
                 distributed.barrier()
             finally:
                 distributed.shutdown()
