@@ -195,7 +195,7 @@ class Solver:
         self.c_dim = len(self.label_names)
         if adv_loss(cfg) not in ('wgan-gp', 'ns-r1'):
             raise ValueError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
-        if getattr(cfg, 'au_adv_eps', 0.0) > 0 and au_view_on(cfg):
+        if cfg.au_adv_eps > 0 and au_view_on(cfg):
             raise ValueError('--au_adv_eps is another view of the images the AU head learns on: '
                              'use it without --au_noise and --au_blur')
         self.rank, self.world = distributed.STATE.rank, distributed.STATE.world
@@ -331,7 +331,7 @@ class Solver:
             n_main = len(parts)
             if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
                 parts.append(au_view(x_real.detach(), cfg, gen))
-            elif getattr(cfg, 'au_adv_eps', 0.0) > 0:   # ... or on adversarially moved real images
+            elif cfg.au_adv_eps > 0:   # ... or on adversarially moved real images
                 parts.append(self.adversarial_au_view(x_real.detach(), aus_org, gen))
             # one critic pass over real, fake and interpolated (and AU-view) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
@@ -359,11 +359,11 @@ class Solver:
         follows, then points towards visible shapes (Santurkar et al. 2019)."""
         eps = self.cfg.au_adv_eps
         delta = (torch.rand(x_real.shape, generator=gen, device=x_real.device) * 2 - 1) * eps
-        x = (x_real + delta.to(x_real.dtype)).requires_grad_(True)
+        x = (x_real + delta).requires_grad_(True)
         _, au_pred, _ = self.D(x)
         grad, = torch.autograd.grad(losses.au_loss(au_pred, aus_real), x)
         delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps)
-        return (x_real + delta.to(x_real.dtype)).clamp(-1, 1).detach()
+        return (x_real + delta).clamp(-1, 1).detach()
 
     def written_out_gradient_penalty(self, x_hat):
         """The WGAN-GP penalty at `x_hat` from the critic's input gradient written out (--explicit_gp)."""

@@ -248,10 +248,10 @@ def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path)
         with torch.no_grad():
             return losses.au_loss(solver.D(images)[1], aus).item()
     random_sign = 0.05 * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
-    assert au_error(x_adv) > au_error((x + random_sign).clamp(-1, 1)) > 0
-    assert au_error(x_adv) > au_error(x)
-    # the critic's AU head learns on the moved images: its recorded loss is theirs, not the clean one
     moved, clean = au_error(x_adv), au_error(x)
+    assert moved > au_error((x + random_sign).clamp(-1, 1)) > 0
+    assert moved > clean
+    # the critic's AU head learns on the moved images: its recorded loss is theirs, not the clean one
     record = solver.critic_step(x, aus, x.flip(0), torch.Generator().manual_seed(0))   # the same random start
     assert record['D/au'] == pytest.approx(moved, rel=1e-4) and record['D/au'] != pytest.approx(clean, rel=1e-4)
     cfg.au_blur = 1.0
