@@ -123,7 +123,8 @@ class GANmutSolver(Solver):
         self.linear = cfg.parametrization == 'linear'
         self.attention = resolve_flag(cfg.attention, True)
         self.G = Generator(cfg.g_conv_dim, cfg.emotion_dim, cfg.g_repeat_num, attention=self.attention,
-                           upsample=cfg.g_upsample).to(self.device, memory_format=self.memory_format)
+                           upsample=cfg.g_upsample, color_head=cfg.g_color_head).to(
+            self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num, code_dim=cfg.emotion_dim,
                                label_trunk=getattr(cfg, 'd_label_trunk', 'shared')).to(
             self.device, memory_format=self.memory_format)

@@ -27,6 +27,8 @@ MODEL_FLAGS = [
                                   'separate (the AU head gets its own trunk)'),
     ('--g_upsample', 'transposed', 'generator decoder: transposed (4x4 stride-2 transposed convs, as the seed) '
                                    'or resize (nearest upsampling + 3x3 conv)'),
+    ('--g_color_head', 'tanh', 'generator colour head: tanh (the seed) or residual (input + a zero-initialised '
+                               'conv, mask starting at 0.5: training starts from the identity)'),
 ]
 LOSS_FLAGS = [
     ('--lambda_cls', 160.0, 'AU regression weight; loss = mean over batch and AUs (160 = official 4000 '

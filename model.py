@@ -34,13 +34,22 @@ class Generator(nn.Module):
     near 1 the input pixel is kept. Without it (the released GANmut generator)
     the tanh head is the output. forward() returns (y, A, C); A is None without
     attention.
+
+    `color_head='residual'` (an option, not the SPEC's): C = clip(x + conv(h)) with the
+    conv and the attention conv initialised to zero, so training starts from the
+    identity with the mask at 0.5 instead of from a noise colour head that the mask
+    must first shut out (the sigmoid then saturates and passes the colour head
+    little gradient).
     """
 
-    def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed'):
+    def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed',
+                 color_head='tanh'):
         super().__init__()
         if upsample not in ('transposed', 'resize'):
             raise ValueError(f'--g_upsample must be transposed or resize, got {upsample!r}')
-        self.c_dim, self.attention = c_dim, attention
+        if color_head not in ('tanh', 'residual'):
+            raise ValueError(f'--g_color_head must be tanh or residual, got {color_head!r}')
+        self.c_dim, self.attention, self.color_residual = c_dim, attention, color_head == 'residual'
         layers = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
         ch = conv_dim
         for _ in range(2):
@@ -58,13 +67,17 @@ class Generator(nn.Module):
         self.color = nn.Sequential(nn.Conv2d(ch, 3, 7, 1, 3, bias=False), nn.Tanh())
         self.attn = nn.Sequential(nn.Conv2d(ch, 1, 7, 1, 3, bias=False), nn.Sigmoid()) if attention else None
         init_weights(self)
+        if self.color_residual:
+            nn.init.zeros_(self.color[0].weight)
+            if self.attn is not None:
+                nn.init.zeros_(self.attn[0].weight)
 
     def forward(self, x, c):
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             raise ValueError(f'the generator needs image sides divisible by 4, got {tuple(x.shape[-2:])}')
         c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
         h = self.main(torch.cat([x, c_map], dim=1))
-        color = self.color(h)
+        color = (x + self.color[0](h)).clamp(-1, 1) if self.color_residual else self.color(h)
         if self.attn is None:
             return color, None, color
         attn = self.attn(h)

@@ -217,7 +217,8 @@ class Solver:
     def build_networks(self):
         """G, D, their optimisers and G_train (G, compiled with --compile)."""
         cfg = self.cfg
-        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample).to(
+        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample,
+                           color_head=cfg.g_color_head).to(
             self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
                                label_trunk=cfg.d_label_trunk).to(self.device, memory_format=self.memory_format)
@@ -687,7 +688,7 @@ def critic_au_weight(cfg):
 
 # The config entries that decide the shapes of the networks.
 SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample',
-              'd_label_trunk')
+              'g_color_head', 'd_label_trunk')
 
 
 def check_compatible(ckpt, cfg, label_names, path):

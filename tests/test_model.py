@@ -82,6 +82,25 @@ def test_resize_decoder_has_the_same_shapes_and_no_transposed_convs():
         Generator(8, 4, 1, upsample='bilinear')
 
 
+def test_residual_colour_head_starts_as_the_identity_and_learns_an_edit():
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=4, repeat_num=1, color_head='residual')
+    x = torch.rand(4, 3, 32, 32) * 1.6 - 0.8
+    c = torch.rand(4, 4)
+    y, attn, color = G(x, c)
+    assert torch.allclose(y, x, atol=1e-6) and torch.equal(color, x)
+    assert torch.allclose(attn, torch.full_like(attn, 0.5))
+    # one optimiser step towards a brighter image moves the output, and only through C = x + conv(h)
+    opt = torch.optim.Adam(G.parameters(), 1e-3)
+    (G(x, c)[0] - (x + 0.5)).abs().mean().backward()
+    assert G.attn[0].weight.grad.abs().max() == 0     # C - x = 0: the mask has nothing to choose yet
+    opt.step()
+    y2, _, color2 = G(x, c)
+    assert (y2 - x).mean() > 0 and torch.all((color2 >= -1) & (color2 <= 1))
+    with pytest.raises(ValueError, match='--g_color_head'):
+        Generator(8, 4, 1, color_head='sigmoid')
+
+
 def test_separate_label_trunk_keeps_the_realism_trunk_out_of_the_label_heads():
     torch.manual_seed(0)
     D = Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4, label_trunk='separate')
