@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ import checkpoint
 import data_loader as dl
 import losses
 import main
+import solver
 import synthetic_faces as sf
 from tiny import TINY_MODEL
 
@@ -447,3 +449,14 @@ def test_sample_and_eval_faces_pass_over_unreadable_images(synth, tmp_path):
     pairs = evaluate.EvalPairs(str(root / 'images'), str(root / 'aus.txt'), full.label_names, 32, num_pairs=30)
     assert bad not in pairs.files and len(pairs) == 30 and torch.isfinite(pairs.x_src).all()
     assert list(policy.skipped.values()) == ['unreadable image']
+
+
+def test_mask_warning_fires_for_a_copying_mask_not_for_local_edits(capsys):
+    assert solver.mask_extreme(0.982) is None          # the demo's working masks: local edits
+    assert 'copies its input' in solver.mask_extreme(0.996)
+    assert 'repaints the whole face' in solver.mask_extreme(0.004)
+    trainer = SimpleNamespace(writer=solver.NoWriter(), learning_rates=lambda it: (1e-4, 1e-4), mask_extreme_logs=0)
+    for means in [{'G/attn_mean': 0.982}] * 7 + [{'G/attn_mean': 0.996}] * 7:
+        solver.Solver.log(trainer, 10, means)
+    out = capsys.readouterr().out
+    assert out.count('warning') == 1 and 'mean A = 0.996' in out    # after 5 logs in a row near 1
