@@ -21,7 +21,7 @@ import data_loader as dl
 import faces as face_crops
 import synthetic_faces as sf
 import visualize as vis
-from model import Discriminator, Generator
+from model import Discriminator, Generator, generator_options
 from solver import images_to_float, resolve_amp, resolve_device
 
 
@@ -30,8 +30,7 @@ def load_models(models_dir, device):
     path, ckpt = checkpoint.load_newest(models_dir)
     c = ckpt['config']
     names = list(ckpt['label_names'])
-    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], upsample=c.get('g_upsample', 'transposed'),
-                  color_head=c.get('g_color_head', 'tanh'))
+    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], **generator_options(c))
     D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'],
                       label_trunk=c.get('d_label_trunk', 'shared'))
     g_key = 'G_ema' if 'G_ema' in ckpt else 'G'   # the weight average, when training kept one

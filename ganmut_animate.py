@@ -30,7 +30,7 @@ import ganmut_solver as gs
 import ganmut_vis as gv
 import visualize as vis
 from animate import generate, save_animation, save_edits
-from model import Discriminator, Generator
+from model import Discriminator, Generator, generator_options
 from solver import images_to_float, resolve_amp, resolve_device, resolve_flag
 
 
@@ -57,7 +57,7 @@ def load_ganmut(models_dir, device):
     names = list(ckpt['label_names'])
     dim = c['emotion_dim']
     G = Generator(c['g_conv_dim'], dim, c['g_repeat_num'], attention=resolve_flag(c.get('attention', 'true'), True),
-                  upsample=c.get('g_upsample', 'transposed'), color_head=c.get('g_color_head', 'tanh'))
+                  **generator_options(c))
     D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], code_dim=dim,
                       label_trunk=c.get('d_label_trunk', 'shared'))
     space = ganmut.make_space(c['parametrization'], len(names), dim, neutral_index=0, names=names)

@@ -32,7 +32,7 @@ import ganmut_vis as gv
 import losses
 import synthetic_faces as sf
 import visualize as vis
-from model import Discriminator, Generator, use_matmul_for_small_convs
+from model import Discriminator, Generator, generator_options, use_matmul_for_small_convs
 from solver import (Solver, explicit_gp_on, images_to_float, interpolate, make_adam, random_flip, resolve_flag,
                     small_conv_matmul_on, write_config)
 
@@ -123,8 +123,7 @@ class GANmutSolver(Solver):
         self.linear = cfg.parametrization == 'linear'
         self.attention = resolve_flag(cfg.attention, True)
         self.G = Generator(cfg.g_conv_dim, cfg.emotion_dim, cfg.g_repeat_num, attention=self.attention,
-                           upsample=cfg.g_upsample, color_head=cfg.g_color_head).to(
-            self.device, memory_format=self.memory_format)
+                           **generator_options(vars(cfg))).to(self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num, code_dim=cfg.emotion_dim,
                                label_trunk=getattr(cfg, 'd_label_trunk', 'shared')).to(
             self.device, memory_format=self.memory_format)

@@ -84,6 +84,12 @@ class Generator(nn.Module):
         return attn * x + (1 - attn) * color, attn, color
 
 
+def generator_options(config):
+    """The Generator's keyword options from a run's config (a dict: vars(cfg) or a checkpoint's
+    'config'); configs saved before an option existed get its default."""
+    return dict(upsample=config.get('g_upsample', 'transposed'), color_head=config.get('g_color_head', 'tanh'))
+
+
 class Discriminator(nn.Module):
     """PatchGAN critic with extra heads.
 

@@ -32,7 +32,7 @@ import synthetic_faces as sf
 import visualize as vis
 from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
                          worker_ignores_stop_signals)
-from model import Discriminator, Generator, use_matmul_for_small_convs
+from model import Discriminator, Generator, generator_options, use_matmul_for_small_convs
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -217,8 +217,7 @@ class Solver:
     def build_networks(self):
         """G, D, their optimisers and G_train (G, compiled with --compile)."""
         cfg = self.cfg
-        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, upsample=cfg.g_upsample,
-                           color_head=cfg.g_color_head).to(
+        self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, **generator_options(vars(cfg))).to(
             self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
                                label_trunk=cfg.d_label_trunk).to(self.device, memory_format=self.memory_format)
