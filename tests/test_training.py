@@ -71,7 +71,6 @@ def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys
     assert '--g_conv_dim: checkpoint 8, now 16' in err
 
 
-
 def test_residual_colour_head_is_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys):
     out = run(synth_dir, tmp_path / 'res', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
               '--g_color_head', 'residual')
@@ -81,6 +80,7 @@ def test_residual_colour_head_is_rebuilt_from_the_checkpoint(synth_dir, tmp_path
                     '--outputs_dir', str(out), '--resume_iters', 'latest', '--num_iters', '4'] + TINY)
     assert rc == 2
     assert '--g_color_head: checkpoint residual, now tanh' in capsys.readouterr().err
+
 
 def test_aus_subset_changes_condition_size(synth_dir, tmp_path):
     out = run(synth_dir, tmp_path / 'aus', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '2',
