@@ -66,7 +66,8 @@ LOSS_FLAGS = [
 TRAIN_FLAGS = [
     ('--batch_size', 16, 'images per batch (per process)'),
     ('--num_iters', 200000, 'critic iterations (the generator is updated every n_critic)'),
-    ('--num_iters_decay', 100000, 'decay the learning rates linearly to 0 over these last iterations'),
+    ('--num_iters_decay', 100000, 'decay the learning rates linearly to 0 over these last iterations '
+                                  '(over the whole run when it is shorter)'),
     ('--n_critic', 5, 'critic updates per generator update'),
     ('--g_lr', 1e-4, 'generator learning rate'),
     ('--d_lr', 1e-4, 'critic learning rate'),

@@ -213,6 +213,9 @@ class Solver:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.last_good_checkpoint = None
+        if cfg.num_iters_decay > cfg.num_iters and self.is_main:
+            print(f'note: --num_iters_decay {cfg.num_iters_decay} is longer than the run (--num_iters '
+                  f'{cfg.num_iters}): the learning rates decay to 0 over the whole run')
 
     def build_networks(self):
         """G, D, their optimisers and G_train (G, compiled with --compile)."""
@@ -254,10 +257,12 @@ class Solver:
         return False
 
     def learning_rates(self, it):
-        """Linear decay to zero over the last num_iters_decay iterations."""
+        """Linear decay to zero over the last num_iters_decay iterations, or over the whole run
+        when that window is longer than the run: a short run with the seed's window (100,000)
+        would otherwise start at a small fraction of --g_lr and --d_lr and hardly learn."""
         cfg = self.cfg
-        start = cfg.num_iters - cfg.num_iters_decay
-        frac = 1.0 if it < start or cfg.num_iters_decay <= 0 else (cfg.num_iters - it) / cfg.num_iters_decay
+        decay = min(cfg.num_iters_decay, cfg.num_iters)
+        frac = 1.0 if it < cfg.num_iters - decay or decay <= 0 else (cfg.num_iters - it) / decay
         return cfg.g_lr * frac, cfg.d_lr * frac
 
     # ----------------------------------------------------------------- data

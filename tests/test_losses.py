@@ -99,6 +99,17 @@ def test_linear_lr_decay():
     assert s.learning_rates(99)[0] == pytest.approx(1e-4 / 40)
 
 
+def test_lr_decay_window_longer_than_the_run_covers_the_whole_run():
+    # the seed's window (100,000) with a short run: full rates at the start, not 1% of them
+    class C:
+        num_iters, num_iters_decay, g_lr, d_lr = 1000, 100000, 1e-4, 2e-4
+    s = Solver.__new__(Solver)
+    s.cfg = C
+    assert s.learning_rates(0) == pytest.approx((1e-4, 2e-4))
+    assert s.learning_rates(500) == pytest.approx((0.5e-4, 1e-4))
+    assert s.learning_rates(999)[1] == pytest.approx(2e-4 / 1000)
+
+
 def test_critic_au_weight_defaults_to_lambda_cls():
     from types import SimpleNamespace
     from solver import critic_au_weight
