@@ -29,6 +29,8 @@ MODEL_FLAGS = [
                                    'or resize (nearest upsampling + 3x3 conv)'),
     ('--g_color_head', 'tanh', 'generator colour head: tanh (the seed) or residual (input + a zero-initialised '
                                'conv, mask starting at 0.5: training starts from the identity)'),
+    ('--g_warp', 0, 'generator flow head: 0 off (the seed); k >= 1 adds a zero-initialised head whose flow '
+                    'field (one vector per k x k pixels) moves the input\'s pixels before the mask blends'),
 ]
 LOSS_FLAGS = [
     ('--lambda_cls', 160.0, 'AU regression weight; loss = mean over batch and AUs (160 = official 4000 '

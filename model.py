@@ -40,16 +40,27 @@ class Generator(nn.Module):
     identity with the mask at 0.5 instead of from a noise colour head that the mask
     must first shut out (the sigmoid then saturates and passes the colour head
     little gradient).
+
+    `warp=k` (an option, not the SPEC's; k > 0): a third, zero-initialised head predicts a
+    flow field in pixels, one vector per k x k cell, bilinearly upsampled; the input is
+    resampled along it before the mask blends, y = A * warp(x) + (1 - A) * C. Moving
+    pixels is how an expression changes a face (a mouth corner goes up, a brow goes
+    down); a colour head must paint the moved feature and erase the old one instead.
+    The generator still starts as the identity (zero flow).
     """
 
     def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed',
-                 color_head='tanh'):
+                 color_head='tanh', warp=0):
         super().__init__()
         if upsample not in ('transposed', 'resize'):
             raise ValueError(f'--g_upsample must be transposed or resize, got {upsample!r}')
         if color_head not in ('tanh', 'residual'):
             raise ValueError(f'--g_color_head must be tanh or residual, got {color_head!r}')
+        if warp < 0 or (warp and not attention):
+            raise ValueError(f'--g_warp must be 0 (off) or a flow cell size >= 1 with the attention generator, '
+                             f'got {warp}{"" if attention else " without attention"}')
         self.c_dim, self.attention, self.color_residual = c_dim, attention, color_head == 'residual'
+        self.warp_cell = warp
         layers = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
         ch = conv_dim
         for _ in range(2):
@@ -66,7 +77,10 @@ class Generator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.color = nn.Sequential(nn.Conv2d(ch, 3, 7, 1, 3, bias=False), nn.Tanh())
         self.attn = nn.Sequential(nn.Conv2d(ch, 1, 7, 1, 3, bias=False), nn.Sigmoid()) if attention else None
+        self.flow = nn.Conv2d(ch, 2, 7, 1, 3, bias=False) if warp else None
         init_weights(self)
+        if self.flow is not None:
+            nn.init.zeros_(self.flow.weight)
         if self.color_residual:
             nn.init.zeros_(self.color[0].weight)
             if self.attn is not None:
@@ -81,13 +95,39 @@ class Generator(nn.Module):
         if self.attn is None:
             return color, None, color
         attn = self.attn(h)
+        if self.flow is not None:
+            x = warp_image(x, smooth_flow(self.flow(h), self.warp_cell))
         return attn * x + (1 - attn) * color, attn, color
+
+
+def smooth_flow(flow_px, cell):
+    """One flow vector per cell x cell block (the block's mean), bilinearly upsampled: a flow
+    that cannot scatter single pixels."""
+    if cell == 1:
+        return flow_px
+    low = nn.functional.avg_pool2d(flow_px.float(), cell, ceil_mode=True)
+    return nn.functional.interpolate(low, size=flow_px.shape[-2:], mode='bilinear', align_corners=False)
+
+
+def warp_image(x, flow_px):
+    """Resample x (B, C, H, W) at pixel + flow_px (B, 2, H, W; x then y offsets in pixels),
+    bilinear, edges repeated. In fp32: bf16 grid coordinates would be off by a pixel or more."""
+    H, W = x.shape[-2:]
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=x.device)   # pixel centres, align_corners=False
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=x.device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
+    px_to_grid = torch.tensor([2.0 / W, 2.0 / H], device=x.device)
+    grid = torch.stack([grid_x, grid_y], -1) + flow_px.float().permute(0, 2, 3, 1) * px_to_grid
+    with torch.autocast(x.device.type, enabled=False):
+        return nn.functional.grid_sample(x.float(), grid, mode='bilinear', padding_mode='border',
+                                         align_corners=False).to(x.dtype)
 
 
 def generator_options(config):
     """The Generator's keyword options from a run's config (a dict: vars(cfg) or a checkpoint's
     'config'); configs saved before an option existed get its default."""
-    return dict(upsample=config.get('g_upsample', 'transposed'), color_head=config.get('g_color_head', 'tanh'))
+    return dict(upsample=config.get('g_upsample', 'transposed'), color_head=config.get('g_color_head', 'tanh'),
+                warp=config.get('g_warp', 0))
 
 
 class Discriminator(nn.Module):

@@ -701,9 +701,10 @@ def critic_au_weight(cfg):
     return cfg.lambda_cls if w is None or w < 0 else w
 
 
-# The config entries that decide the shapes of the networks (or, --g_color_head, what a layer computes).
+# The config entries that decide the shapes of the networks (or, as --g_color_head and --g_warp, what
+# a layer computes).
 SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample',
-              'g_color_head', 'd_label_trunk')
+              'g_color_head', 'g_warp', 'd_label_trunk')
 
 
 def check_compatible(ckpt, cfg, label_names, path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import losses
-from model import Discriminator, Generator, SmallOutputConv2d, use_matmul_for_small_convs
+from model import Discriminator, Generator, SmallOutputConv2d, smooth_flow, use_matmul_for_small_convs, warp_image
 
 
 @pytest.mark.parametrize('size, d_repeat', [(32, 5), (64, 5), (128, 6)])
@@ -99,6 +99,55 @@ def test_residual_colour_head_starts_as_the_identity_and_learns_an_edit():
     assert (y2 - x).mean() > 0 and torch.all((color2 >= -1) & (color2 <= 1))
     with pytest.raises(ValueError, match='--g_color_head'):
         Generator(8, 4, 1, color_head='sigmoid')
+
+
+def test_warp_image_moves_pixels_by_the_flow_in_pixels():
+    x = torch.arange(2 * 3 * 8 * 10, dtype=torch.float32).view(2, 3, 8, 10)
+    assert torch.allclose(warp_image(x, torch.zeros(2, 2, 8, 10)), x, atol=1e-4)   # zero flow: the identity
+    flow = torch.zeros(2, 2, 8, 10)
+    flow[:, 0] = 1.0                  # sample one pixel to the right: the image moves left
+    flow[1, 1] = -2.0                 # and, for the second image, two pixels up: it moves down
+    y = warp_image(x, flow)
+    assert torch.allclose(y[0, :, :, :-1], x[0, :, :, 1:])
+    assert torch.allclose(y[1, :, 2:, :-1], x[1, :, :-2, 1:])
+    assert torch.allclose(y[0, :, :, -1], x[0, :, :, -1])    # border: the edge pixel repeated
+    half = warp_image(x, flow * 0.5)  # half a pixel: bilinear, the mean of the two neighbours
+    assert torch.allclose(half[0, :, :, :-1], (x[0, :, :, :-1] + x[0, :, :, 1:]) / 2)
+
+
+def test_smooth_flow_is_constant_within_a_cell_average_and_keeps_a_uniform_flow():
+    flow = torch.randn(1, 2, 16, 16)
+    assert torch.equal(smooth_flow(flow, 1), flow)
+    uniform = torch.full((1, 2, 16, 16), 1.5)
+    assert torch.allclose(smooth_flow(uniform, 4), uniform)
+    smooth = smooth_flow(flow, 4)
+    # single-pixel scatter is gone: neighbouring vectors differ far less than in the raw field
+    assert (smooth.diff(dim=-1).abs().mean() < 0.3 * flow.diff(dim=-1).abs().mean())
+
+
+@pytest.mark.parametrize('cell', [1, 4])
+def test_warp_generator_starts_as_the_seed_generator_and_learns_to_move_pixels(cell):
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=4, repeat_num=1, warp=cell)
+    torch.manual_seed(0)
+    seed_G = Generator(conv_dim=8, c_dim=4, repeat_num=1)
+    assert set(dict(G.named_parameters())) - set(dict(seed_G.named_parameters())) == {'flow.weight'}
+    seed_G.load_state_dict({k: v for k, v in G.state_dict().items() if not k.startswith('flow.')})
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    c = torch.rand(2, 4)
+    y, attn, color = G(x, c)
+    y_seed = seed_G(x, c)[0]
+    assert torch.allclose(y, y_seed, atol=1e-6)      # zero flow: the same output
+    # a target that is the input moved one pixel: the flow head gets the gradient and its step changes y
+    opt = torch.optim.Adam(G.parameters(), 1e-3)
+    (G(x, c)[0] - torch.roll(x, 1, dims=-1)).abs().mean().backward()
+    assert G.flow.weight.grad.abs().max() > 0
+    opt.step()
+    assert not torch.allclose(G(x, c)[0], y, atol=1e-4)
+    with pytest.raises(ValueError, match='--g_warp'):
+        Generator(8, 4, 1, attention=False, warp=4)
+    with pytest.raises(ValueError, match='--g_warp'):
+        Generator(8, 4, 1, warp=-1)
 
 
 def test_separate_label_trunk_keeps_the_realism_trunk_out_of_the_label_heads():

@@ -71,15 +71,20 @@ def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys
     assert '--g_conv_dim: checkpoint 8, now 16' in err
 
 
-def test_residual_colour_head_is_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys):
-    out = run(synth_dir, tmp_path / 'res', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
-              '--g_color_head', 'residual')
+@pytest.mark.parametrize('flag, value, seed_value, built', [
+    ('--g_color_head', 'residual', 'tanh', lambda G: G.color_residual),
+    ('--g_warp', '4', '0', lambda G: G.warp_cell == 4 and G.flow is not None),
+])
+def test_generator_options_are_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys, flag, value, seed_value,
+                                                           built):
+    out = run(synth_dir, tmp_path / 'opt', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
+              flag, value)
     G = animate.load_models(str(out / 'models'), torch.device('cpu'))[0]
-    assert G.color_residual      # test mode and eval build the head the run trained
+    assert built(G)      # test mode and eval build the heads the run trained
     rc = main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir,
                     '--outputs_dir', str(out), '--resume_iters', 'latest', '--num_iters', '4'] + TINY)
     assert rc == 2
-    assert '--g_color_head: checkpoint residual, now tanh' in capsys.readouterr().err
+    assert f'{flag}: checkpoint {value}, now {seed_value}' in capsys.readouterr().err
 
 
 def test_aus_subset_changes_condition_size(synth_dir, tmp_path):
