@@ -256,8 +256,11 @@ def test_model_specific_defaults():
         return cfg
     g = parse()
     assert g.model == 'ganimation' and g.lambda_cls == 160.0 and g.c_dim == 17
+    # GANimation's measured defaults (main.py, EVALUATION.md session 11), not the seed's
+    assert (g.lambda_smooth, g.n_critic, g.g_lr, g.d_lr, g.lambda_cls_end) == (1.0, 1, 2e-4, 2e-4, 20.0)
     m = parse('--model', 'ganmut')
     assert (m.lambda_cls, m.c_dim, m.n_critic, m.model_save_step, m.cycle_loss) == (1.0, 7, 5, 2000, 'approximate')
+    assert (m.g_lr, m.d_lr, m.lambda_smooth) == (1e-4, 1e-4, 1e-4)   # the released code's, unchanged
     assert m.outputs_dir == 'outputs/ganmut' and m.attention == 'true' and m.regularization_type == 'gp'
     assert m.info_moves_space == 'false'
     m = parse('--parametrization', 'gaussian', '--lambda_cls', '2', '--regularization_type', 'R1')
