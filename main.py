@@ -22,7 +22,7 @@ import time
 # - lambda_smooth 1.0 (mean-based TV) is about the official code's sum-based 1e-5 at batch 25, 128 px; with
 #   the seed's 1e-4 the mask breaks into dots and saturates at 1 (at 64 px and at 128 px).
 # - The generator's AU weight ramps from 160 to 20 (--lambda_cls_end): the strong AU push gets the edits going,
-#   the weaker one later leaves room for realism (-0.13 after 3,000 iterations against -0.58 with 160 throughout).
+#   the weaker one later leaves room for realism (-0.13 after 3,000 iterations; -0.58 after 2,500 with 160 throughout).
 # - A generator step every iteration (n_critic 1) at lr 2e-4 was ahead of n_critic 2 at every point of a
 #   3,000-iteration run (-0.09 against -0.16 at the end). With all five, the 128 px paper architecture (batch 25)
 #   reached edit_error_reduction -0.48 after 850 iterations against -1.06 with the seed's values, and +0.37
@@ -129,9 +129,8 @@ TEST_FLAGS = [
     ('--face_margin', 0.15, 'photo crops: square of side face box * (1 + 2 * margin), centred on the box; 0.15 '
                             'matches the synthetic faces (python faces.py --calibrate DIR measures it for other data)'),
 ]
-# The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode) in ~11-13 minutes on 2 cores
-# with AMX (~25 with AVX-512 BF16 only),
-# with the default losses and optimiser settings above.
+# The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode) with the default losses and
+# optimiser settings above: ~11-13 minutes on 2 cores with AMX, ~25 with AVX-512 BF16 only.
 DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
             num_iters=2500, num_iters_decay=500,
             sample_step=250, model_save_step=500, log_step=10, eval_step=500, synthetic_images=2000,
@@ -184,7 +183,8 @@ GANMUT_CHOICES = {'--parametrization': ['linear', 'gaussian'], '--attention': ['
                   '--regularization_type': ['gp', 'R1', 'r1'], '--cycle_loss': ['approximate', 'original'],
                   '--info_moves_space': ['true', 'false']}
 GANMUT_DEFAULTS = dict(c_dim=7, lambda_cls=1.0, lambda_rec=10.0, n_critic=5, batch_size=16, g_lr=1e-4, d_lr=1e-4,
-                       lambda_smooth=1e-4, num_iters=2000000, num_iters_decay=100000, model_save_step=2000, outputs_dir='outputs/ganmut')
+                       lambda_smooth=1e-4, num_iters=2000000, num_iters_decay=100000, model_save_step=2000,
+                       outputs_dir='outputs/ganmut')
 # `--mode demo --model ganmut`: the CPU-sized GANimation demo's settings, for GANmut.
 # lambda_prediction 5 (released: 0.5; only the gaussian space uses it): with 0.5 the attention mask
 # saturates at 1 within a few hundred iterations and the gaussian demo only copies (EVALUATION.md).

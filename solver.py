@@ -45,11 +45,14 @@ def resolve_device(name):
     return torch.device(name)
 
 
+CPUINFO = '/proc/cpuinfo'
+
+
 def cpu_has_fast_bf16():
     """CPUs with bf16 matrix instructions: AMX (Intel, 4-5x over fp32 for this model's convolutions)
     or AVX-512 BF16 (AMD Zen 4: 1.7x). Elsewhere bf16 would be emulated: left off."""
     try:
-        with open('/proc/cpuinfo') as f:
+        with open(CPUINFO) as f:
             flags = f.read()
     except OSError:
         return False

@@ -139,9 +139,7 @@ def test_compile_auto_rule_and_the_compiled_generator(tiny):
 def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path, flags, expected):
     cpuinfo = tmp_path / 'cpuinfo'
     cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
-    real_open = open
-    monkeypatch.setattr('builtins.open', lambda path, *a, **k: real_open(
-        cpuinfo if path == '/proc/cpuinfo' else path, *a, **k))
+    monkeypatch.setattr(solver, 'CPUINFO', str(cpuinfo))
     cpu = torch.device('cpu')
     assert solver.resolve_amp('auto', cpu) == expected
     assert solver.resolve_amp('off', cpu) is None and solver.resolve_amp('bf16', cpu) == torch.bfloat16
