@@ -388,8 +388,8 @@ def _critic(out_real, out_fake, logits_real, e_org, code_hat_fake, z, reg, lambd
     reg = torch.as_tensor(reg, dtype=torch.float32, device=loss_real.device)
     loss = loss_real + loss_fake + lambda_cls * loss_cls + lambda_reg * reg + lambda_code * loss_code
     acc = (logits.argmax(1) == e_org.long()).float().mean()
-    return loss, {'D/loss': loss.item(), 'D/real': loss_real.item(), 'D/fake': loss_fake.item(),
-                  'D/cls': loss_cls.item(), 'D/reg': reg.item(), code_key: loss_code.item(), 'D/acc': acc.item()}
+    return loss, losses.record_of({'D/loss': loss, 'D/real': loss_real, 'D/fake': loss_fake, 'D/cls': loss_cls,
+                                   'D/reg': reg, code_key: loss_code, 'D/acc': acc})
 
 
 def linear_critic_loss(out_real, out_fake, logits_real, e_org, code_hat_fake, z, reg,
@@ -435,9 +435,8 @@ def linear_generator_loss(out_fake, logits_fake, code_hat_fake, target, x_real, 
     sat, smooth = _attention(masks, loss_adv)
     loss = (loss_adv + lambda_cls * loss_cls + lambda_g_strength * loss_strength + lambda_g_info * loss_info
             + lambda_rec * loss_rec + lambda_sat * sat + lambda_smooth * smooth)
-    return loss, {'G/loss': loss.item(), 'G/fake': loss_adv.item(), 'G/cls': loss_cls.item(),
-                  'G/strength': loss_strength.item(), 'G/info': loss_info.item(), 'G/rec': loss_rec.item(),
-                  'G/attn_sat': float(sat.detach()), 'G/attn_tv': float(smooth.detach())}
+    return loss, losses.record_of({'G/loss': loss, 'G/fake': loss_adv, 'G/cls': loss_cls, 'G/strength': loss_strength,
+                                   'G/info': loss_info, 'G/rec': loss_rec, 'G/attn_sat': sat, 'G/attn_tv': smooth})
 
 
 def symmetric_kl(log_p, log_q):
@@ -470,6 +469,5 @@ def gaussian_generator_loss(out_fake, logits_fake, log_p_target, mean_emotion, x
     sat, smooth = _attention(masks, loss_adv)
     loss = (loss_adv + lambda_cls * loss_kl + lambda_prediction * loss_pred + lambda_rec * loss_rec
             + lambda_sat * sat + lambda_smooth * smooth)
-    return loss, {'G/loss': loss.item(), 'G/fake': loss_adv.item(), 'G/kl': loss_kl.item(),
-                  'G/pred': loss_pred.item(), 'G/rec': loss_rec.item(),
-                  'G/attn_sat': float(sat.detach()), 'G/attn_tv': float(smooth.detach())}
+    return loss, losses.record_of({'G/loss': loss, 'G/fake': loss_adv, 'G/kl': loss_kl, 'G/pred': loss_pred,
+                                   'G/rec': loss_rec, 'G/attn_sat': sat, 'G/attn_tv': smooth})

@@ -229,7 +229,7 @@ class GANmutSolver(Solver):
                 cfg.lambda_rec, masks, cfg.lambda_sat, cfg.lambda_smooth)
         self.apply_step(loss, self.g_optim, record)
         if self.attention:
-            record['G/attn_mean'] = attn_fake.float().mean().item()
+            record['G/attn_mean'] = attn_fake.detach().float().mean()
         return record
 
     # ----------------------------------------------------------------- logging

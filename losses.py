@@ -1,7 +1,8 @@
 """GANimation losses as plain functions (SPEC section 4).
 
-Each `*_loss` returns (loss, record), where record maps term names to floats
-for logging. Conventions of the weights (SPEC section 8):
+Each `*_loss` returns (loss, record), where record maps term names to detached
+0-dim tensors for logging: reading them (`.item()`) would make the host wait for the
+device every step, so the solver sums them on the device and reads them at log steps. Conventions of the weights (SPEC section 8):
 
 - AU loss: `F.mse_loss` with its default mean over the batch *and* the AUs, on AUs
   scaled to [0, 1]. lambda_cls = 160 here equals the official code's 4000 with a
@@ -91,8 +92,7 @@ def critic_loss(out_real, out_fake, au_pred_real, aus_real, gp, lambda_gp, lambd
     loss_real, loss_fake = scored_as_real(out_real, adv), scored_as_fake(out_fake, adv)
     loss_cls = au_loss(au_pred_real, aus_real)
     loss = loss_real + loss_fake + lambda_gp * gp + lambda_cls * loss_cls
-    return loss, {'D/loss': loss.item(), 'D/real': loss_real.item(), 'D/fake': loss_fake.item(),
-                  'D/gp': gp.item(), 'D/au': loss_cls.item()}
+    return loss, record_of({'D/loss': loss, 'D/real': loss_real, 'D/fake': loss_fake, 'D/gp': gp, 'D/au': loss_cls})
 
 
 def scored_as_real(out, adv):
@@ -141,7 +141,7 @@ def generator_loss(out_fake, au_pred_fake, aus_target, x_real, x_rec, masks, lam
     if virtual is not None:
         x_vrec, x_fake_target, vmasks = virtual
         loss_vrec = (x_vrec.float() - x_fake_target.float()).abs().mean()
-        record['G/rec_virtual'] = loss_vrec.item()
+        record['G/rec_virtual'] = loss_vrec
         loss_rec = (1 - virtual_weight) * loss_rec + virtual_weight * loss_vrec
         masks += list(vmasks)
     if masks:
@@ -150,6 +150,11 @@ def generator_loss(out_fake, au_pred_fake, aus_target, x_real, x_rec, masks, lam
     else:
         sat = smooth = torch.zeros((), device=out_fake.device)
     loss = loss_adv + lambda_cls * loss_cls + lambda_rec * loss_rec + lambda_sat * sat + lambda_smooth * smooth
-    record.update({'G/loss': loss.item(), 'G/fake': loss_adv.item(), 'G/au': loss_cls.item(),
-                   'G/rec': loss_rec.item(), 'G/attn_sat': float(sat.detach()), 'G/attn_tv': float(smooth.detach())})
-    return loss, record
+    record.update({'G/loss': loss, 'G/fake': loss_adv, 'G/au': loss_cls, 'G/rec': loss_rec,
+                   'G/attn_sat': sat, 'G/attn_tv': smooth})
+    return loss, record_of(record)
+
+
+def record_of(parts):
+    """A loss record: each part detached, as an fp32 0-dim tensor on its device (no host sync)."""
+    return {k: v.detach().float().reshape(()) for k, v in parts.items()}

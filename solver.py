@@ -218,6 +218,8 @@ class Solver:
         self.mask_extreme_logs = 0
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
+        self.skips = None          # see track_skips
+        self.last_check = 0
         self.last_good_checkpoint = None
         if cfg.num_iters_decay > cfg.num_iters and self.is_main:
             print(f'note: --num_iters_decay {cfg.num_iters_decay} is longer than the run (--num_iters '
@@ -248,19 +250,26 @@ class Solver:
         return torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1_000_003 + it + 17)
 
     def apply_step(self, loss, optim, record):
-        """Backward, then the optimiser step, unless the loss or a gradient is not finite:
-        then the gradients are dropped, the step skipped and `record` marked for train()."""
+        """Backward, then the optimiser step, unless the loss or a gradient is not finite: then the
+        step is skipped (weights and optimiser state stay as they were). `record['skipped/D']` (or
+        `/G`) gets the flag as a 0-dim tensor, which train() reads at its next sync point.
+
+        The fused Adam reads the flag on the device (`found_inf`, the hook the AMP grad scaler uses),
+        so the check costs no host-device sync; the other optimisers need the flag on the host."""
         loss.backward()
         params = [p for g in optim.param_groups for p in g['params']]
         loss_mean = distributed.average(loss, params)      # gradients averaged over ranks (one all-reduce)
         grads = [p.grad for p in params if p.grad is not None]
         total = loss_mean.float() + torch.nn.utils.get_total_norm(grads).float()
-        if torch.isfinite(total).item():
+        skipped = (~torch.isfinite(total)).float()
+        record['skipped/G' if optim is self.g_optim else 'skipped/D'] = skipped
+        if optim.defaults.get('fused'):
+            optim.found_inf = skipped
             optim.step()
-            return True
-        optim.zero_grad(set_to_none=True)
-        record['skipped_nonfinite'] = 1.0
-        return False
+        elif skipped.item():
+            optim.zero_grad(set_to_none=True)
+        else:
+            optim.step()
 
     def learning_rates(self, it):
         """Linear decay to zero over the last num_iters_decay iterations, or over the whole run
@@ -286,7 +295,7 @@ class Solver:
                 idx = batch_indices(n, cfg.batch_size, it, cfg.seed, self.rank, self.world)
                 x = self.images[idx if rows is None else rows[idx]]
                 yield images_to_float(x.pin_memory() if pin else x, self.device, self.memory_format), \
-                    self.labels[idx.to(self.device)]
+                    self.labels[idx.to(self.device, non_blocking=True)]
         else:   # the simple path: decode every image every time, in DataLoader workers
             loader = torch.utils.data.DataLoader(
                 ReadableItems(self.train_set), num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
@@ -358,7 +367,7 @@ class Solver:
         if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
             jac = losses.au_jacobian_penalty(out_cls[:b] if r1 else out_cls[2 * b:3 * b], x_hat, gen)
             loss = loss + cfg.lambda_au_jac * jac
-            record['D/au_jac'] = jac.item()
+            record['D/au_jac'] = jac.detach()
         self.apply_step(loss, self.d_optim, record)
         return record
 
@@ -405,10 +414,11 @@ class Solver:
         if cfg.lambda_color_tv > 0 and attn_fake is not None:
             color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
             loss = loss + cfg.lambda_color_tv * color_tv
-            record['G/color_tv'] = color_tv.item()
-        if self.apply_step(loss, self.g_optim, record) and self.G_ema is not None:
+            record['G/color_tv'] = color_tv.detach()
+        self.apply_step(loss, self.g_optim, record)
+        if self.G_ema is not None:    # after a skipped step G is unchanged, and the average moves towards it
             update_ema(self.G_ema, self.G, cfg.g_ema_beta, (self.iteration + 1) // cfg.n_critic)
-        record['G/attn_mean'] = attn_fake.float().mean().item()
+        record['G/attn_mean'] = attn_fake.detach().float().mean()
         return record
 
     # ----------------------------------------------------------------- loop
@@ -425,7 +435,7 @@ class Solver:
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(self.dirs['logs']) if self.is_main else NoWriter()
         fixed = self.fixed_samples() if self.is_main else None
-        window = {}
+        window = RecordWindow()
         bar = tqdm(total=cfg.num_iters, initial=self.start_iter, dynamic_ncols=True, desc='train',
                    mininterval=1.0, smoothing=0.05, disable=not self.is_main)
         it = self.start_iter
@@ -436,18 +446,20 @@ class Solver:
                     done = it + 1
                     if it == self.start_iter:
                         bar.unpause()   # the first step compiles: out of the rate, or the ETA reads hours
-                    self.count_nonfinite(record, done)
-                    for k, v in record.items():
-                        if math.isfinite(v):
-                            s, n = window.get(k, (0.0, 0))
-                            window[k] = (s + v, n + 1)
+                    window.add(record)
+                    self.track_skips(record)
                     bar.update(1)
-                    if done % cfg.log_step == 0 or done == cfg.num_iters:
-                        means = {k: s / n for k, (s, n) in window.items()}
+                    signum = distributed.any_rank(stop.signum)
+                    log_now = done % cfg.log_step == 0 or done == cfg.num_iters
+                    # The host reads the device's figures only here (a checkpoint must know whether
+                    # the last steps were skipped), so the device is never kept waiting in between.
+                    if log_now or done % cfg.model_save_step == 0 or signum:
+                        self.check_nonfinite(done, window)
+                    if log_now:
+                        means = window.means()
                         self.log(done, means)
                         bar.set_postfix_str(self.postfix(means), refresh=False)
-                        window = {}
-                    self.after_iteration(done, fixed, distributed.any_rank(stop.signum))
+                    self.after_iteration(done, fixed, signum)
         finally:
             bar.close()
             self.writer.close()
@@ -470,18 +482,33 @@ class Solver:
                                       f'{self.last_good_checkpoint}; continue with --resume_iters latest',
                                       128 + signum)
 
-    def count_nonfinite(self, record, done):
-        """Count iterations with a skipped step; stop after --nonfinite_patience in a row."""
-        if not record.pop('skipped_nonfinite', 0):
-            self.nonfinite_in_a_row = 0
+    def track_skips(self, record):
+        """Counts skipped steps on the device: the current run of iterations with a skipped step,
+        the longest run and the total since the last check_nonfinite()."""
+        skipped = torch.stack([v for k, v in record.items() if k.startswith('skipped/')]).amax()
+        if self.skips is None:
+            self.skips = torch.zeros(3, device=skipped.device)
+        run = (self.skips[0] + 1) * skipped
+        self.skips = torch.stack([run, torch.maximum(self.skips[1], run), self.skips[2] + skipped])
+
+    def check_nonfinite(self, done, window):
+        """Warn about steps skipped since the last check; stop once --nonfinite_patience iterations
+        in a row had one (noticed here, at most a log step after it happens)."""
+        if self.skips is None:
             return
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        bad = ', '.join(k for k, v in record.items() if not math.isfinite(v)) or 'a gradient'
-        tqdm.write(f'warning: iteration {done}: non-finite {bad}; the step was skipped')
-        if self.nonfinite_in_a_row >= self.cfg.nonfinite_patience:
+        run, longest, count = (int(v) for v in self.skips.tolist())
+        self.skips = torch.tensor([run, run, 0], dtype=torch.float32, device=self.skips.device)
+        self.nonfinite_in_a_row = run
+        since, self.last_check = self.last_check, done
+        if not count:
+            return
+        self.nonfinite_total += count
+        parts = window.nonfinite_parts()
+        why = f'non-finite {", ".join(parts)}' if parts else 'a non-finite loss or gradient'
+        tqdm.write(f'warning: iterations {since + 1}-{done}: {count} step(s) skipped for {why}')
+        if longest >= self.cfg.nonfinite_patience:
             raise NonFiniteTraining(
-                f'iteration {done}: non-finite losses or gradients in {self.nonfinite_in_a_row} iterations in a row; '
+                f'iteration {done}: non-finite losses or gradients in {longest} iterations in a row; '
                 f'training stopped. Last good checkpoint: {self.last_good_checkpoint or "none"} (resume from it '
                 f'with a lower learning rate, or check the data)', 3)
 
@@ -599,6 +626,42 @@ class Solver:
         self.last_good_checkpoint = path
         tqdm.write(f'resumed from {path} (iteration {self.start_iter})')
         return path
+
+
+class RecordWindow:
+    """Running sums of the loss records (dicts of 0-dim tensors) on the device. add() costs no
+    host-device sync; means() and nonfinite_parts() read everything in one transfer each."""
+
+    def __init__(self):
+        self.sums = {}   # the record's keys -> (sums of the finite values, counts of finite values)
+        self.bad = {}    # the record's keys -> counts of non-finite values since nonfinite_parts()
+
+    def add(self, record):
+        keys = tuple(record)
+        values = torch.stack([record[k] for k in keys])
+        finite = torch.isfinite(values)
+        s, n = self.sums.get(keys, (0.0, 0.0))
+        self.sums[keys] = (s + torch.where(finite, values, 0.0), n + finite.float())
+        self.bad[keys] = self.bad.get(keys, 0.0) + (~finite).float()
+
+    def means(self):
+        """{key: mean of its finite values} since the last call; keys without one are left out."""
+        flat = torch.cat([torch.cat(sn) for sn in self.sums.values()]).tolist() if self.sums else []
+        totals, i = {}, 0
+        for keys in self.sums:
+            for j, k in enumerate(keys):
+                s, n = totals.get(k, (0.0, 0.0))
+                totals[k] = (s + flat[i + j], n + flat[i + len(keys) + j])
+            i += 2 * len(keys)
+        self.sums = {}
+        return {k: s / n for k, (s, n) in totals.items() if n}
+
+    def nonfinite_parts(self):
+        """Sorted names of the parts that were not finite at least once since the last call."""
+        flat = torch.cat(list(self.bad.values())).tolist() if self.bad else []
+        names = [k for k, b in zip((k for keys in self.bad for k in keys), flat) if b]
+        self.bad = {}
+        return sorted(set(names))
 
 
 class NoWriter:

@@ -143,3 +143,37 @@ def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path, flag
     cpu = torch.device('cpu')
     assert solver.resolve_amp('auto', cpu) == expected
     assert solver.resolve_amp('off', cpu) is None and solver.resolve_amp('bf16', cpu) == torch.bfloat16
+
+
+def test_a_training_step_keeps_its_figures_on_the_device(tiny):
+    """A step's record holds 0-dim tensors, which the loop sums on the device and reads at log steps."""
+    cfg, train_set = tiny
+    s = Solver(cfg, train_set)
+    x, aus = next(s.batches(0))
+    record = s.train_step(1, x, aus)      # iteration 1: critic and generator steps (n_critic 2)
+    assert {'D/loss', 'D/au', 'G/loss', 'G/au', 'G/attn_mean', 'skipped/D', 'skipped/G'} <= set(record)
+    assert all(torch.is_tensor(v) and v.shape == () and v.dtype == torch.float32 for v in record.values())
+    assert float(record['skipped/D']) == 0.0 and float(record['skipped/G']) == 0.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_training_steps_make_no_host_device_sync_on_a_gpu(tiny):
+    """Loading, both steps, the non-finite check and the loop's bookkeeping queue work without
+    waiting for the device (torch raises on any synchronising call in this mode)."""
+    cfg, train_set = tiny
+    gpu = copy.copy(cfg)
+    gpu.device = 'cuda'
+    s = Solver(gpu, train_set)
+    window, batches = solver.RecordWindow(), s.batches(0)
+    for it in range(2):      # warm-up: cuDNN's algorithm search, the optimisers' first steps
+        s.track_skips(s.train_step(it, *next(batches)))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for it in range(2, 4):
+            record = s.train_step(it, *next(batches))
+            window.add(record)
+            s.track_skips(record)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert window.means()['skipped/D'] == 0.0

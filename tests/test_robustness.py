@@ -185,18 +185,42 @@ def test_non_finite_steps_are_skipped_then_training_stops(synth, tmp_path, monke
     assert ckpts == [4, 8]   # the iteration-8 checkpoint came during the bad run; iteration 4 is the good one
 
 
-def test_skipped_step_leaves_the_weights_alone(synth, tmp_path):
+@pytest.mark.parametrize('fused_adam', ['auto', 'false'])
+def test_skipped_step_leaves_weights_and_optimiser_alone(synth, tmp_path, fused_adam):
+    """The fused Adam skips on the device (found_inf); the others on the host: the same result."""
     from solver import Solver
-    cfg = main.build_parser().parse_args(train_args(synth, tmp_path, '--num_iters', '2'))
+    cfg = main.build_parser().parse_args(train_args(synth, tmp_path, '--num_iters', '2', '--fused_adam', fused_adam))
     main.resolve_dataset(cfg)
     solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'train'))
+    params = list(solver.D.parameters())
+
+    def step(scale):
+        record = {}
+        solver.d_optim.zero_grad(set_to_none=True)
+        solver.apply_step(sum(p.square().sum() for p in params) * scale, solver.d_optim, record)
+        return record
+    assert float(step(1.0)['skipped/D']) == 0.0            # a good step first: the optimiser has state
     before = {k: v.clone() for k, v in solver.D.state_dict().items()}
-    record = {}
-    loss = sum(p.sum() for p in solver.D.parameters()) * float('inf')
-    assert not solver.apply_step(loss, solver.d_optim, record)
-    assert record == {'skipped_nonfinite': 1.0}
+    state = {k: v.clone() for k, v in solver.d_optim.state[params[0]].items()}
+    record = step(float('inf'))
+    assert set(record) == {'skipped/D'} and torch.is_tensor(record['skipped/D']) and float(record['skipped/D']) == 1.0
     assert all(torch.equal(before[k], v) for k, v in solver.D.state_dict().items())
-    assert all(p.grad is None for p in solver.D.parameters())
+    assert all(torch.equal(state[k], v) for k, v in solver.d_optim.state[params[0]].items())   # step count too
+    assert float(step(1.0)['skipped/D']) == 0.0            # and the next good step is taken
+    assert any(not torch.equal(before[k], v) for k, v in solver.D.state_dict().items())
+
+
+def test_record_window_sums_on_the_device_and_leaves_out_non_finite_values():
+    from solver import RecordWindow
+    window = RecordWindow()
+    t = torch.tensor
+    window.add({'D/loss': t(1.0), 'D/gp': t(float('nan'))})
+    window.add({'D/loss': t(3.0), 'D/gp': t(2.0), 'G/loss': t(5.0)})
+    window.add({'D/loss': t(float('inf')), 'D/gp': t(4.0)})
+    assert window.nonfinite_parts() == ['D/gp', 'D/loss']
+    assert window.nonfinite_parts() == []                  # counted since the last call
+    assert window.means() == {'D/loss': 2.0, 'D/gp': 3.0, 'G/loss': 5.0}
+    assert window.means() == {}
 
 
 def test_run_folder_records_command_commit_and_versions(synth, tmp_path):
