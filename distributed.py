@@ -160,10 +160,17 @@ def broadcast_modules(modules):
                     dist.broadcast(t, 0)
 
 
-def any_rank(flag):
-    """The largest of an integer flag over all ranks (a signal on one rank stops all)."""
+def any_rank(flag, now=True):
+    """The largest of an integer flag over all ranks (a signal on one rank stops all).
+
+    Under DDP the agreement is an all-reduce whose result the host must wait for, which
+    drains the GPU's queue of work; callers that poll every iteration pass `now=False` on
+    most of them, and every rank then reports 0 there (the same iterations on every rank,
+    so they all stop at the same one)."""
     if not STATE.active:
         return flag
+    if not now:
+        return 0
     device = torch.device('cuda', torch.cuda.current_device()) if STATE.backend == 'nccl' else torch.device('cpu')
     t = torch.tensor([int(flag or 0)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

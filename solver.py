@@ -74,6 +74,7 @@ def resolve_flag(value, default):
     return default if value == 'auto' else value in (True, 'true', '1', 'yes')
 
 
+SIGNAL_CHECK_EVERY = 10   # under DDP: a SIGTERM stops all ranks at most this many iterations later
 COMPILE_MIN_ITERS_CPU = 2000   # compiling takes ~40 s on 2 cores and saves ~30 ms per iteration
 
 
@@ -449,8 +450,10 @@ class Solver:
                     window.add(record)
                     self.track_skips(record)
                     bar.update(1)
-                    signum = distributed.any_rank(stop.signum)
                     log_now = done % cfg.log_step == 0 or done == cfg.num_iters
+                    # Ranks agree on a stop signal at log steps and every SIGNAL_CHECK_EVERY iterations
+                    # (an all-reduce the host waits for); alone, the signal is read at once.
+                    signum = distributed.any_rank(stop.signum, now=log_now or done % SIGNAL_CHECK_EVERY == 0)
                     # The host reads the device's figures only here (a checkpoint must know whether
                     # the last steps were skipped), so the device is never kept waiting in between.
                     if log_now or done % cfg.model_save_step == 0 or signum:

@@ -119,6 +119,38 @@ sys.exit(distributed.entry_point(main.main)())
     assert not checkpoint.list_checkpoints(str(tmp_path / 'f' / 'models'))
 
 
+def test_a_signal_on_one_rank_stops_all_at_the_next_check(synth, tmp_path):
+    """SIGTERM reaches rank 1 alone during iteration 8; the ranks agree on it at iteration 10
+    (solver.SIGNAL_CHECK_EVERY; the log steps are 7 and 14), save one checkpoint and stop."""
+    script = tmp_path / 'signal_rank1.py'
+    script.write_text(f'''import os, signal, sys
+sys.path.insert(0, {ROOT!r})
+import distributed, losses, main
+real, calls = losses.critic_loss, []
+def critic_loss(*a, **k):
+    calls.append(1)
+    if os.environ['RANK'] == '1' and len(calls) == 8:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a, **k)
+losses.critic_loss = critic_loss
+sys.exit(distributed.entry_point(main.main)())
+''')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = tmp_path / 's'
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(script)] + args(synth, out, 2, '--num_iters', '1000', '--log_step', '7',
+                                                '--model_save_step', '1000'),
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert 'stopped (rank 0): SIGTERM: stopped after iteration 10' in log, log[-3000:]
+    assert 'stopped (rank 1): SIGTERM: stopped after iteration 10' in log           # rank 0 was never signalled
+    saved = checkpoint.list_checkpoints(str(out / 'models'))
+    assert [it for it, _ in saved] == [10]
+    fps = checkpoint.load(saved[0][1])['rank_fingerprints']
+    assert len(fps) == 2 and fps[0] == fps[1]
+
+
 def test_ganmut_trains_on_two_ranks(tmp_path):
     out = tmp_path / 'gm'
     log = torchrun(['--mode', 'train', '--model', 'ganmut', '--dataset', 'synthetic', '--synthetic_dir',
