@@ -451,8 +451,7 @@ class Solver:
                     self.track_skips(record)
                     bar.update(1)
                     log_now = done % cfg.log_step == 0 or done == cfg.num_iters
-                    # Ranks agree on a stop signal at log steps and every SIGNAL_CHECK_EVERY iterations
-                    # (an all-reduce the host waits for); alone, the signal is read at once.
+                    # under DDP, ranks agree on a stop signal only at log steps and every SIGNAL_CHECK_EVERY
                     signum = distributed.any_rank(stop.signum, now=log_now or done % SIGNAL_CHECK_EVERY == 0)
                     # The host reads the device's figures only here (a checkpoint must know whether
                     # the last steps were skipped), so the device is never kept waiting in between.

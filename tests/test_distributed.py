@@ -54,6 +54,27 @@ def assert_close(a, b, what):
     assert close / total > 0.95, f'{what}: only {close / total:.1%} of the weights agree within 1e-5'
 
 
+def torchrun_on_rank1_at_critic_step(tmp_path, step, action, argv):
+    """Two ranks of main.py where rank 1 runs the Python statement `action` at its `step`-th
+    critic loss; returns the finished process (its return code is not checked)."""
+    script = tmp_path / 'on_rank1.py'
+    script.write_text(f'''import os, signal, sys
+sys.path.insert(0, {ROOT!r})
+import distributed, losses, main
+real, calls = losses.critic_loss, []
+def critic_loss(*a, **k):
+    calls.append(1)
+    if os.environ['RANK'] == '1' and len(calls) == {step}:
+        {action}
+    return real(*a, **k)
+losses.critic_loss = critic_loss
+sys.exit(distributed.entry_point(main.main)())
+''')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           str(script)] + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_batch_indices_split_the_global_batch():
     one = dl.batch_indices(40, 8, 7, seed=1)
     parts = [dl.batch_indices(40, 4, 7, seed=1, rank=r, world=2) for r in range(2)]
@@ -95,23 +116,8 @@ def test_two_ranks_match_one_process_and_resume(synth, tmp_path):
 
 
 def test_an_error_on_one_rank_stops_all_with_its_message(synth, tmp_path):
-    script = tmp_path / 'fail_on_rank1.py'
-    script.write_text(f'''import os, sys
-sys.path.insert(0, {ROOT!r})
-import distributed, losses, main
-real, calls = losses.critic_loss, []
-def critic_loss(*a, **k):
-    calls.append(1)
-    if os.environ['RANK'] == '1' and len(calls) == 3:
-        raise ValueError('--simulated: bad thing on rank 1')
-    return real(*a, **k)
-losses.critic_loss = critic_loss
-sys.exit(distributed.entry_point(main.main)())
-''')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           str(script)] + args(synth, tmp_path / 'f', 2, '--num_iters', '1000'),
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_on_rank1_at_critic_step(tmp_path, 3, "raise ValueError('--simulated: bad thing on rank 1')",
+                                            args(synth, tmp_path / 'f', 2, '--num_iters', '1000'))
     assert proc.returncode != 0
     assert 'error (rank 1): --simulated: bad thing on rank 1' in proc.stderr    # the rank's own message
     root_cause = proc.stderr[proc.stderr.index('Root Cause'):]
@@ -122,25 +128,10 @@ sys.exit(distributed.entry_point(main.main)())
 def test_a_signal_on_one_rank_stops_all_at_the_next_check(synth, tmp_path):
     """SIGTERM reaches rank 1 alone during iteration 8; the ranks agree on it at iteration 10
     (solver.SIGNAL_CHECK_EVERY; the log steps are 7 and 14), save one checkpoint and stop."""
-    script = tmp_path / 'signal_rank1.py'
-    script.write_text(f'''import os, signal, sys
-sys.path.insert(0, {ROOT!r})
-import distributed, losses, main
-real, calls = losses.critic_loss, []
-def critic_loss(*a, **k):
-    calls.append(1)
-    if os.environ['RANK'] == '1' and len(calls) == 8:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return real(*a, **k)
-losses.critic_loss = critic_loss
-sys.exit(distributed.entry_point(main.main)())
-''')
-    env = dict(os.environ, OMP_NUM_THREADS='1')
     out = tmp_path / 's'
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           str(script)] + args(synth, out, 2, '--num_iters', '1000', '--log_step', '7',
-                                                '--model_save_step', '1000'),
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun_on_rank1_at_critic_step(tmp_path, 8, 'os.kill(os.getpid(), signal.SIGTERM)',
+                                            args(synth, out, 2, '--num_iters', '1000', '--log_step', '7',
+                                                 '--model_save_step', '1000'))
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert 'stopped (rank 0): SIGTERM: stopped after iteration 10' in log, log[-3000:]
