@@ -32,7 +32,7 @@ def load_models(models_dir, device):
     names = list(ckpt['label_names'])
     G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], **generator_options(c))
     D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'],
-                      label_trunk=c.get('d_label_trunk', 'shared'))
+                      label_trunk=c.get('d_label_trunk', 'shared'), local_head=c.get('d_local_head', 0))
     g_key = 'G_ema' if 'G_ema' in ckpt else 'G'   # the weight average, when training kept one
     checkpoint.check_state_dict(G, ckpt[g_key], g_key, path)
     checkpoint.check_state_dict(D, ckpt['D'], 'D', path)

@@ -36,6 +36,9 @@ MODEL_FLAGS = [
     ('--d_repeat_num', 6, 'stride-2 convs in the critic (needs image_size >= 2**d_repeat_num)'),
     ('--d_label_trunk', 'shared', 'critic: shared (one trunk feeds the realism and AU heads, as the seed) or '
                                   'separate (the AU head gets its own trunk)'),
+    ('--d_local_head', 0, 'critic: 0 (the seed) or N, a second realism head on the features of the critic\'s '
+                          'N-th layer, averaged with the last layer\'s, so edits are also scored on local '
+                          'texture (2: 16 x 16 scores at 64 px, each seeing ~18 px)'),
     ('--g_upsample', 'transposed', 'generator decoder: transposed (4x4 stride-2 transposed convs, as the seed) '
                                    'or resize (nearest upsampling + 3x3 conv)'),
     ('--g_color_head', 'tanh', 'generator colour head: tanh (the seed) or residual (input + a zero-initialised '

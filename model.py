@@ -138,11 +138,15 @@ class Discriminator(nn.Module):
     and `code_dim` outputs regress the 2-D (or 3-D) emotion code.
     """
 
-    def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0, label_trunk='shared'):
+    def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0, label_trunk='shared',
+                 local_head=0):
         super().__init__()
         check_sizes(image_size, repeat_num)
         if label_trunk not in ('shared', 'separate'):
             raise ValueError(f'--d_label_trunk must be shared or separate, got {label_trunk!r}')
+        if not 0 <= local_head < repeat_num:
+            raise ValueError(f'--d_local_head must be 0 (off) or a critic layer from 1 to {repeat_num - 1} '
+                             f'(--d_repeat_num {repeat_num}), got {local_head}')
         self.main, ch = _patch_trunk(conv_dim, repeat_num)
         # 'separate': the label heads (AUs, emotions, code) get a trunk of their own, so
         # the realism score does not share features with a regression weighted 160x.
@@ -152,16 +156,33 @@ class Discriminator(nn.Module):
         self.cls = SmallOutputConv2d(ch, c_dim, k, bias=False)
         self.code = SmallOutputConv2d(ch, code_dim, k, bias=False) if code_dim else None
         init_weights(self)
+        # --d_local_head N: a second realism head, a 3x3 conv on the features of layer N (16 x 16 after
+        # layer 2 at 64 px, ~18 px receptive field), so that the generator is also scored on local
+        # texture; the last layer's 2x2 scores each see more than the whole face. Built after the
+        # other layers' initialisation, so those start as without it.
+        self.local_layers = local_head
+        self.local = None
+        if local_head:
+            self.local = SmallOutputConv2d(conv_dim * 2 ** (local_head - 1), 1, 3, 1, 1, bias=False)
+            nn.init.normal_(self.local.weight, 0.0, 0.02)
 
     def forward(self, x):
-        h = self.main(x)
+        if self.local is None:
+            h = self.main(x)
+        else:
+            h_local = self.main[:2 * self.local_layers](x)     # (conv, LeakyReLU) per layer
+            h = self.main[2 * self.local_layers:](h_local)
         if self.label_main is not None:
             h_label = self.label_main(x)
         else:
             h_label = h
         out_cls = self.cls(h_label).flatten(1)
         out_code = self.code(h_label).flatten(1) if self.code is not None else None
-        return self.src(h), out_cls, out_code
+        out_src = self.src(h)
+        if self.local is not None:   # (B, 2, 1, 1): the two heads' mean scores, weighted equally
+            out_src = torch.cat([out_src.float().mean((2, 3), keepdim=True),
+                                 self.local(h_local).float().mean((2, 3), keepdim=True)], 1)
+        return out_src, out_cls, out_code
 
     def realism_input_gradient(self, x):
         """d sum(out_src) / d x per image, written out as the backward pass it is, so that
@@ -190,12 +211,17 @@ class Discriminator(nn.Module):
                     h = layer(h)
                     acts.append((h, layer.negative_slope))
             out = self.src(h)
-        g = torch.ones_like(out)
+        # with --d_local_head the scores are the heads' means: d mean / d score = 1 / (number of scores)
+        g = torch.ones_like(out) / (out[0, 0].numel() if self.local is not None else 1)
         g = _conv_input_grad(self.src, g, h.shape)
-        for conv, (act, slope), shape in zip(reversed(convs), reversed(acts), reversed(shapes)):
+        for i in reversed(range(len(convs))):
+            act, slope = acts[i]
             # S: the LeakyReLU's own backward (differentiable in g), from its output
             g = torch.ops.aten.leaky_relu_backward(g, act.to(g.dtype), slope, True)
-            g = _conv_input_grad(conv, g, shape)
+            g = _conv_input_grad(convs[i], g, shapes[i])
+            if self.local is not None and i == self.local_layers:   # g is now d / d (the local head's input)
+                local_shape = (g.shape[0], 1) + tuple(g.shape[-2:])
+                g = g + _conv_input_grad(self.local, g.new_full(local_shape, 1 / g[0, 0].numel()), g.shape)
         return g
 
 

@@ -232,7 +232,8 @@ class Solver:
         self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, **generator_options(vars(cfg))).to(
             self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
-                               label_trunk=cfg.d_label_trunk).to(self.device, memory_format=self.memory_format)
+                               label_trunk=cfg.d_label_trunk, local_head=cfg.d_local_head).to(
+            self.device, memory_format=self.memory_format)
         use_matmul_for_small_convs(self.D, small_conv_matmul_on(cfg, self.device))
         # torch.compile for the generator's training passes. D stays eager: with --explicit_gp false its
         # gradient penalty needs a double backward, which compiled graphs do not support, and with
@@ -775,7 +776,7 @@ def critic_au_weight(cfg):
 # The config entries that decide the shapes of the networks (or, as --g_color_head and --g_warp, what
 # a layer computes).
 SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample',
-              'g_color_head', 'g_warp', 'd_label_trunk')
+              'g_color_head', 'g_warp', 'd_label_trunk', 'd_local_head')
 
 
 def check_compatible(ckpt, cfg, label_names, path):

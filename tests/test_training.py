@@ -72,15 +72,15 @@ def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys
 
 
 @pytest.mark.parametrize('flag, value, seed_value, built', [
-    ('--g_color_head', 'residual', 'tanh', lambda G: G.color_residual),
-    ('--g_warp', '4', '0', lambda G: G.warp_cell == 4 and G.flow is not None),
+    ('--g_color_head', 'residual', 'tanh', lambda G, D: G.color_residual),
+    ('--g_warp', '4', '0', lambda G, D: G.warp_cell == 4 and G.flow is not None),
+    ('--d_local_head', '2', '0', lambda G, D: D.local is not None and D.local_layers == 2),
 ])
-def test_generator_options_are_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys, flag, value, seed_value,
-                                                           built):
+def test_network_options_are_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys, flag, value, seed_value, built):
     out = run(synth_dir, tmp_path / 'opt', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
               flag, value)
-    G = animate.load_models(str(out / 'models'), torch.device('cpu'))[0]
-    assert built(G)      # test mode and eval build the heads the run trained
+    G, D = animate.load_models(str(out / 'models'), torch.device('cpu'))[:2]
+    assert built(G, D)   # test mode and eval build the heads the run trained
     rc = main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir,
                     '--outputs_dir', str(out), '--resume_iters', 'latest', '--num_iters', '4'] + TINY)
     assert rc == 2
