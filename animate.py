@@ -21,7 +21,7 @@ import data_loader as dl
 import faces as face_crops
 import synthetic_faces as sf
 import visualize as vis
-from model import Discriminator, Generator, generator_options
+from model import Discriminator, Generator, critic_options, generator_options
 from solver import images_to_float, resolve_amp, resolve_device
 
 
@@ -31,8 +31,7 @@ def load_models(models_dir, device):
     c = ckpt['config']
     names = list(ckpt['label_names'])
     G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], **generator_options(c))
-    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'],
-                      label_trunk=c.get('d_label_trunk', 'shared'), local_head=c.get('d_local_head', 0))
+    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], **critic_options(c))
     g_key = 'G_ema' if 'G_ema' in ckpt else 'G'   # the weight average, when training kept one
     checkpoint.check_state_dict(G, ckpt[g_key], g_key, path)
     checkpoint.check_state_dict(D, ckpt['D'], 'D', path)

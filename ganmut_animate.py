@@ -30,7 +30,7 @@ import ganmut_solver as gs
 import ganmut_vis as gv
 import visualize as vis
 from animate import generate, save_animation, save_edits
-from model import Discriminator, Generator, generator_options
+from model import Discriminator, Generator, critic_options, generator_options
 from solver import images_to_float, resolve_amp, resolve_device, resolve_flag
 
 
@@ -59,7 +59,7 @@ def load_ganmut(models_dir, device):
     G = Generator(c['g_conv_dim'], dim, c['g_repeat_num'], attention=resolve_flag(c.get('attention', 'true'), True),
                   **generator_options(c))
     D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], code_dim=dim,
-                      label_trunk=c.get('d_label_trunk', 'shared'), local_head=c.get('d_local_head', 0))
+                      **critic_options(c))
     space = ganmut.make_space(c['parametrization'], len(names), dim, neutral_index=0, names=names)
     for name, module in (('G', G), ('D', D), ('space', space)):
         checkpoint.check_state_dict(module, ckpt[name], name, path)

@@ -32,7 +32,7 @@ import ganmut_vis as gv
 import losses
 import synthetic_faces as sf
 import visualize as vis
-from model import Discriminator, Generator, generator_options, use_matmul_for_small_convs
+from model import Discriminator, Generator, critic_options, generator_options, use_matmul_for_small_convs
 from solver import (Solver, explicit_gp_on, images_to_float, interpolate, make_adam, random_flip, resolve_flag,
                     small_conv_matmul_on, write_config)
 
@@ -125,8 +125,7 @@ class GANmutSolver(Solver):
         self.G = Generator(cfg.g_conv_dim, cfg.emotion_dim, cfg.g_repeat_num, attention=self.attention,
                            **generator_options(vars(cfg))).to(self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num, code_dim=cfg.emotion_dim,
-                               label_trunk=getattr(cfg, 'd_label_trunk', 'shared'),
-                               local_head=getattr(cfg, 'd_local_head', 0)).to(
+                               **critic_options(vars(cfg))).to(
             self.device, memory_format=self.memory_format)
         self.space = ganmut.make_space(cfg.parametrization, self.c_dim, cfg.emotion_dim, neutral_index=0,
                                        names=self.label_names).to(self.device)

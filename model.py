@@ -130,10 +130,16 @@ def generator_options(config):
                 warp=config.get('g_warp', 0))
 
 
+def critic_options(config):
+    """The Discriminator's keyword options from a run's config, as generator_options."""
+    return dict(label_trunk=config.get('d_label_trunk', 'shared'), local_head=config.get('d_local_head', 0))
+
+
 class Discriminator(nn.Module):
     """PatchGAN critic with extra heads.
 
-    Returns (patch scores (B, 1, h, w), class / AU output (B, c_dim), code (B, code_dim) or None).
+    Returns (patch scores (B, 1, h, w), class / AU output (B, c_dim), code (B, code_dim) or None);
+    with `local_head` the realism output is (B, 2, 1, 1), the two realism heads' mean scores.
     For GANimation `c_dim` heads regress the AUs; for GANmut they are emotion logits
     and `code_dim` outputs regress the 2-D (or 3-D) emotion code.
     """

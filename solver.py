@@ -32,7 +32,7 @@ import synthetic_faces as sf
 import visualize as vis
 from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
                          worker_ignores_stop_signals)
-from model import Discriminator, Generator, generator_options, use_matmul_for_small_convs
+from model import Discriminator, Generator, critic_options, generator_options, use_matmul_for_small_convs
 
 
 # --------------------------------------------------------------------------- device helpers
@@ -232,8 +232,7 @@ class Solver:
         self.G = Generator(cfg.g_conv_dim, self.c_dim, cfg.g_repeat_num, **generator_options(vars(cfg))).to(
             self.device, memory_format=self.memory_format)
         self.D = Discriminator(cfg.image_size, cfg.d_conv_dim, self.c_dim, cfg.d_repeat_num,
-                               label_trunk=cfg.d_label_trunk, local_head=cfg.d_local_head).to(
-            self.device, memory_format=self.memory_format)
+                               **critic_options(vars(cfg))).to(self.device, memory_format=self.memory_format)
         use_matmul_for_small_convs(self.D, small_conv_matmul_on(cfg, self.device))
         # torch.compile for the generator's training passes. D stays eager: with --explicit_gp false its
         # gradient penalty needs a double backward, which compiled graphs do not support, and with
