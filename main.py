@@ -133,10 +133,10 @@ TEST_FLAGS = [
                             'matches the synthetic faces (python faces.py --calibrate DIR measures it for other data)'),
 ]
 # The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode): ~11-13 minutes on 2 cores with
-# AMX, ~25 with AVX-512 BF16 only. It keeps the default losses and optimiser settings above but two, each of which
-# edits closer to the truth at 64 px on every seed measured: a tenth of the seed's gradient penalty (EVALUATION.md,
-# sessions 14-16) and the critic's local realism head (session 17). The main defaults stay the seed's until they are
-# measured on the 128 px model.
+# AMX, ~25 with AVX-512 BF16 only. It keeps the default losses and optimiser settings above but two, which edit
+# closer to the truth at 64 px: a tenth of the seed's gradient penalty (on all five seed comparisons, EVALUATION.md
+# sessions 14-16) and the critic's local realism head (three of four, session 17). The main defaults stay the
+# seed's until they are measured on the 128 px model.
 DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
             num_iters=2500, num_iters_decay=500, lambda_gp=1.0, d_local_head=2,
             sample_step=250, model_save_step=500, log_step=10, eval_step=500, synthetic_images=2000,
