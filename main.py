@@ -67,6 +67,9 @@ LOSS_FLAGS = [
                              'the head must read shapes, not faint patterns the generator can paint'),
     ('--lambda_color_tv', 0.0, 'total variation of the colour head where the mask uses it (weighted by 1 - A): '
                                'keeps the edited regions piecewise smooth instead of patterned'),
+    ('--lambda_color_keep', 0.0, 'L1 between the colour head and the input where the mask keeps the input '
+                                 '(weighted by A): the colour head stays a picture of the face, so what the mask '
+                                 'lets through is the face plus the edit rather than a pattern'),
     ('--lambda_rec', 10.0, 'cycle-consistency (reconstruction) weight'),
     ('--lambda_gp', 10.0, 'gradient-penalty weight (--adv_loss wgan-gp)'),
     ('--adv_loss', 'wgan-gp', 'adversarial loss: wgan-gp (the seed: Wasserstein critic, gradient penalty on '

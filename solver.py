@@ -416,6 +416,12 @@ class Solver:
             color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
             loss = loss + cfg.lambda_color_tv * color_tv
             record['G/color_tv'] = color_tv.detach()
+        if cfg.lambda_color_keep > 0 and attn_fake is not None:
+            color_keep = (losses.color_keep_loss(color_fake, x_real, attn_fake)
+                          + losses.color_keep_loss(color_rec, x_fake.detach(), attn_rec)) / 2
+            loss = loss + cfg.lambda_color_keep * color_keep
+            record['G/color_keep'] = color_keep.detach()
+        record['G/loss'] = loss.detach().float()      # with the optional terms above
         self.apply_step(loss, self.g_optim, record)
         if self.G_ema is not None:    # after a skipped step G is unchanged, and the average moves towards it
             update_ema(self.G_ema, self.G, cfg.g_ema_beta, (self.iteration + 1) // cfg.n_critic)

@@ -134,6 +134,25 @@ def test_color_tv_is_zero_for_flat_colour_or_unused_colour_and_weighted_by_the_m
     assert color.grad.abs().sum() > 0
 
 
+def test_color_keep_pulls_the_colour_head_to_the_input_where_the_mask_keeps_it():
+    from losses import color_keep_loss
+    x = torch.zeros(2, 3, 4, 4)
+    color = torch.zeros(2, 3, 4, 4)
+    color[..., :2] = 1.0                               # the colour head differs from x in the left half
+    attn = torch.zeros(2, 1, 4, 4)
+    assert color_keep_loss(color, x, attn).item() == 0.0              # A = 0: C is the output, free
+    attn[..., :2] = 0.5
+    assert color_keep_loss(color, x, attn).item() == pytest.approx(0.25)   # mean |C - x| * A: 0.5 on half
+    attn[..., :2] = 0.0
+    attn[..., 2:] = 1.0
+    assert color_keep_loss(color, x, attn).item() == 0.0              # kept pixels already equal x
+    attn = torch.full((2, 1, 4, 4), 0.7, requires_grad=True)
+    color = color.clone().requires_grad_(True)
+    color_keep_loss(color, x, attn).backward()
+    assert attn.grad is None or attn.grad.abs().sum() == 0            # shapes C, never pushes A
+    assert (color.grad[..., :2] > 0).all() and (color.grad[..., 2:] == 0).all()
+
+
 def test_au_jacobian_penalty_of_a_linear_head_equals_the_hand_value():
     from losses import au_jacobian_penalty
     torch.manual_seed(0)
@@ -268,3 +287,23 @@ def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path)
     cfg.au_blur = 1.0
     with pytest.raises(ValueError, match='--au_adv_eps'):
         Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+
+
+def test_color_keep_term_joins_the_generator_loss_with_its_weight(tmp_path):
+    import main
+    import synthetic_faces as sf
+    import data_loader as dl
+    sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
+    argv = ['--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
+            '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
+            '--batch_size', '4', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off']
+    records = {}
+    for weight in ('0', '3'):
+        cfg = main.build_parser().parse_args(argv + ['--lambda_color_keep', weight])
+        solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+        x, aus = next(solver.batches(0))
+        records[weight] = {k: float(v) for k, v in solver.train_step(0, x, aus).items()}
+    off, on = records['0'], records['3']
+    assert 'G/color_keep' not in off and on['G/color_keep'] > 0.01     # C starts far from the input
+    assert on['D/loss'] == pytest.approx(off['D/loss'])                 # same seed: the same step up to G's loss
+    assert on['G/loss'] == pytest.approx(off['G/loss'] + 3 * on['G/color_keep'], rel=1e-5)
