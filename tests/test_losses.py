@@ -232,27 +232,35 @@ def test_non_saturating_losses_by_hand():
     assert g_loss.item() == pytest.approx(sp(-2.0))    # the generator wants its fakes scored real
 
 
-def test_r1_critic_step_regularises_the_real_images(tmp_path):
+def tiny_solver(tmp_path, *flags):
+    """A Solver of a tiny GANimation on 12 synthetic 32 px faces, with extra command-line flags."""
     import main
     import synthetic_faces as sf
     import data_loader as dl
-    sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
-    argv = ['--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
-            '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
-            '--batch_size', '4', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off']
-    records = {}
-    for adv in ('wgan-gp', 'ns-r1'):
-        cfg = main.build_parser().parse_args(argv + ['--adv_loss', adv])
-        solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
-        x, aus = next(solver.batches(0))
-        records[adv] = solver.train_step(0, x, aus)
+    if not (tmp_path / 'aus.txt').exists():
+        sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
+    cfg = main.build_parser().parse_args([
+        '--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
+        '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
+        '--batch_size', '4', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off', *flags])
+    return Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+
+
+def first_step_record(tmp_path, *flags):
+    """The loss record of the first training step of tiny_solver(tmp_path, *flags), as floats."""
+    solver = tiny_solver(tmp_path, *flags)
+    x, aus = next(solver.batches(0))
+    return {k: float(v) for k, v in solver.train_step(0, x, aus).items()}
+
+
+def test_r1_critic_step_regularises_the_real_images(tmp_path):
+    records = {adv: first_step_record(tmp_path, '--adv_loss', adv) for adv in ('wgan-gp', 'ns-r1')}
     r1 = records['ns-r1']
     assert r1['D/real'] > 0 and r1['D/fake'] > 0 and r1['D/gp'] > 0           # softplus terms, R1 > 0
     assert r1['G/fake'] > 0                                                       # softplus(-D(x_f))
     assert records['wgan-gp']['D/gp'] != r1['D/gp']
-    cfg = main.build_parser().parse_args(argv + ['--adv_loss', 'hinge'])
     with pytest.raises(ValueError, match='--adv_loss'):
-        Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+        tiny_solver(tmp_path, '--adv_loss', 'hinge')
 
 
 def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path):
@@ -290,20 +298,7 @@ def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path)
 
 
 def test_color_keep_term_joins_the_generator_loss_with_its_weight(tmp_path):
-    import main
-    import synthetic_faces as sf
-    import data_loader as dl
-    sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
-    argv = ['--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
-            '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
-            '--batch_size', '4', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off']
-    records = {}
-    for weight in ('0', '3'):
-        cfg = main.build_parser().parse_args(argv + ['--lambda_color_keep', weight])
-        solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
-        x, aus = next(solver.batches(0))
-        records[weight] = {k: float(v) for k, v in solver.train_step(0, x, aus).items()}
-    off, on = records['0'], records['3']
+    off, on = (first_step_record(tmp_path, '--lambda_color_keep', w) for w in ('0', '3'))
     assert 'G/color_keep' not in off and on['G/color_keep'] > 0.01     # C starts far from the input
     assert on['D/loss'] == pytest.approx(off['D/loss'])                 # same seed: the same step up to G's loss
     assert on['G/loss'] == pytest.approx(off['G/loss'] + 3 * on['G/color_keep'], rel=1e-5)
