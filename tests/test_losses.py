@@ -264,16 +264,7 @@ def test_r1_critic_step_regularises_the_real_images(tmp_path):
 
 
 def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path):
-    import main
-    import synthetic_faces as sf
-    import data_loader as dl
-    sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
-    cfg = main.build_parser().parse_args([
-        '--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
-        '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
-        '--batch_size', '8', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off',
-        '--au_adv_eps', '0.05'])
-    solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+    solver = tiny_solver(tmp_path, '--batch_size', '8', '--au_adv_eps', '0.05')
     x, aus = next(solver.batches(0))
     x_adv = solver.adversarial_au_view(x, aus, torch.Generator().manual_seed(0))
     assert not x_adv.requires_grad
@@ -292,9 +283,8 @@ def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path)
     # the critic's AU head learns on the moved images: its recorded loss is theirs, not the clean one
     record = solver.critic_step(x, aus, x.flip(0), torch.Generator().manual_seed(0))   # the same random start
     assert record['D/au'] == pytest.approx(moved, rel=1e-4) and record['D/au'] != pytest.approx(clean, rel=1e-4)
-    cfg.au_blur = 1.0
     with pytest.raises(ValueError, match='--au_adv_eps'):
-        Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+        tiny_solver(tmp_path, '--au_adv_eps', '0.05', '--au_blur', '1.0')
 
 
 def test_color_keep_term_joins_the_generator_loss_with_its_weight(tmp_path):
