@@ -38,7 +38,7 @@ MODEL_FLAGS = [
                                   'separate (the AU head gets its own trunk)'),
     ('--d_local_head', 0, 'critic: 0 (the seed) or N, a second realism head on the features of the critic\'s '
                           'N-th layer, averaged with the last layer\'s, so edits are also scored on local '
-                          'texture (2: 16 x 16 scores at 64 px, each seeing ~18 px)'),
+                          'texture (at 64 px, 1: 32 x 32 scores, each seeing ~8 px, the demo\'s; 2: 16 x 16, ~18 px)'),
     ('--g_upsample', 'transposed', 'generator decoder: transposed (4x4 stride-2 transposed convs, as the seed) '
                                    'or resize (nearest upsampling + 3x3 conv)'),
     ('--g_color_head', 'tanh', 'generator colour head: tanh (the seed) or residual (input + a zero-initialised '

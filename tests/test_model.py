@@ -150,20 +150,21 @@ def test_warp_generator_starts_as_the_seed_generator_and_learns_to_move_pixels(c
         Generator(8, 4, 1, warp=-1)
 
 
-def test_local_head_scores_are_the_mean_of_both_heads():
-    """--d_local_head 2: the realism output is (mean of the last layer's scores, mean of a 3x3
-    head's scores on layer 2's features); the other layers start as without the head."""
+@pytest.mark.parametrize('layer,features', [(1, (8, 32, 32)), (2, (16, 16, 16))])
+def test_local_head_scores_are_the_mean_of_both_heads(layer, features):
+    """--d_local_head N: the realism output is (mean of the last layer's scores, mean of a 3x3
+    head's scores on layer N's features); the other layers start as without the head."""
     torch.manual_seed(3)
     plain = Discriminator(image_size=64, conv_dim=8, c_dim=5, repeat_num=5)
     torch.manual_seed(3)
-    D = Discriminator(image_size=64, conv_dim=8, c_dim=5, repeat_num=5, local_head=2)
+    D = Discriminator(image_size=64, conv_dim=8, c_dim=5, repeat_num=5, local_head=layer)
     for name, t in plain.state_dict().items():
         assert torch.equal(t, D.state_dict()[name])
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         src, cls, _ = D(x)
-        h_local = D.main[:4](x)                       # two (conv, LeakyReLU) layers: 16 x 16 x 16
-        assert h_local.shape[1:] == (16, 16, 16)
+        h_local = D.main[:2 * layer](x)               # N (conv, LeakyReLU) layers
+        assert h_local.shape[1:] == features
         expected = torch.stack([plain(x)[0].mean((1, 2, 3)), D.local(h_local).mean((1, 2, 3))], 1)
         assert src.shape == (4, 2, 1, 1)
         assert torch.allclose(src.flatten(1), expected, atol=1e-6)
@@ -189,7 +190,7 @@ def test_separate_label_trunk_keeps_the_realism_trunk_out_of_the_label_heads():
 
 @pytest.mark.parametrize('size,d_repeat,memory_format,local_head', [
     (64, 5, torch.channels_last, 0), (32, 4, torch.contiguous_format, 0), (128, 6, torch.channels_last, 0),
-    (64, 5, torch.channels_last, 2)])
+    (64, 5, torch.channels_last, 1), (64, 5, torch.channels_last, 2)])
 def test_small_convs_as_matmul_and_the_written_out_input_gradient(size, d_repeat, memory_format, local_head):
     """The critic's fast CPU paths compute the same function: its small-output convolutions
     as matrix products (outputs, input and weight gradients), and the input gradient written
