@@ -57,9 +57,7 @@ def resolve_emotion_data(cfg):
         what = f'{cfg.attr_path} with images in {cfg.image_dir}'
     elif cfg.dataset in ('auto', 'synthetic'):
         root = cfg.synthetic_dir
-        if not sf.is_synthetic_dataset(root, cfg.synthetic_images, cfg.image_size, 0):
-            print(f'generating {cfg.synthetic_images} synthetic faces at {cfg.image_size} px in {root} ...', flush=True)
-            sf.write_dataset(root, cfg.synthetic_images, cfg.image_size, seed=0)
+        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
         cfg.image_dir, cfg.attr_path = os.path.join(root, 'images'), os.path.join(root, 'training.csv')
         what = f'built-in synthetic faces, emotion labels ({cfg.synthetic_images} images, {root})'
     else:

@@ -322,9 +322,7 @@ def resolve_dataset(cfg):
         choice = 'data/celeba' if os.path.isdir('data/celeba') else 'synthetic'
     if choice == 'synthetic':
         root = cfg.synthetic_dir
-        if not sf.is_synthetic_dataset(root, cfg.synthetic_images, cfg.image_size, 0):
-            print(f'generating {cfg.synthetic_images} synthetic faces at {cfg.image_size} px in {root} ...', flush=True)
-            sf.write_dataset(root, cfg.synthetic_images, cfg.image_size, seed=0)
+        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
         cfg.image_dir, cfg.attr_path, cfg.dataset_kind = os.path.join(root, 'images'), os.path.join(root, 'aus.txt'), 'synthetic'
         return f'built-in synthetic faces ({cfg.synthetic_images} images, {root})'
     if not os.path.isdir(choice):

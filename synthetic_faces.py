@@ -26,6 +26,8 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -497,7 +499,85 @@ def dataset_plan(num_images: int, seed: int, images_per_identity: int = 8, test_
     return rows
 
 
+# What write_dataset puts in its folder (.cache: files derived from the data by data_loader and evaluate).
+GENERATED_NAMES = frozenset({'images', 'aus.txt', 'aus_openface.pkl', 'train_ids.csv', 'test_ids.csv',
+                             'training.csv', 'test.csv', 'meta.csv', 'dataset.json', '.cache'})
+IMAGE_NAME = re.compile(r'\d{6}\.png')
+
+
+def foreign_entry(out: str):
+    """The first path in folder `out` that write_dataset does not write, or None."""
+    for name in sorted(os.listdir(out)):
+        if name not in GENERATED_NAMES:
+            return os.path.join(out, name)
+    img_dir = os.path.join(out, 'images')
+    if os.path.isdir(img_dir):
+        for name in sorted(os.listdir(img_dir)):
+            if not IMAGE_NAME.fullmatch(name):
+                return os.path.join(img_dir, name)
+    return None
+
+
+def check_replaceable(out: str):
+    """write_dataset replaces an older dataset in `out` whole; it refuses a folder that holds anything else."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(f'{out}: not a folder; the synthetic faces need a folder of their own')
+    foreign = foreign_entry(out) if os.path.isdir(out) else None
+    if foreign:
+        raise FileExistsError(f'{out}: holds {foreign}, which the synthetic-face generator did not write; it '
+                              f'replaces the whole folder, so give it an empty or new one (--synthetic_dir, --out)')
+
+
 def write_dataset(out: str, num_images: int = 2000, image_size: int = 128, seed: int = 0, verbose=True):
+    """Write the dataset to folder `out`, replacing an older synthetic dataset there. It is written
+    beside `out` and moved into place at the end, so no run reads a half-written folder or one that
+    mixes two datasets (a smaller dataset written over a larger one left the larger one's extra images)."""
+    out = os.path.normpath(out)
+    check_replaceable(out)
+    staging = f'{out}.partial-{os.getpid()}'
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        info = _write_files(staging, num_images, image_size, seed, verbose, shown_as=out)
+        _install(staging, out, num_images, image_size, seed)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return info
+
+
+def ensure_dataset(root: str, num_images: int, image_size: int):
+    """The default dataset of main.py: written to `root` unless it already holds these settings'."""
+    if is_synthetic_dataset(root, num_images, image_size, 0):
+        return
+    print(f'generating {num_images} synthetic faces at {image_size} px in {root} ...', flush=True)
+    try:
+        write_dataset(root, num_images, image_size, seed=0)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise SystemExit(f'error: {e}') from None
+
+
+def _install(staging: str, out: str, num_images: int, image_size: int, seed: int):
+    """Move the finished dataset from `staging` to `out` by renames. An older dataset there is
+    replaced (its .cache, keyed by content, is kept); if another process installed the same dataset
+    meanwhile, that one stays."""
+    if is_synthetic_dataset(out, num_images, image_size, seed):
+        return
+    old = None
+    if os.path.isdir(out):
+        check_replaceable(out)
+        if os.path.isdir(os.path.join(out, '.cache')):
+            os.replace(os.path.join(out, '.cache'), os.path.join(staging, '.cache'))
+        old = f'{out}.old-{os.getpid()}'
+        os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except OSError:
+        if not is_synthetic_dataset(out, num_images, image_size, seed):   # not another process's same dataset
+            raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_files(out: str, num_images: int, image_size: int, seed: int, verbose: bool, shown_as: str):
     t0 = time.time()
     rows = dataset_plan(num_images, seed)
     img_dir = os.path.join(out, 'images')
@@ -544,7 +624,7 @@ def write_dataset(out: str, num_images: int = 2000, image_size: int = 128, seed:
     if verbose:
         n_test = sum(r['split'] == 'test' for r in rows)
         print(f'wrote {num_images} images ({image_size}px, {len(identities)} identities, '
-              f'{n_test} held-out test images) to {out} in {time.time() - t0:.1f}s', flush=True)
+              f'{n_test} held-out test images) to {shown_as} in {time.time() - t0:.1f}s', flush=True)
     return info
 
 
@@ -561,8 +641,13 @@ def is_synthetic_dataset(root: str, num_images: int, image_size: int, seed: int)
             info = json.load(f)
     except (OSError, ValueError):
         return False
-    return (info.get('renderer_version') == RENDERER_VERSION and info.get('seed') == seed
-            and info.get('num_images') == num_images and info.get('image_size') == image_size)
+    if not (info.get('renderer_version') == RENDERER_VERSION and info.get('seed') == seed
+            and info.get('num_images') == num_images and info.get('image_size') == image_size):
+        return False
+    try:   # and nothing more: a folder once written over in place could hold an older dataset's extra images
+        return len(os.listdir(os.path.join(root, 'images'))) == num_images
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- contact sheet
@@ -606,7 +691,10 @@ def main(argv=None):
     if args.out:
         if args.num_images < 2 or args.image_size < 8:
             p.error('--num_images must be >= 2 and --image_size >= 8')
-        write_dataset(args.out, args.num_images, args.image_size, args.seed)
+        try:
+            write_dataset(args.out, args.num_images, args.image_size, args.seed)
+        except (FileExistsError, NotADirectoryError) as e:
+            p.error(str(e))
 
 
 if __name__ == '__main__':

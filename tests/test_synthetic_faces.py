@@ -121,3 +121,58 @@ def test_contact_sheet(tmp_path):
     path = sf.contact_sheet(str(tmp_path / 'sheet.png'), cell=32, seeds=(1,))
     w, h = Image.open(path).size
     assert h == 24 + 17 * 32 and w > 3 * 32
+
+
+def _leftovers(parent):
+    return [n for n in os.listdir(parent) if '.partial-' in n or '.old-' in n]
+
+
+def test_a_smaller_dataset_replaces_a_larger_one_whole(tmp_path):
+    """Writing 8 images where 12 were (the demo after a default run in data/synthetic) leaves 8
+    images, not 12 with 4 unlabelled; files derived from the data (.cache) stay."""
+    out = tmp_path / 'synthetic'
+    sf.write_dataset(str(out), 12, 32, seed=1, verbose=False)
+    (out / '.cache').mkdir()
+    (out / '.cache' / 'reader.pt').write_text('kept')
+    sf.write_dataset(str(out), 8, 32, seed=1, verbose=False)
+    assert sorted(os.listdir(out / 'images')) == [f'{i:06d}.png' for i in range(8)]
+    assert len((out / 'aus.txt').read_text().splitlines()) == 8
+    assert sf.is_synthetic_dataset(str(out), 8, 32, 1) and not sf.is_synthetic_dataset(str(out), 12, 32, 1)
+    assert (out / '.cache' / 'reader.pt').read_text() == 'kept'
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_dataset_with_extra_images_is_not_taken_as_complete(tmp_path):
+    """A folder written over in place by an older version: its dataset.json matches, but an older,
+    larger dataset's images are still there; it is written again."""
+    sf.write_dataset(str(tmp_path / 'd'), 6, 32, seed=1, verbose=False)
+    (tmp_path / 'd' / 'images' / '000006.png').write_bytes((tmp_path / 'd' / 'images' / '000000.png').read_bytes())
+    assert not sf.is_synthetic_dataset(str(tmp_path / 'd'), 6, 32, 1)
+    sf.ensure_dataset(str(tmp_path / 'd'), 6, 32)
+    assert sf.is_synthetic_dataset(str(tmp_path / 'd'), 6, 32, 0)
+    assert len(os.listdir(tmp_path / 'd' / 'images')) == 6
+
+
+def test_a_dataset_another_process_installed_first_is_left_as_it_is(tmp_path):
+    out = tmp_path / 'd'
+    sf.write_dataset(str(out), 6, 32, seed=1, verbose=False)
+    inode = os.stat(out).st_ino
+    sf.write_dataset(str(out), 6, 32, seed=1, verbose=False)    # the slower of two runs that generated it
+    assert os.stat(out).st_ino == inode and sf.is_synthetic_dataset(str(out), 6, 32, 1)
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize('foreign', ['notes.txt', 'images/holiday.jpg'])
+def test_a_folder_holding_other_files_is_refused_and_left_alone(tmp_path, foreign):
+    out = tmp_path / 'mine'
+    (out / 'images').mkdir(parents=True)
+    (out / foreign).write_text('my file')
+    with pytest.raises(FileExistsError, match=r'mine.*' + foreign.split('/')[-1] + '.*did not write'):
+        sf.write_dataset(str(out), 6, 32, seed=1, verbose=False)
+    assert (out / foreign).read_text() == 'my file' and not (out / 'aus.txt').exists()
+    assert _leftovers(tmp_path) == []
+    with pytest.raises(SystemExit, match='error: .*did not write'):     # main.py's --synthetic_dir
+        sf.ensure_dataset(str(out), 6, 32)
+    with pytest.raises(SystemExit):                                     # the command line
+        sf.main(['--out', str(out), '--num_images', '6', '--image_size', '32'])
+    assert (out / foreign).read_text() == 'my file'
