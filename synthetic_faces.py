@@ -532,13 +532,13 @@ def write_dataset(out: str, num_images: int = 2000, image_size: int = 128, seed:
     """Write the dataset to folder `out`, replacing an older synthetic dataset there. It is written
     beside `out` and moved into place at the end, so no run reads a half-written folder or one that
     mixes two datasets (a smaller dataset written over a larger one left the larger one's extra images)."""
-    out = os.path.normpath(out)
-    check_replaceable(out)
-    staging = f'{out}.partial-{os.getpid()}'
+    target = os.path.realpath(out)      # a symlinked data folder: replace the folder it points to
+    check_replaceable(target)
+    staging = f'{target}.partial-{os.getpid()}'
     shutil.rmtree(staging, ignore_errors=True)
     try:
         info = _write_files(staging, num_images, image_size, seed, verbose, shown_as=out)
-        _install(staging, out, num_images, image_size, seed)
+        _install(staging, target, num_images, image_size, seed)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info

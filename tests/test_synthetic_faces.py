@@ -176,3 +176,12 @@ def test_a_folder_holding_other_files_is_refused_and_left_alone(tmp_path, foreig
     with pytest.raises(SystemExit):                                     # the command line
         sf.main(['--out', str(out), '--num_images', '6', '--image_size', '32'])
     assert (out / foreign).read_text() == 'my file'
+
+
+def test_a_symlinked_folder_is_replaced_where_it_points(tmp_path):
+    (tmp_path / 'disk').mkdir()
+    sf.write_dataset(str(tmp_path / 'disk' / 'faces'), 8, 32, seed=1, verbose=False)
+    os.symlink(tmp_path / 'disk' / 'faces', tmp_path / 'link')
+    sf.write_dataset(str(tmp_path / 'link'), 6, 32, seed=1, verbose=False)
+    assert os.path.islink(tmp_path / 'link') and sf.is_synthetic_dataset(str(tmp_path / 'link'), 6, 32, 1)
+    assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / 'disk') == []
