@@ -139,7 +139,7 @@ TEST_FLAGS = [
 # AMX, ~25 with AVX-512 BF16 only. It keeps the default losses and optimiser settings above but two, which edit
 # closer to the truth at 64 px: a tenth of the seed's gradient penalty (on all five seed comparisons, EVALUATION.md
 # sessions 14-16) and a local realism head on the critic's first layer (32 x 32 scores of ~8 px each: ahead of
-# the same head on layer 2 in three of four comparisons and in au_mae in all four, sessions 18-19; layer 2 was
+# the same head on layer 2 in four of five comparisons and in au_mae in all five, sessions 18-19; layer 2 was
 # ahead of no head in three of four, session 17). The main defaults stay the seed's until they are measured on
 # the 128 px model.
 DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
