@@ -545,7 +545,7 @@ def write_dataset(out: str, num_images: int = 2000, image_size: int = 128, seed:
 
 
 def ensure_dataset(root: str, num_images: int, image_size: int):
-    """The default dataset of main.py: written to `root` unless it already holds these settings'."""
+    """The default dataset of main.py: written to `root` unless it already holds this count and size."""
     if is_synthetic_dataset(root, num_images, image_size, 0):
         return
     print(f'generating {num_images} synthetic faces at {image_size} px in {root} ...', flush=True)
