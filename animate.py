@@ -21,6 +21,7 @@ import data_loader as dl
 import faces as face_crops
 import synthetic_faces as sf
 import visualize as vis
+from evaluate import critic_reading
 from model import Discriminator, Generator, critic_options, generator_options
 from solver import images_to_float, resolve_amp, resolve_device
 
@@ -139,13 +140,15 @@ def interpolate_keyframes(keys, n_between):
 
 
 @torch.no_grad()
-def generate(G, x, conds, device, amp_dtype, batch_size=64):
-    """x: (3, H, W) one face; conds: (T, c_dim) in [0, 1] -> (T, H, W, 3) uint8 frames and masks."""
+def generate(G, x, conds, device, amp_dtype, batch_size=64, aus_src=None):
+    """x: (3, H, W) one face; conds: (T, c_dim) in [0, 1] -> (T, H, W, 3) uint8 frames and masks.
+    aus_src: (c_dim,) the face's own AUs in [0, 1], for a generator with --g_condition relative."""
     frames, masks = [], []
     for s in range(0, conds.shape[0], batch_size):
         c = conds[s:s + batch_size].to(device)
+        c_src = aus_src.to(device).expand(c.shape[0], -1) if aus_src is not None else None
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            y, attn, _ = G(x.unsqueeze(0).expand(c.shape[0], -1, -1, -1), c)
+            y, attn, _ = G(x.unsqueeze(0).expand(c.shape[0], -1, -1, -1), c, c_src)
         frames.append(vis.to_uint8(y))
         masks.append(vis.to_uint8(attn * 2 - 1) if attn is not None else None)
     return np.concatenate(frames), (np.concatenate(masks) if masks[0] is not None else None)
@@ -218,8 +221,9 @@ def run(cfg):
     cols = _subsample(len(seq), cfg.grid_columns)
     rows = [[refs[j] for j in cols]] if refs is not None else []
     all_frames = []
-    for (name, _), x in zip(faces, x_all):
-        frames, _ = generate(G, x, conds, device, amp, cfg.test_batch_size)
+    aus_own = critic_reading(D, x_all, device)   # the source AUs of a --g_condition relative generator
+    for (name, _), x, aus_src in zip(faces, x_all, aus_own):
+        frames, _ = generate(G, x, conds, device, amp, cfg.test_batch_size, aus_src)
         face_dir = os.path.join(out_dir, name)
         for t, f in enumerate(frames):
             vis.save_png(f, os.path.join(face_dir, f'frame_{t:04d}.png'))
@@ -244,12 +248,14 @@ def run(cfg):
 
 
 @torch.no_grad()
-def save_edits(G, x_all, faces, conds, out_dir, device, amp):
+def save_edits(G, x_all, faces, conds, out_dir, device, amp, aus_own=None):
     """Each face edited to its condition row: <face>_edited.png, photos with every face pasted
-    back, and edits.png (input | edited | attention). Returns the grid's path."""
+    back, and edits.png (input | edited | attention). Returns the grid's path.
+    aus_own: (N, c_dim) the faces' own AUs, for a generator with --g_condition relative."""
     rows, edited = [], []
-    for (name, img), x, c in zip(faces, x_all, conds):
-        frames, masks = generate(G, x, c.unsqueeze(0), device, amp)
+    for i, ((name, img), x, c) in enumerate(zip(faces, x_all, conds)):
+        aus_src = aus_own[i] if aus_own is not None else None
+        frames, masks = generate(G, x, c.unsqueeze(0), device, amp, aus_src=aus_src)
         vis.save_png(frames[0], os.path.join(out_dir, f'{name}_edited.png'))
         rows.append([img, frames[0]] + ([masks[0]] if masks is not None else []))
         edited.append(frames[0])
@@ -261,12 +267,11 @@ def save_edits(G, x_all, faces, conds, out_dir, device, amp):
 def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
     """Start from each face's own AUs (read by the critic's AU head), set the given ones."""
     targets = parse_target_aus(cfg.target_aus, label_names)
-    _, own, _ = D(x_all)
-    own = own.float().clamp(0, 1) * 5
-    cond = own.clone()
+    own = critic_reading(D, x_all, device)
+    cond = own * 5
     for idx, v in targets.items():
         cond[:, idx] = v
-    path = save_edits(G, x_all, faces, cond / 5, out_dir, device, amp)
+    path = save_edits(G, x_all, faces, cond / 5, out_dir, device, amp, own)
     desc = ', '.join(f'{label_names[i]}={v:g}' for i, v in targets.items())
     print(f'edited {len(faces)} face(s) to {desc}: {out_dir}/*_edited.png, grid (input | edited | attention): {path}')
     return path

@@ -132,12 +132,12 @@ def time_inference(solver, train_set, batch_size, repeats):
     solver.G.eval()
     for _ in range(2):
         with solver.autocast():
-            solver.G(x, c)
+            solver.G(x, c, c)   # each face its own target and source (--g_condition relative)
     _sync(solver.device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         with solver.autocast():
-            solver.G(x, c)
+            solver.G(x, c, c)   # each face its own target and source (--g_condition relative)
     _sync(solver.device)
     return n * repeats / (time.perf_counter() - t0)
 

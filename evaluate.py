@@ -240,16 +240,26 @@ class EvalPairs:
 # --------------------------------------------------------------------------- scoring
 
 @torch.no_grad()
-def run_generator(G, pairs, device, amp_dtype=None, batch_size=64):
-    """(outputs, attention masks or None, cycle reconstructions) on CPU, float32."""
+def critic_reading(D, x, device, batch_size=64):
+    """(N, c_dim) AUs in [0, 1] that the critic's AU head reads from images x (on CPU): the start of
+    test mode's --target_aus edits, and the source AUs of a generator with --g_condition relative."""
+    return torch.cat([D(x[s:s + batch_size].to(device))[1].float().clamp(0, 1).cpu()
+                      for s in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def run_generator(G, pairs, device, amp_dtype=None, batch_size=64, cond_src=None):
+    """(outputs, attention masks or None, cycle reconstructions) on CPU, float32. `cond_src`:
+    the sources' AUs a generator with --g_condition relative gets (default: their labels)."""
+    cond_src = pairs.cond_src if cond_src is None else cond_src
     outs, masks, recs = [], [], []
     for s in range(0, len(pairs), batch_size):
         x = pairs.x_src[s:s + batch_size].to(device)
         c_trg = pairs.cond_trg[s:s + batch_size].to(device)
-        c_src = pairs.cond_src[s:s + batch_size].to(device)
+        c_src = cond_src[s:s + batch_size].to(device)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            y, attn, _ = G(x, c_trg)
-            rec, _, _ = G(y, c_src)
+            y, attn, _ = G(x, c_trg, c_src)         # c_src: used with --g_condition relative only
+            rec, _, _ = G(y, c_src, c_trg)
         outs.append(y.float().cpu())
         recs.append(rec.float().cpu())
         if attn is not None:
@@ -262,17 +272,26 @@ def image_scores(y, truth):
             'ssim': ssim(y, truth).mean().item()}
 
 
-def score(G, pairs, reader, device, amp_dtype=None):
-    """All figures for G on `pairs` -> (results dict, outputs, masks)."""
+def score(G, pairs, reader, device, amp_dtype=None, D=None):
+    """All figures for G on `pairs` -> (results dict, outputs, masks). A generator with
+    --g_condition relative gets the sources' labels as their AUs; with the critic `D` it is
+    also scored as test mode runs it, on the critic's reading of each source
+    (`source_read_by_critic`)."""
     was_training = G.training
     G.eval()   # no effect on the layers (IN uses per-image statistics); for clarity
     y, attn, rec = run_generator(G, pairs, device, amp_dtype)
+    y_read = None
+    if getattr(G, 'relative', False) and D is not None:
+        y_read = run_generator(G, pairs, device, amp_dtype, cond_src=critic_reading(D, pairs.x_src, device))[0]
     G.train(was_training)
     res = {'pairs': len(pairs), 'split': pairs.split, 'model': {}, 'baseline': {}}
     if pairs.truth is not None:
         res['model'].update(image_scores(y, pairs.truth))
         res['baseline'].update(image_scores(pairs.x_src, pairs.truth))
         res['edit_error_reduction'] = 1 - res['model']['l1'] / max(res['baseline']['l1'], 1e-12)
+        if y_read is not None:
+            r = res['source_read_by_critic'] = image_scores(y_read, pairs.truth)
+            r['edit_error_reduction'] = 1 - r['l1'] / max(res['baseline']['l1'], 1e-12)
     res['model']['rec_l1'] = l1(rec, pairs.x_src).mean().item()
     if attn is not None:
         res['model']['attn_mean'] = res['attn_mean'] = attn.mean().item()
@@ -302,6 +321,10 @@ def format_table(res):
             r = res[who]
             lines.append(f'{who:12s} {r["l1"]:8.4f} {r["psnr"]:8.2f} {r["ssim"]:8.4f} {r.get("au_mae", float("nan")):8.3f}')
         lines.append(f'edit_error_reduction {res["edit_error_reduction"]:.3f}   (1 - model L1 / baseline L1)')
+        if 'source_read_by_critic' in res:
+            r = res['source_read_by_critic']
+            lines.append(f'  with the sources\' AUs read by the critic (as test mode): L1 {r["l1"]:.4f}, '
+                         f'edit_error_reduction {r["edit_error_reduction"]:.3f}')
     if 'au_mae' in res:
         lines.append(f'au_mae {res["au_mae"]:.3f}   au_mae_floor {res["au_mae_floor"]:.3f}   '
                      f'baseline au_mae {res["baseline"]["au_mae"]:.3f}   (AU units 0-5)')
@@ -355,13 +378,13 @@ def run(cfg):
     amp = resolve_amp(cfg.amp, device)
     models_dir = cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
     out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
-    G, _, ckpt_cfg, label_names, path = animate.load_models(models_dir, device)
+    G, D, ckpt_cfg, label_names, path = animate.load_models(models_dir, device)
     image_dir, attr_path = data_of_checkpoint(cfg, ckpt_cfg)
     size = ckpt_cfg['image_size']
     train_set = dl.au_dataset(image_dir, attr_path, size, 'train')
     reader = load_or_fit_reader(train_set, device, amp)
     pairs = EvalPairs(image_dir, attr_path, label_names, size, cfg.eval_pairs, cfg.seed)
-    res, y, attn = score(G, pairs, reader, device, amp)
+    res, y, attn = score(G, pairs, reader, device, amp, D)
     it = next(i for i, p in checkpoint.list_checkpoints(models_dir) if p == path)
     res.update({'checkpoint': path, 'iteration': it, 'image_size': size, 'data': attr_path})
     os.makedirs(out_dir, exist_ok=True)
@@ -387,7 +410,7 @@ class TrainingProbe:
         self.curve_path = os.path.join(solver.dirs['results'], 'eval_curve.jsonl')
 
     def __call__(self, solver, it):
-        res, _, _ = score(solver.G_eval, self.pairs, self.reader, solver.device, solver.amp_dtype)
+        res, _, _ = score(solver.G_eval, self.pairs, self.reader, solver.device, solver.amp_dtype, solver.D)
         flat = flatten(res)
         for k, v in flat.items():
             if isinstance(v, float) and not k.startswith('per_au'):

@@ -45,6 +45,9 @@ MODEL_FLAGS = [
                                'conv, mask starting at 0.5: training starts from the identity)'),
     ('--g_warp', 0, 'generator flow head: 0 off (the seed); k >= 1 adds a zero-initialised head whose flow '
                     'field (one vector per k x k pixels) moves the input\'s pixels before the mask blends'),
+    ('--g_condition', 'target', 'generator condition: target (the target AUs, as the seed) or relative '
+                                '([target, target - source]: the source\'s AUs are its labels in training and '
+                                'evaluation, the critic\'s reading of the face in test mode); GANimation only'),
 ]
 LOSS_FLAGS = [
     ('--lambda_cls', 160.0, 'AU regression weight; loss = mean over batch and AUs (160 = official 4000 '
@@ -280,6 +283,9 @@ def setup_ganmut(cfg, given):
         cfg.test_results_dir = cfg.result_dir
     if cfg.model != 'ganmut':
         return
+    if cfg.g_condition != 'target':
+        raise SystemExit('--g_condition relative is for GANimation: a GANmut condition is a point of its '
+                         'emotion space, which has no source and target AUs')
     for k, v in GANMUT_DEFAULTS.items():
         if k not in given:
             setattr(cfg, k, v)

@@ -47,10 +47,16 @@ class Generator(nn.Module):
     pixels is how an expression changes a face (a mouth corner goes up, a brow goes
     down); a colour head must paint the moved feature and erase the old one instead.
     The generator still starts as the identity (zero flow).
+
+    `condition='relative'` (an option, not the SPEC's): the condition tiled over the image is
+    [target, target - source] (2 * c_dim channels), and forward() needs the source's AUs
+    `c_src`. Where an AU does not change its difference is 0, so the generator is told what
+    to leave alone instead of having to read the source's AUs from its pixels first
+    (relative attributes, as in RelGAN, Wu et al. 2019).
     """
 
     def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed',
-                 color_head='tanh', warp=0):
+                 color_head='tanh', warp=0, condition='target'):
         super().__init__()
         if upsample not in ('transposed', 'resize'):
             raise ValueError(f'--g_upsample must be transposed or resize, got {upsample!r}')
@@ -59,9 +65,11 @@ class Generator(nn.Module):
         if warp < 0 or (warp and not attention):
             raise ValueError(f'--g_warp must be 0 (off) or a flow cell size >= 1 with the attention generator, '
                              f'got {warp}{"" if attention else " without attention"}')
+        if condition not in ('target', 'relative'):
+            raise ValueError(f'--g_condition must be target or relative, got {condition!r}')
         self.c_dim, self.attention, self.color_residual = c_dim, attention, color_head == 'residual'
-        self.warp_cell = warp
-        layers = [nn.Conv2d(3 + c_dim, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
+        self.warp_cell, self.relative = warp, condition == 'relative'
+        layers = [nn.Conv2d(3 + c_dim * (2 if self.relative else 1), conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
         ch = conv_dim
         for _ in range(2):
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm(ch * 2), nn.ReLU(inplace=True)]
@@ -86,9 +94,15 @@ class Generator(nn.Module):
             if self.attn is not None:
                 nn.init.zeros_(self.attn[0].weight)
 
-    def forward(self, x, c):
+    def forward(self, x, c, c_src=None):
+        """x: (B, 3, H, W) in [-1, 1]; c: (B, c_dim) target AUs in [0, 1]; c_src: the source
+        image's AUs, used with condition='relative' only."""
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             raise ValueError(f'the generator needs image sides divisible by 4, got {tuple(x.shape[-2:])}')
+        if self.relative:
+            if c_src is None:
+                raise ValueError('a generator with --g_condition relative needs the source image\'s AUs')
+            c = torch.cat([c, c - c_src], 1)
         c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
         h = self.main(torch.cat([x, c_map], dim=1))
         color = (x + self.color[0](h)).clamp(-1, 1) if self.color_residual else self.color(h)
@@ -127,7 +141,7 @@ def generator_options(config):
     """The Generator's keyword options from a run's config (a dict: vars(cfg) or a checkpoint's
     'config'); configs saved before an option existed get its default."""
     return dict(upsample=config.get('g_upsample', 'transposed'), color_head=config.get('g_color_head', 'tanh'),
-                warp=config.get('g_warp', 0))
+                warp=config.get('g_warp', 0), condition=config.get('g_condition', 'target'))
 
 
 def critic_options(config):

@@ -326,7 +326,7 @@ class Solver:
         # updated in this iteration (its graph does not involve the critic),
         # without grad otherwise.
         with torch.set_grad_enabled(g_step), self.autocast():
-            x_fake, attn_fake, color_fake = self.G_train(x_real, aus_trg)
+            x_fake, attn_fake, color_fake = self.G_train(x_real, aus_trg, aus_org)
 
         record = self.critic_step(x_real, aus_org, x_fake.detach(), gen)
         if g_step:
@@ -401,12 +401,12 @@ class Solver:
                 out_src, out_cls = out_src[:b], out_cls[b:]
             else:
                 out_src, out_cls, _ = self.D(x_fake)
-            x_rec, attn_rec, color_rec = self.G_train(x_fake, aus_org)
+            x_rec, attn_rec, color_rec = self.G_train(x_fake, aus_org, aus_trg)
             virtual = None
             if cfg.virtual:
                 aus_virtual = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
-                x_v, attn_v, _ = self.G_train(x_fake, aus_virtual)
-                x_vrec, attn_vrec, _ = self.G_train(x_v, aus_trg)
+                x_v, attn_v, _ = self.G_train(x_fake, aus_virtual, aus_trg)
+                x_vrec, attn_vrec, _ = self.G_train(x_v, aus_trg, aus_virtual)
                 virtual = (x_vrec, x_fake.detach(), [attn_v, attn_vrec])
         loss, record = losses.generator_loss(out_src, out_cls, aus_trg, x_real, x_rec, [attn_fake, attn_rec],
                                              generator_au_weight(cfg, self.iteration), cfg.lambda_rec,
@@ -557,8 +557,8 @@ class Solver:
             outs = []
             for t in targets:
                 c = t.expand(x.shape[0], -1)
-                y, attn, color = G(x, c)
-                rec, _, _ = G(y, aus_in)
+                y, attn, color = G(x, c, aus_in)
+                rec, _, _ = G(y, aus_in, c)
                 outs.append((attn, color, y, rec))
         if G is self.G:
             G.train()
@@ -778,10 +778,10 @@ def critic_au_weight(cfg):
     return cfg.lambda_cls if w is None or w < 0 else w
 
 
-# The config entries that decide the shapes of the networks (or, as --g_color_head and --g_warp, what
-# a layer computes).
+# The config entries that decide the shapes of the networks (or, as --g_color_head, --g_warp and
+# --g_condition, what a layer computes).
 SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample',
-              'g_color_head', 'g_warp', 'd_label_trunk', 'd_local_head')
+              'g_color_head', 'g_warp', 'g_condition', 'd_label_trunk', 'd_local_head')
 
 
 def check_compatible(ckpt, cfg, label_names, path):

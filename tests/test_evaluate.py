@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import animate
 import data_loader as dl
 import evaluate as ev
 import main
@@ -99,7 +100,7 @@ def test_pairs_with_an_au_subset_keep_the_other_aus(synth):
 
 class CopyG(nn.Module):
     """The do-nothing generator: A = 1."""
-    def forward(self, x, c):
+    def forward(self, x, c, c_src=None):
         return x, torch.ones_like(x[:, :1]), x
 
 
@@ -110,7 +111,7 @@ class OracleG(nn.Module):
         super().__init__()
         self.pairs, self.calls, self.pos = pairs, 0, 0
 
-    def forward(self, x, c):
+    def forward(self, x, c, c_src=None):
         self.calls += 1
         if self.calls % 2 == 0:
             return x, torch.ones_like(x[:, :1]), x
@@ -187,3 +188,27 @@ def _quick_fit(train_set, device, amp_dtype=None, log=print, **kw):
 
 
 _real_fit = ev.fit_reader
+
+
+def test_relative_generator_is_also_scored_on_the_critics_reading(tmp_path, monkeypatch):
+    """--g_condition relative: the headline figures give G the sources' labels; with the critic,
+    `source_read_by_critic` scores G as test mode runs it, on the critic's reading of each source."""
+    synth = tmp_path / 'synth'
+    out = tmp_path / 'run'
+    assert main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', str(synth), '--outputs_dir',
+                      str(out), '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
+                      '--g_condition', 'relative'] + TINY) == 0
+    G, D, _, names, _ = animate.load_models(str(out / 'models'), torch.device('cpu'))
+    pairs = ev.EvalPairs(str(synth / 'images'), str(synth / 'aus.txt'), names, 32, 16)
+    cpu = torch.device('cpu')
+    res, y, _ = ev.score(G, pairs, None, cpu, None, D)
+    assert res['model']['l1'] == pytest.approx(ev.l1(ev.run_generator(G, pairs, cpu)[0], pairs.truth).mean().item())
+    y_read = ev.run_generator(G, pairs, cpu, cond_src=ev.critic_reading(D, pairs.x_src, cpu))[0]
+    read = res['source_read_by_critic']
+    assert read['l1'] == pytest.approx(ev.l1(y_read, pairs.truth).mean().item())
+    assert read['l1'] != pytest.approx(res['model']['l1'])             # an untrained critic misreads the AUs
+    assert read['edit_error_reduction'] == pytest.approx(1 - read['l1'] / res['baseline']['l1'])
+    assert 'source_read_by_critic' not in ev.score(G, pairs, None, cpu)[0]
+    monkeypatch.setattr(ev, 'critic_reading', lambda D, x, device: pairs.cond_src)   # a critic that reads the labels
+    same = ev.score(G, pairs, None, cpu, None, D)[0]
+    assert same['source_read_by_critic']['l1'] == pytest.approx(same['model']['l1'])

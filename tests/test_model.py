@@ -150,6 +150,34 @@ def test_warp_generator_starts_as_the_seed_generator_and_learns_to_move_pixels(c
         Generator(8, 4, 1, warp=-1)
 
 
+def test_relative_generator_reads_target_and_target_minus_source():
+    """--g_condition relative: the tiled condition is [c, c - c_src]; with the weights of the
+    difference channels zeroed it is the seed generator, and the source's AUs change the output."""
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=4, repeat_num=1, condition='relative')
+    seed_G = Generator(conv_dim=8, c_dim=4, repeat_num=1)
+    assert G.main[0].in_channels == 3 + 2 * 4
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    c, c_src = torch.rand(2, 4), torch.rand(2, 4)
+    with pytest.raises(ValueError, match='source'):
+        G(x, c)
+    y = G(x, c, c_src)[0]
+    assert (y - G(x, c, 1 - c_src)[0]).abs().mean() > 1e-4
+    state = G.state_dict()
+    seed_G.load_state_dict({**state, 'main.0.weight': state['main.0.weight'][:, :3 + 4]})
+    with torch.no_grad():
+        G.main[0].weight[:, 3 + 4:] = 0
+    assert torch.allclose(G(x, c, c_src)[0], seed_G(x, c)[0], atol=1e-6)
+    assert torch.allclose(G(x, c, 1 - c_src)[0], seed_G(x, c)[0], atol=1e-6)
+    # the difference channels are c - c_src: only they see the source
+    with torch.no_grad():
+        G.main[0].weight[:, 3:3 + 4] = 0
+        G.main[0].weight[:, 3 + 4:] = state['main.0.weight'][:, 3 + 4:]
+    assert torch.allclose(G(x, c, c_src)[0], G(x, c + 0.3, c_src + 0.3)[0], atol=1e-5)
+    with pytest.raises(ValueError, match='--g_condition'):
+        Generator(8, 4, 1, condition='source')
+
+
 @pytest.mark.parametrize('layer,features', [(1, (8, 32, 32)), (2, (16, 16, 16))])
 def test_local_head_scores_are_the_mean_of_both_heads(layer, features):
     """--d_local_head N: the realism output is (mean of the last layer's scores, mean of a 3x3

@@ -75,6 +75,7 @@ def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys
     ('--g_color_head', 'residual', 'tanh', lambda G, D: G.color_residual),
     ('--g_warp', '4', '0', lambda G, D: G.warp_cell == 4 and G.flow is not None),
     ('--d_local_head', '2', '0', lambda G, D: D.local is not None and D.local_layers == 2),
+    ('--g_condition', 'relative', 'target', lambda G, D: G.relative and G.main[0].in_channels == 3 + 2 * G.c_dim),
 ])
 def test_network_options_are_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys, flag, value, seed_value, built):
     out = run(synth_dir, tmp_path / 'opt', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
@@ -173,3 +174,34 @@ def test_weight_average_can_be_switched_on_when_resuming(synth_dir, tmp_path):
         '--g_ema_beta', '0.9', '--resume_iters', 'latest')
     ck = checkpoint.load(checkpoint.list_checkpoints(str(out / 'models'))[-1][1])
     assert ck['iteration'] == 4 and set(ck['G_ema']) == set(ck['G'])
+
+
+def test_relative_condition_gets_the_source_aus_in_training_and_test_mode(synth_dir, tmp_path, monkeypatch):
+    """--g_condition relative: in training the forward pass gets the batch's labels as its source and
+    the cycle pass the targets; in test mode the source is the critic's reading of the face."""
+    calls = []
+    forward = animate.Generator.forward
+
+    def spy(G, x, c, c_src=None):
+        calls.append((c.detach().clone(), None if c_src is None else c_src.detach().clone()))
+        return forward(G, x, c, c_src)
+    monkeypatch.setattr(animate.Generator, 'forward', spy)
+    out = run(synth_dir, tmp_path / 'rel', '--num_iters', '1', '--n_critic', '1', '--model_save_step', '1',
+              '--sample_step', '100', '--compile', 'false', '--g_condition', 'relative')
+    (c_trg, c_org), (c_back, c_src_back) = calls[:2]
+    labels = torch.from_numpy(np.loadtxt(os.path.join(synth_dir, 'aus.txt'), usecols=range(1, 18))) / 5
+    assert all((labels.float() - row).abs().amax(1).min() < 1e-6 for row in c_org)   # rows of the label table
+    assert not torch.equal(c_org, c_trg)
+    assert torch.equal(c_back, c_org) and torch.equal(c_src_back, c_trg)              # the cycle back
+    calls.clear()
+    res = tmp_path / 'res'
+    assert main.main(['--mode', 'test', '--outputs_dir', str(out), '--test_num_faces', '2',
+                      '--test_results_dir', str(res), '--target_aus', 'AU12=5']) == 0
+    _, D, ckpt_cfg, names, _ = animate.load_models(str(out / 'models'), torch.device('cpu'))
+    faces = animate._faces(main.build_parser().parse_args(['--test_num_faces', '2']), ckpt_cfg, 32)
+    x = torch.from_numpy(np.stack([f for _, f in faces])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    read = animate.critic_reading(D, x, 'cpu')
+    assert len(calls) == 2 and all(c_src is not None for _, c_src in calls)
+    for i, (c, c_src) in enumerate(calls):     # one edit per face
+        assert torch.allclose(c_src[0], read[i], atol=1e-4)
+        assert c[0, names.index('AU12')] == 1.0
