@@ -221,7 +221,8 @@ def run(cfg):
     cols = _subsample(len(seq), cfg.grid_columns)
     rows = [[refs[j] for j in cols]] if refs is not None else []
     all_frames = []
-    aus_own = critic_reading(D, x_all, device)   # the source AUs of a --g_condition relative generator
+    # the faces' own AUs: the sources of a --g_condition relative generator
+    aus_own = critic_reading(D, x_all, device) if G.relative else [None] * len(faces)
     for (name, _), x, aus_src in zip(faces, x_all, aus_own):
         frames, _ = generate(G, x, conds, device, amp, cfg.test_batch_size, aus_src)
         face_dir = os.path.join(out_dir, name)
