@@ -410,7 +410,8 @@ class TrainingProbe:
         self.curve_path = os.path.join(solver.dirs['results'], 'eval_curve.jsonl')
 
     def __call__(self, solver, it):
-        res, _, _ = score(solver.G_eval, self.pairs, self.reader, solver.device, solver.amp_dtype, solver.D)
+        res, _, _ = score(solver.G_eval, self.pairs, self.reader, solver.device, solver.amp_dtype,
+                          solver.D)
         flat = flatten(res)
         for k, v in flat.items():
             if isinstance(v, float) and not k.startswith('per_au'):

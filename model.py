@@ -69,7 +69,8 @@ class Generator(nn.Module):
             raise ValueError(f'--g_condition must be target or relative, got {condition!r}')
         self.c_dim, self.attention, self.color_residual = c_dim, attention, color_head == 'residual'
         self.warp_cell, self.relative = warp, condition == 'relative'
-        layers = [nn.Conv2d(3 + c_dim * (2 if self.relative else 1), conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
+        cond_channels = c_dim * (2 if self.relative else 1)
+        layers = [nn.Conv2d(3 + cond_channels, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
         ch = conv_dim
         for _ in range(2):
             layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm(ch * 2), nn.ReLU(inplace=True)]
