@@ -167,6 +167,30 @@ def random_flip(x, generator):
     return torch.where(distributed.rows(flip).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def random_translation(x, generator, fraction=0.125):
+    """DiffAugment's translation (Zhao et al. 2020): each image shifted by a whole number of pixels, up to
+    `fraction` of its size along each axis, the uncovered border zero-filled. Differentiable in x, so the
+    generator is scored on shifted fakes as the critic learned on shifted real and fake images: the critic
+    sees each training face at many positions and cannot score the generator by memorised pixels."""
+    b, _, h, w = x.shape
+    max_shift = max(int(round(min(h, w) * fraction)), 1)
+    shift = torch.randint(-max_shift, max_shift + 1, (b * distributed.STATE.world, 2), device=x.device,
+                          generator=generator)
+    shift = distributed.rows(shift)
+    padded = F.pad(x, (max_shift,) * 4)
+    rows_idx = torch.arange(h, device=x.device) + max_shift - shift[:, :1]     # (b, h): output row i reads row i - dy
+    cols_idx = torch.arange(w, device=x.device) + max_shift - shift[:, 1:]     # (b, w)
+    batch_idx = torch.arange(b, device=x.device).view(b, 1, 1)
+    out = padded[batch_idx, :, rows_idx[:, :, None], cols_idx[:, None, :]]   # (b, h, w, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def critic_view(x, cfg, generator):
+    """What the critic reads of real and fake images: the images themselves, or with --d_augment translation
+    randomly shifted copies (a new shift per image and per call)."""
+    return random_translation(x, generator) if getattr(cfg, 'd_augment', 'none') == 'translation' else x
+
+
 def interpolate(x_real, x_fake, generator):
     """losses.interpolate with the weights drawn for the global batch (this rank's rows)."""
     alpha = torch.rand(x_real.shape[0] * distributed.STATE.world, 1, 1, 1, device=x_real.device, generator=generator)
@@ -202,6 +226,8 @@ class Solver:
         self.c_dim = len(self.label_names)
         if adv_loss(cfg) not in ('wgan-gp', 'ns-r1'):
             raise ValueError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
+        if getattr(cfg, 'd_augment', 'none') not in ('none', 'translation'):
+            raise ValueError(f'--d_augment: expected none or translation, found {cfg.d_augment!r}')
         if cfg.au_adv_eps > 0 and au_view_on(cfg):
             raise ValueError('--au_adv_eps is another view of the images the AU head learns on: '
                              'use it without --au_noise and --au_blur')
@@ -338,6 +364,7 @@ class Solver:
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
         r1 = adv_loss(cfg) == 'ns-r1'
+        x_real, x_fake = critic_view(x_real, cfg, gen), critic_view(x_fake, cfg, gen)
         with self.autocast():
             if r1:    # R1 on the real images: they take part with requires_grad
                 x_real = x_real.detach().requires_grad_(True)
@@ -395,12 +422,13 @@ class Solver:
         self.D.requires_grad_(False)
         self.g_optim.zero_grad(set_to_none=True)
         with self.autocast():
+            x_seen = critic_view(x_fake, cfg, gen)
             if au_view_on(cfg):
                 b = x_fake.shape[0]
-                out_src, out_cls, _ = self.D(torch.cat([x_fake, au_view(x_fake, cfg, gen)]))
+                out_src, out_cls, _ = self.D(torch.cat([x_seen, au_view(x_seen, cfg, gen)]))
                 out_src, out_cls = out_src[:b], out_cls[b:]
             else:
-                out_src, out_cls, _ = self.D(x_fake)
+                out_src, out_cls, _ = self.D(x_seen)
             x_rec, attn_rec, color_rec = self.G_train(x_fake, aus_org, aus_trg)
             virtual = None
             if cfg.virtual:

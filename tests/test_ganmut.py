@@ -516,3 +516,11 @@ def test_linear_info_target_keeps_graph_to_axes():
                                            lambda_cls=0.0, lambda_g_strength=0.0, lambda_g_info=1.0)
     loss.backward()
     assert space.raw_axes.grad.abs().sum() > 1e-1
+
+
+@pytest.mark.parametrize('flag, value, reason', [('--g_condition', 'relative', 'no source and target AUs'),
+                                                  ('--d_augment', 'translation', 'unaugmented')])
+def test_ganimation_only_options_are_refused_for_ganmut(flag, value, reason):
+    import main
+    with pytest.raises(SystemExit, match=reason):
+        main.main(['--model', 'ganmut', flag, value])

@@ -292,3 +292,55 @@ def test_color_keep_term_joins_the_generator_loss_with_its_weight(tmp_path):
     assert 'G/color_keep' not in off and on['G/color_keep'] > 0.01     # C starts far from the input
     assert on['D/loss'] == pytest.approx(off['D/loss'])                 # same seed: the same step up to G's loss
     assert on['G/loss'] == pytest.approx(off['G/loss'] + 3 * on['G/color_keep'], rel=1e-5)
+
+
+def translation_between(x, y, max_shift):
+    """(dy, dx) with y = x moved down dy and right dx pixels, zero-filled, or None."""
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            moved = torch.zeros_like(x)
+            h, w = x.shape[-2:]
+            moved[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+                x[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+            if torch.equal(moved, y):
+                return dy, dx
+    return None
+
+
+def test_random_translation_moves_each_image_by_whole_pixels_with_zero_fill():
+    from solver import random_translation
+    x = (torch.rand(32, 3, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5).requires_grad_(True)
+    y = random_translation(x, torch.Generator().manual_seed(1))       # up to 16 / 8 = 2 pixels
+    shifts = [translation_between(x[i].detach(), y[i].detach(), 2) for i in range(32)]
+    assert None not in shifts
+    assert len(set(shifts)) > 8                     # a shift per image, not one per batch
+    assert {s for pair in shifts for s in pair} == {-2, -1, 0, 1, 2}
+    y.sum().backward()                              # differentiable: each kept pixel passes its gradient once
+    kept = sum((16 - abs(dy)) * (16 - abs(dx)) for dy, dx in shifts) * 3
+    assert x.grad.sum().item() == kept and set(x.grad.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_d_augment_shows_the_critic_shifted_real_and_fake_images(tmp_path):
+    solver = tiny_solver(tmp_path, '--d_augment', 'translation')
+    seen = []
+    critic = solver.D.forward
+
+    def spy(x):
+        seen.append(x.detach().clone())
+        return critic(x)
+    solver.D.forward = spy
+    x, aus = next(solver.batches(0))
+    x_fake = x.flip(0) * 0.5
+    solver.critic_step(x, aus, x_fake, torch.Generator().manual_seed(0))
+    b = x.shape[0]
+    real_seen, fake_seen = seen[0][:b], seen[0][b:2 * b]
+    assert not torch.equal(real_seen, x)            # 32 px: shifts of up to 4 pixels, 81 choices per image
+    assert all(translation_between(x[i], real_seen[i], 4) is not None for i in range(b))
+    assert all(translation_between(x_fake[i], fake_seen[i], 4) is not None for i in range(b))
+    seen.clear()
+    x_fake, attn, color = solver.G(x, aus.flip(0))
+    solver.generator_step(x, aus, aus.flip(0), x_fake, attn, torch.Generator().manual_seed(0), color)
+    assert all(translation_between(x_fake[i].detach(), seen[0][i], 4) is not None for i in range(b))
+    assert not torch.equal(seen[0], x_fake.detach())
+    with pytest.raises(ValueError, match='--d_augment'):
+        tiny_solver(tmp_path, '--d_augment', 'cutout')
