@@ -73,9 +73,10 @@ LOSS_FLAGS = [
     ('--lambda_color_keep', 0.0, 'L1 between the colour head and the input where the mask keeps the input '
                                  '(weighted by A): the colour head stays a picture of the face, so what the mask '
                                  'lets through is the face plus the edit rather than a pattern'),
-    ('--d_augment', 'none', 'augmentation of everything the critic reads, real and fake alike: none (the seed) or '
-                            'translation (each image shifted by up to 1/8 of its size, zero-filled; DiffAugment, '
-                            'differentiable, so the generator is scored through it too)'),
+    ('--d_augment', 'none', 'augmentation of what the critic\'s realism head reads, real and fake alike: none (the '
+                            'seed) or translation (each image shifted by up to 1/8 of its size, zero-filled; '
+                            'DiffAugment, differentiable, so the generator is scored through it too); the AU head '
+                            'reads the unshifted images (one more critic pass)'),
     ('--lambda_rec', 10.0, 'cycle-consistency (reconstruction) weight'),
     ('--lambda_gp', 10.0, 'gradient-penalty weight (--adv_loss wgan-gp)'),
     ('--adv_loss', 'wgan-gp', 'adversarial loss: wgan-gp (the seed: Wasserstein critic, gradient penalty on '

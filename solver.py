@@ -185,10 +185,16 @@ def random_translation(x, generator, fraction=0.125):
     return out.permute(0, 3, 1, 2)
 
 
+def augmented(cfg):
+    return getattr(cfg, 'd_augment', 'none') == 'translation'
+
+
 def critic_view(x, cfg, generator):
-    """What the critic reads of real and fake images: the images themselves, or with --d_augment translation
-    randomly shifted copies (a new shift per image and per call)."""
-    return random_translation(x, generator) if getattr(cfg, 'd_augment', 'none') == 'translation' else x
+    """What the critic's realism head reads of real and fake images: the images themselves, or with
+    --d_augment translation randomly shifted copies (a new shift per image and per call). The AU head reads
+    unshifted images in one more pass: on shifted ones its last layer, which weighs each of the 2 x 2 final
+    cells apart, did not learn in 1,000 iterations (loss at the labels' variance) and the generator copied."""
+    return random_translation(x, generator) if augmented(cfg) else x
 
 
 def interpolate(x_real, x_fake, generator):
@@ -364,6 +370,7 @@ class Solver:
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
         r1 = adv_loss(cfg) == 'ns-r1'
+        x_real_clean = x_real
         x_real, x_fake = critic_view(x_real, cfg, gen), critic_view(x_fake, cfg, gen)
         with self.autocast():
             if r1:    # R1 on the real images: they take part with requires_grad
@@ -378,9 +385,11 @@ class Solver:
                 parts = parts[:2]
             n_main = len(parts)
             if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
-                parts.append(au_view(x_real.detach(), cfg, gen))
+                parts.append(au_view(x_real_clean.detach(), cfg, gen))
             elif cfg.au_adv_eps > 0:   # ... or on adversarially moved real images
-                parts.append(self.adversarial_au_view(x_real.detach(), aus_org, gen))
+                parts.append(self.adversarial_au_view(x_real_clean.detach(), aus_org, gen))
+            elif augmented(cfg):   # ... or on the unshifted ones (see critic_view)
+                parts.append(x_real_clean.detach())
             # one critic pass over real, fake and interpolated (and AU-view) images
             out_src, out_cls, _ = self.D(torch.cat(parts))
             if explicit:
@@ -422,13 +431,12 @@ class Solver:
         self.D.requires_grad_(False)
         self.g_optim.zero_grad(set_to_none=True)
         with self.autocast():
-            x_seen = critic_view(x_fake, cfg, gen)
-            if au_view_on(cfg):
-                b = x_fake.shape[0]
-                out_src, out_cls, _ = self.D(torch.cat([x_seen, au_view(x_seen, cfg, gen)]))
+            if au_view_on(cfg) or augmented(cfg):   # the realism head reads the shifted fakes, the AU head
+                b = x_fake.shape[0]                  # its own view of the unshifted ones
+                out_src, out_cls, _ = self.D(torch.cat([critic_view(x_fake, cfg, gen), au_view(x_fake, cfg, gen)]))
                 out_src, out_cls = out_src[:b], out_cls[b:]
             else:
-                out_src, out_cls, _ = self.D(x_seen)
+                out_src, out_cls, _ = self.D(x_fake)
             x_rec, attn_rec, color_rec = self.G_train(x_fake, aus_org, aus_trg)
             virtual = None
             if cfg.virtual:

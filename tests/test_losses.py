@@ -337,10 +337,15 @@ def test_d_augment_shows_the_critic_shifted_real_and_fake_images(tmp_path):
     assert not torch.equal(real_seen, x)            # 32 px: shifts of up to 4 pixels, 81 choices per image
     assert all(translation_between(x[i], real_seen[i], 4) is not None for i in range(b))
     assert all(translation_between(x_fake[i], fake_seen[i], 4) is not None for i in range(b))
+    assert torch.equal(seen[0][-b:], x)             # the AU head learns on the unshifted real images
     seen.clear()
     x_fake, attn, color = solver.G(x, aus.flip(0))
-    solver.generator_step(x, aus, aus.flip(0), x_fake, attn, torch.Generator().manual_seed(0), color)
+    record = solver.generator_step(x, aus, aus.flip(0), x_fake, attn, torch.Generator().manual_seed(0), color)
     assert all(translation_between(x_fake[i].detach(), seen[0][i], 4) is not None for i in range(b))
-    assert not torch.equal(seen[0], x_fake.detach())
+    assert not torch.equal(seen[0][:b], x_fake.detach())
+    assert torch.equal(seen[0][b:], x_fake.detach())     # ... and scores the unshifted fakes
+    with torch.no_grad():
+        au_read = critic(x_fake.detach())[1]
+    assert record['G/au'] == pytest.approx(losses.au_loss(au_read, aus.flip(0)).item(), rel=1e-5)
     with pytest.raises(ValueError, match='--d_augment'):
         tiny_solver(tmp_path, '--d_augment', 'cutout')
