@@ -391,6 +391,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     cfg = parser.parse_args(argv)
+    cfg.argv = list(argv)          # the command line, for the run record (solver.run_record)
     setup_ganmut(cfg, explicit_flags(parser, argv))   # GANmut defaults and the seed's flags
     if cfg.mode == 'demo':
         given = explicit_flags(parser, argv)

@@ -405,6 +405,7 @@ class Solver:
             jac = losses.au_jacobian_penalty(out_cls[:b] if r1 else out_cls[2 * b:3 * b], x_hat, gen)
             loss = loss + cfg.lambda_au_jac * jac
             record['D/au_jac'] = jac.detach()
+            record['D/loss'] = loss.detach().float()      # with the Jacobian penalty
         self.apply_step(loss, self.d_optim, record)
         return record
 
@@ -871,17 +872,18 @@ def write_config(cfg, path):
     with open(path, 'w') as f:
         json.dump(config_dict(cfg), f, indent=1, sort_keys=True)
     with open(os.path.join(os.path.dirname(path), 'runs.jsonl'), 'a') as f:
-        f.write(json.dumps(run_record()) + '\n')
+        f.write(json.dumps(run_record(getattr(cfg, 'argv', sys.argv[1:]))) + '\n')
 
 
-def run_record():
+def run_record(argv):
+    """When and where a run started, from which command (`argv`: its flags) and code."""
     here = os.path.dirname(os.path.abspath(__file__))
     versions = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
     for name in ('PIL', 'tensorboard', 'cv2'):
         mod = sys.modules.get(name)
         if mod is not None:
             versions[name] = getattr(mod, '__version__', '?')
-    return {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': sys.argv, 'cwd': os.getcwd(),
+    return {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': [sys.argv[0]] + list(argv), 'cwd': os.getcwd(),
             'git': git_commit(here), 'packages': versions, 'host': platform.node(),
             'platform': platform.platform(), 'cuda': torch.version.cuda,
             'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()}

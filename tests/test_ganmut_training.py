@@ -16,7 +16,7 @@ import ganmut
 import ganmut_animate
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, assert_resumed
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '64', '--num_iters_decay', '2',
                      '--eval_pairs', '14', '--eval_step_pairs', '7']
@@ -88,13 +88,16 @@ def test_short_run_writes_checkpoints_samples_and_plane(synth_dir, tmp_path, par
     assert {'samples', 'plane'} <= images
 
 
-def test_resume_matches_uninterrupted_run(synth_dir, tmp_path):
+def test_resume_matches_uninterrupted_run(synth_dir, tmp_path, capsys):
     args = ['--parametrization', 'gaussian', '--num_iters', '6', '--sample_step', '100', '--model_save_step', '2']
     full = train(synth_dir, tmp_path / 'full', *args)
     part = tmp_path / 'part' / 'models'
     part.mkdir(parents=True)
     os.link(checkpoint.path_for(str(full / 'models'), 2), checkpoint.path_for(str(part), 2))
+    capsys.readouterr()
     train(synth_dir, tmp_path / 'part', *args, '--resume_iters', 'latest')
+    assert_resumed(capsys.readouterr().out, checkpoint.path_for(str(full / 'models'), 2),
+                   checkpoint.path_for(str(part), 2), 2)
     a = checkpoint.load(checkpoint.path_for(str(full / 'models'), 6))
     b = checkpoint.load(checkpoint.path_for(str(part), 6))
     for key in ('G', 'D', 'space'):

@@ -3,6 +3,7 @@ import torch
 
 import losses
 from solver import Solver, random_flip, sample_targets
+from tiny import tiny_solver
 
 
 def test_tv_loss_by_hand():
@@ -230,20 +231,6 @@ def test_non_saturating_losses_by_hand():
     g_loss, g_rec = losses.generator_loss(torch.tensor([[2.0]]), torch.zeros(1, 2), torch.zeros(1, 2), x, x, [],
                                           lambda_cls=1, lambda_rec=1, lambda_sat=0, lambda_smooth=0, adv='ns-r1')
     assert g_loss.item() == pytest.approx(sp(-2.0))    # the generator wants its fakes scored real
-
-
-def tiny_solver(tmp_path, *flags):
-    """A Solver of a tiny GANimation on 12 synthetic 32 px faces, with extra command-line flags."""
-    import main
-    import synthetic_faces as sf
-    import data_loader as dl
-    if not (tmp_path / 'aus.txt').exists():
-        sf.write_dataset(str(tmp_path), num_images=12, image_size=32, seed=2, verbose=False)
-    cfg = main.build_parser().parse_args([
-        '--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'), '--image_size', '32',
-        '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
-        '--batch_size', '4', '--n_critic', '1', '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off', *flags])
-    return Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
 
 
 def first_step_record(tmp_path, *flags):

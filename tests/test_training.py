@@ -10,7 +10,7 @@ from PIL import Image
 import animate
 import checkpoint
 import main
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, assert_resumed
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48']
 
@@ -44,7 +44,7 @@ def test_short_run_writes_everything(synth_dir, tmp_path):
     assert img.shape[0] > 32 * 6 and img.std() > 10
 
 
-def test_resume_matches_uninterrupted_run(synth_dir, tmp_path):
+def test_resume_matches_uninterrupted_run(synth_dir, tmp_path, capsys):
     args = ['--num_iters', '8', '--num_iters_decay', '4', '--sample_step', '100', '--model_save_step', '4']
     full = run(synth_dir, tmp_path / 'full', *args)
     # a second run that only has the checkpoint of iteration 4, then resumes
@@ -52,7 +52,9 @@ def test_resume_matches_uninterrupted_run(synth_dir, tmp_path):
     part.mkdir(parents=True)
     src = checkpoint.path_for(str(full / 'models'), 4)
     os.link(src, checkpoint.path_for(str(part), 4))
+    capsys.readouterr()
     run(synth_dir, tmp_path / 'part', *args, '--resume_iters', 'latest')
+    assert_resumed(capsys.readouterr().out, src, checkpoint.path_for(str(part), 4), 4)
     a = checkpoint.load(checkpoint.path_for(str(full / 'models'), 8))
     b = checkpoint.load(checkpoint.path_for(str(part), 8))
     for key in ('G', 'D'):
