@@ -160,8 +160,13 @@ def test_select_aus(synth):
     assert dl.select_aus(['AU12', 'au25', '1'], sf.AU_NAMES) == [8, 14, 0]
     with pytest.raises(ValueError, match='AU99'):
         dl.select_aus(['AU99'], sf.AU_NAMES)
-    ds = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, aus=['AU12', 'AU25'])
-    assert ds.labels.shape[1] == 2 and ds.label_names == ['AU12', 'AU25']
+    ds = dl.au_dataset(str(synth / 'images'), str(synth / 'aus.txt'), 32, aus=['AU25', 'AU12'])
+    assert ds.labels.shape[1] == 2 and ds.label_names == ['AU25', 'AU12']
+    names, au_names, values = dl.read_au_table(str(synth / 'aus.txt'))
+    rows = [names.index(f) for f in ds.files]
+    columns = [au_names.index('AU25'), au_names.index('AU12')]      # in the order asked for
+    assert np.allclose(ds.labels.numpy(), values[rows][:, columns] / 5)
+    assert ds.labels.std(0).min() > 0.05                              # columns that vary: a swap shows
 
 
 def test_uint8_cache_is_rebuilt_when_an_image_or_a_label_changes(tmp_path):

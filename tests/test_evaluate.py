@@ -133,11 +133,15 @@ def test_scores_of_copy_and_oracle_generators(synth):
     assert res['baseline']['ssim'] < 1.0
 
 
-def test_reader_is_cached_and_keyed_by_the_labels(synth, tmp_path):
+def test_reader_is_cached_and_keyed_by_the_labels(synth, tmp_path, monkeypatch):
     train = dl.au_dataset(f'{synth}/images', f'{synth}/aus.txt', 32, 'train')
     path = ev.reader_path(train)
     reader = ev.load_or_fit_reader(train, torch.device('cpu'), log=None, iters=30, batch_size=16)
     assert os.path.exists(path)
+
+    def no_second_fit(*args, **kw):
+        raise AssertionError('the cached reader was fitted again')
+    monkeypatch.setattr(ev, 'fit_reader', no_second_fit)
     again = ev.load_or_fit_reader(train, torch.device('cpu'), log=None, iters=30, batch_size=16)
     for a, b in zip(reader.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)

@@ -9,7 +9,9 @@ from PIL import Image
 
 import animate
 import checkpoint
+import data_loader as dl
 import main
+import model
 from tiny import TINY_MODEL, assert_resumed
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48']
@@ -90,12 +92,25 @@ def test_network_options_are_rebuilt_from_the_checkpoint(synth_dir, tmp_path, ca
     assert f'{flag}: checkpoint {value}, now {seed_value}' in capsys.readouterr().err
 
 
-def test_aus_subset_changes_condition_size(synth_dir, tmp_path):
+def test_aus_subset_changes_condition_size(synth_dir, tmp_path, monkeypatch):
+    sources = []
+    forward = model.Generator.forward
+
+    def spy(G, x, c, c_src=None):
+        if torch.is_grad_enabled() and c_src is not None and not sources:   # training's first forward pass
+            sources.append(c_src.detach().clone())
+        return forward(G, x, c, c_src)
+    monkeypatch.setattr(model.Generator, 'forward', spy)
     out = run(synth_dir, tmp_path / 'aus', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '2',
-              '--aus', 'AU12,AU25,AU45')
+              '--aus', 'AU25,AU12,AU45')
     ck = checkpoint.load(checkpoint.find(str(out / 'models')))
     assert ck['G']['main.0.weight'].shape[1] == 3 + 3
-    assert ck['D']['cls.weight'].shape[0] == 3 and ck['label_names'] == ['AU12', 'AU25', 'AU45']
+    assert ck['D']['cls.weight'].shape[0] == 3 and ck['label_names'] == ['AU25', 'AU12', 'AU45']
+    # the batch's own AUs are rows of those three columns of the table, in that order
+    _, au_names, values = dl.read_au_table(os.path.join(synth_dir, 'aus.txt'))
+    table = torch.from_numpy(values[:, [au_names.index(a) for a in ('AU25', 'AU12', 'AU45')]] / 5).float()
+    assert sources[0].shape == (4, 3)
+    assert (sources[0][:, None, :] - table[None]).abs().amax(-1).min(1).values.max() < 1e-6
 
 
 @pytest.fixture(scope='module')
@@ -123,20 +138,54 @@ def test_test_mode_one_gif_per_face_one_frame_per_row(trained, tmp_path):
     assert (res / 'grid.png').exists()
 
 
-def test_test_mode_defaults_to_held_out_synthetic_faces(trained):
+def test_test_mode_defaults_to_held_out_synthetic_faces(trained, synth_dir):
     rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_num_faces', '2'])
     assert rc == 0
     gifs = [f for f in os.listdir(trained / 'results') if f.endswith('.gif') and f != 'all_faces.gif']
     assert len(gifs) == 2
+    # faces of the held-out identities (test_ids.csv), none that training saw
+    stems = {os.path.splitext(f)[0] for f in gifs}
+    held_out = {os.path.splitext(n)[0] for n in dl.read_id_list(os.path.join(synth_dir, 'test_ids.csv'))}
+    trained_on = {os.path.splitext(n)[0] for n in dl.read_id_list(os.path.join(synth_dir, 'train_ids.csv'))}
+    assert stems <= held_out and not stems & trained_on
     # the grid has the rendered reference sequence on top plus one row per face
     assert Image.open(trained / 'results' / 'grid.png').size[1] == 3 * 32 + 4 * 2
 
 
-def test_target_aus_edit(trained, tmp_path):
-    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_num_faces', '2',
-                    '--target_aus', 'AU12=4,AU25=2', '--test_results_dir', str(tmp_path)])
+def test_target_aus_edit(trained, tmp_path, monkeypatch):
+    """--target_aus: the generator gets each face's own AUs as the critic reads them, with the named
+    AUs set to the given intensities; the edited faces differ from the inputs."""
+    # the critic of a 2-iteration run reads about 1e-4 everywhere: scaled up, its AU head reads
+    # clearly different values per AU and face
+    ckpt = checkpoint.load(checkpoint.find(str(trained / 'models')))
+    ckpt['D']['cls.weight'] *= 3000
+    models = tmp_path / 'models'
+    checkpoint.save(ckpt, checkpoint.path_for(str(models), ckpt['iteration']))
+    calls = []
+    forward = model.Generator.forward
+
+    def spy(G, x, c, c_src=None):
+        calls.append((x.detach().clone(), c.detach().clone()))
+        return forward(G, x, c, c_src)
+    monkeypatch.setattr(model.Generator, 'forward', spy)
+    results = tmp_path / 'results'
+    rc = main.main(['--mode', 'test', '--test_models_dir', str(models), '--test_num_faces', '2',
+                    '--target_aus', 'AU12=4,AU25=2', '--test_results_dir', str(results)])
     assert rc == 0
-    assert len([f for f in os.listdir(tmp_path) if f.endswith('_edited.png')]) == 2
+    _, D, ckpt_cfg, names, _ = animate.load_models(str(models), torch.device('cpu'))
+    faces = animate._faces(main.build_parser().parse_args(['--test_num_faces', '2']), ckpt_cfg, 32)
+    x = torch.from_numpy(np.stack([f for _, f in faces])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    read = animate.critic_reading(D, x, 'cpu')
+    others = [i for i, n in enumerate(names) if n not in ('AU12', 'AU25')]
+    assert (read[:, others] > 0.05).sum() >= 6 and not torch.allclose(read[0], read[1], atol=0.01)
+    assert len(calls) == 2                                   # one edit per face
+    for i, (x_in, c) in enumerate(calls):
+        assert torch.allclose(x_in[0], x[i], atol=1e-6)
+        assert c[0, names.index('AU12')] == pytest.approx(0.8) and c[0, names.index('AU25')] == pytest.approx(0.4)
+        assert torch.allclose(c[0, others], read[i, others], atol=1e-5)
+    for name, face in faces:
+        edited = np.asarray(Image.open(results / f'{name}_edited.png')).astype(float)
+        assert np.abs(edited - face).mean() > 2.0
 
 
 def test_parse_target_aus_and_errors():
