@@ -1,4 +1,43 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pytest
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+REPO_BEFORE = set(os.listdir(ROOT))     # before anything of the suite runs (see the last fixture)
+
+# hypothesis keeps its caches in .hypothesis/ of the working directory: here in a temporary folder; no
+# example database (a failing example is printed with the failure).
+HYPOTHESIS_HOME = tempfile.mkdtemp(prefix='hypothesis-')
+atexit.register(shutil.rmtree, HYPOTHESIS_HOME, ignore_errors=True)
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
+settings.register_profile('suite', database=None)
+settings.load_profile('suite')
+
+
+# Top-level entries of the repository that may appear while the suite runs: caches, the virtual
+# environment, and what a demo started beside the suite writes.
+MAY_APPEAR = {'__pycache__', '.pytest_cache', '.venv', 'outputs', 'data'}
+
+
+@pytest.fixture(autouse=True, scope='session')
+def nothing_written_outside_temporary_folders(tmp_path_factory):
+    """The suite runs in an empty temporary working directory (subprocesses too), so that a test which
+    leaves a path to its default (outputs/..., data/synthetic, data/celeba are relative) neither writes
+    into the repository nor reads a dataset that happens to be there. At the end the session fails,
+    naming them, if that directory is not empty or the repository has a new top-level entry."""
+    cwd = tmp_path_factory.mktemp('cwd')
+    before = os.getcwd()
+    os.chdir(cwd)
+    yield
+    os.chdir(before)
+    left = sorted(os.listdir(cwd))
+    assert not left, f'tests wrote into the working directory {cwd}: {left}'
+    new = sorted(set(os.listdir(ROOT)) - REPO_BEFORE - MAY_APPEAR)
+    assert not new, f'tests wrote into the repository {ROOT}: {new}'

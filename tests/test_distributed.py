@@ -35,7 +35,7 @@ def torchrun(argv, nproc=2):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
                            str(nproc), os.path.join(ROOT, 'main.py')] + argv,
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-12000:]
     return proc.stdout + proc.stderr
 
@@ -72,7 +72,7 @@ sys.exit(distributed.entry_point(main.main)())
 ''')
     env = dict(os.environ, OMP_NUM_THREADS='1')
     return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           str(script)] + argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           str(script)] + argv, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_batch_indices_split_the_global_batch():

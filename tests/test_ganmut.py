@@ -520,7 +520,11 @@ def test_linear_info_target_keeps_graph_to_axes():
 
 @pytest.mark.parametrize('flag, value, reason', [('--g_condition', 'relative', 'no source and target AUs'),
                                                   ('--d_augment', 'translation', 'unaugmented')])
-def test_ganimation_only_options_are_refused_for_ganmut(flag, value, reason):
+def test_ganimation_only_options_are_refused_for_ganmut(flag, value, reason, tmp_path):
     import main
+    from tiny import TINY_MODEL
+    # were the refusal gone, this would train one iteration of a tiny model in tmp_path and return 0
     with pytest.raises(SystemExit, match=reason):
-        main.main(['--model', 'ganmut', flag, value])
+        main.main(['--model', 'ganmut', flag, value, '--outputs_dir', str(tmp_path / 'run'), '--synthetic_dir',
+                   str(tmp_path / 'synth'), '--synthetic_images', '24', '--num_iters', '1'] + TINY_MODEL)
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 'synth').exists()

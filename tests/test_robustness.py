@@ -51,7 +51,7 @@ def train_args(synth, out, *extra):
 
 def spawn(args):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py')] + args, cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py')] + args, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

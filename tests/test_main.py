@@ -1,0 +1,119 @@
+"""The entry point: the GANimation demo (the README's main command) with its settings and the flags
+that override them, and how --dataset finds the data (auto, a dataset folder)."""
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+import evaluate as ev
+import main
+import synthetic_faces as sf
+from tiny import TINY_MODEL
+
+_real_fit = ev.fit_reader
+
+
+def quick_fit(train_set, device, amp_dtype=None, log=print, **kw):
+    """The evaluation's AU reader, fitted in 20 iterations (a full fit takes minutes)."""
+    kw.update(iters=20, batch_size=8)
+    return _real_fit(train_set, device, amp_dtype=amp_dtype, log=None, **kw)
+
+
+@pytest.fixture(scope='module')
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp('synthetic')
+    sf.write_dataset(str(root), 48, 32, seed=5, verbose=False)
+    return root
+
+
+def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags(tmp_path, monkeypatch, synth):
+    monkeypatch.setattr(ev, 'fit_reader', quick_fit)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'data' / 'celeba' / 'images').mkdir(parents=True)   # the demo stays on the synthetic faces
+    out = tmp_path / 'demo'
+    given = ['--synthetic_dir', str(synth), '--synthetic_images', '48', '--outputs_dir', str(out),
+             '--num_iters', '4', '--eval_step', '2', '--eval_step_pairs', '8', '--eval_pairs', '16',
+             '--test_num_faces', '2'] + TINY_MODEL
+    assert main.main(['--mode', 'demo'] + given) == 0
+    cfg = json.loads((out / 'config.json').read_text())
+    flags = main.build_parser()
+    named = main.explicit_flags(flags, given)
+    for key, value in main.DEMO.items():     # the demo's value wherever no flag gave one
+        if key not in named:
+            assert cfg[key] == value, key
+    assert (cfg['image_size'], cfg['g_conv_dim'], cfg['num_iters'], cfg['outputs_dir']) == (32, 8, 4, str(out))
+    assert cfg['dataset'] == 'synthetic' and cfg['image_dir'] == os.path.join(str(synth), 'images')
+    # trained: the last iteration's checkpoint (the demo's cadence, 500, is longer than the run)
+    assert sorted(os.listdir(out / 'models')) == ['iter_00000004.ckpt']
+    # test mode: the reference sequence on top of the two faces' rows, a GIF per face
+    results = out / 'results'
+    gifs = sorted(f for f in os.listdir(results) if f.endswith('.gif'))
+    assert len(gifs) == 3 and 'all_faces.gif' in gifs
+    assert Image.open(results / 'grid.png').size[1] == 3 * 32 + 4 * 2
+    # eval mode and the training probes
+    scored = json.loads((results / 'eval_00000004.json').read_text())
+    assert scored['pairs'] == 16 and scored['iteration'] == 4
+    assert scored['edit_error_reduction'] == pytest.approx(1 - scored['model']['l1'] / scored['baseline']['l1'])
+    curve = [json.loads(line) for line in open(results / 'eval_curve.jsonl')]
+    assert [c['iteration'] for c in curve] == [2, 4] and all(c['pairs'] == 8 for c in curve)
+
+
+def resolve(*argv):
+    cfg = main.build_parser().parse_args(list(argv))
+    what = main.resolve_dataset(cfg)
+    return cfg, what
+
+
+def test_dataset_auto_takes_data_celeba_when_there_is_one(tmp_path, monkeypatch, synth):
+    monkeypatch.chdir(tmp_path)
+    celeba = tmp_path / 'data' / 'celeba'
+    shutil.copytree(synth / 'images', celeba / 'img_align_celeba')
+    shutil.copy(synth / 'aus.txt', celeba / 'list_attr_celeba.txt')
+    shutil.copy(synth / 'aus_openface.pkl', celeba / 'aus_openface.pkl')
+    cfg, what = resolve()
+    assert (cfg.image_dir, cfg.attr_path, cfg.dataset_kind) == (
+        'data/celeba/img_align_celeba', 'data/celeba/list_attr_celeba.txt', 'folder')
+    os.remove(celeba / 'list_attr_celeba.txt')
+    cfg, _ = resolve('--dataset', 'auto')
+    assert cfg.attr_path == 'data/celeba/aus_openface.pkl'
+    # and trains on it
+    out = tmp_path / 'run'
+    assert main.main(['--mode', 'train', '--outputs_dir', str(out), '--num_iters', '2', '--sample_step', '100',
+                      '--model_save_step', '2'] + TINY_MODEL) == 0
+    config = json.loads((out / 'config.json').read_text())
+    assert (config['image_dir'], config['attr_path']) == ('data/celeba/img_align_celeba',
+                                                          'data/celeba/aus_openface.pkl')
+
+
+def test_dataset_auto_without_data_celeba_generates_the_synthetic_faces(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    synthetic = tmp_path / 'synthetic'
+    cfg, what = resolve('--synthetic_dir', str(synthetic), '--synthetic_images', '24', '--image_size', '32')
+    assert (cfg.image_dir, cfg.attr_path, cfg.dataset_kind) == (
+        str(synthetic / 'images'), str(synthetic / 'aus.txt'), 'synthetic')
+    assert len(os.listdir(synthetic / 'images')) == 24 and 'synthetic faces (24 images' in what
+    assert not (tmp_path / 'data').exists()
+
+
+def test_dataset_folder_is_searched_for_images_and_labels(tmp_path, synth):
+    folder = tmp_path / 'mine'
+    shutil.copytree(synth / 'images', folder / 'imgs')
+    shutil.copy(synth / 'aus.txt', folder / 'my_labels.txt')      # no standard name: the first .txt
+    shutil.copy(synth / 'aus.txt', folder / 'z_other.txt')
+    cfg, what = resolve('--dataset', str(folder))
+    assert (cfg.image_dir, cfg.attr_path, cfg.dataset_kind) == (
+        str(folder / 'imgs'), str(folder / 'my_labels.txt'), 'folder')
+    shutil.copy(synth / 'aus.txt', folder / 'aus.txt')            # the standard name wins
+    shutil.copytree(synth / 'images', folder / 'images')          # images/ before imgs/
+    assert resolve('--dataset', str(folder))[0].attr_path == str(folder / 'aus.txt')
+    assert resolve('--dataset', str(folder))[0].image_dir == str(folder / 'images')
+    cfg, _ = resolve('--dataset', str(synth))                       # a copy of the synthetic faces
+    assert cfg.dataset_kind == 'synthetic' and cfg.attr_path == str(synth / 'aus.txt')
+    for name in ('my_labels.txt', 'z_other.txt', 'aus.txt'):
+        os.remove(folder / name)
+    with pytest.raises(SystemExit, match='expected an images/'):
+        resolve('--dataset', str(folder))
+    with pytest.raises(SystemExit, match='no such folder'):
+        resolve('--dataset', str(tmp_path / 'missing'))
