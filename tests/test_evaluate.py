@@ -15,7 +15,7 @@ import data_loader as dl
 import evaluate as ev
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL
+from tiny import TINY_MODEL, quick_reader
 
 
 # --------------------------------------------------------------------------- metrics
@@ -167,7 +167,7 @@ TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48', '--eval_pair
 
 
 def test_eval_mode_and_eval_step(tmp_path, monkeypatch):
-    monkeypatch.setattr(ev, 'fit_reader', _quick_fit)
+    quick_reader(monkeypatch)
     synth = str(tmp_path / 'synth')
     out = tmp_path / 'run'
     common = ['--dataset', 'synthetic', '--synthetic_dir', synth, '--outputs_dir', str(out)] + TINY
@@ -184,14 +184,6 @@ def test_eval_mode_and_eval_step(tmp_path, monkeypatch):
     assert res['au_mae'] >= 0 and res['au_mae_floor'] >= 0 and len(res['per_au']) == 17
     assert res['pairs'] == 24 and res['iteration'] == 4
     assert os.path.exists(out / 'results' / 'eval_00000004_grid.png')
-
-
-def _quick_fit(train_set, device, amp_dtype=None, log=print, **kw):
-    kw.update(iters=20, batch_size=8)
-    return _real_fit(train_set, device, amp_dtype=amp_dtype, log=None, **kw)
-
-
-_real_fit = ev.fit_reader
 
 
 def test_relative_generator_is_also_scored_on_the_critics_reading(tmp_path, monkeypatch):

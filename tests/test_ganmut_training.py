@@ -11,12 +11,11 @@ from PIL import Image
 
 import checkpoint
 import data_loader as dl
-import evaluate as ev
 import ganmut
 import ganmut_animate
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL, assert_resumed
+from tiny import TINY_MODEL, assert_resumed, quick_reader
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '64', '--num_iters_decay', '2',
                      '--eval_pairs', '14', '--eval_step_pairs', '7']
@@ -30,12 +29,8 @@ def synth_dir(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def quick_reader(monkeypatch):
-    real = ev.fit_reader
-
-    def fit(train_set, device, amp_dtype=None, log=print, **kw):
-        return real(train_set, device, amp_dtype=amp_dtype, log=None, iters=20, batch_size=8)
-    monkeypatch.setattr(ev, 'fit_reader', fit)
+def quick_eval_reader(monkeypatch):
+    quick_reader(monkeypatch)
 
 
 def train(synth_dir, out, *extra):

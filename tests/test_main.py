@@ -7,19 +7,9 @@ import shutil
 import pytest
 from PIL import Image
 
-import evaluate as ev
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL
-
-_real_fit = ev.fit_reader
-
-
-def quick_fit(train_set, device, amp_dtype=None, log=print, **kw):
-    """The evaluation's AU reader, fitted in 20 iterations (a full fit takes minutes)."""
-    kw.update(iters=20, batch_size=8)
-    return _real_fit(train_set, device, amp_dtype=amp_dtype, log=None, **kw)
-
+from tiny import TINY_MODEL, quick_reader
 
 @pytest.fixture(scope='module')
 def synth(tmp_path_factory):
@@ -29,7 +19,7 @@ def synth(tmp_path_factory):
 
 
 def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags(tmp_path, monkeypatch, synth):
-    monkeypatch.setattr(ev, 'fit_reader', quick_fit)
+    quick_reader(monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'data' / 'celeba' / 'images').mkdir(parents=True)   # the demo stays on the synthetic faces
     out = tmp_path / 'demo'

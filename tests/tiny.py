@@ -27,3 +27,14 @@ def tiny_solver(tmp_path, *flags):
         ['--image_dir', str(tmp_path / 'images'), '--attr_path', str(tmp_path / 'aus.txt'),
          '--outputs_dir', str(tmp_path / 'o'), '--amp', 'off'] + TINY_MODEL + ['--n_critic', '1', *flags])
     return Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'all'))
+
+
+def quick_reader(monkeypatch):
+    """The evaluation's separate reader fitted in 20 iterations instead of minutes (for tests that run
+    eval or the training probes end to end)."""
+    import evaluate as ev
+    real = ev.fit_reader
+
+    def fit(train_set, device, amp_dtype=None, log=print, **kw):
+        return real(train_set, device, amp_dtype=amp_dtype, log=None, **dict(kw, iters=20, batch_size=8))
+    monkeypatch.setattr(ev, 'fit_reader', fit)
