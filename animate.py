@@ -16,29 +16,12 @@ import os
 import numpy as np
 import torch
 
-import checkpoint
 import data_loader as dl
 import faces as face_crops
 import synthetic_faces as sf
 import visualize as vis
-from evaluate import critic_reading
-from model import Discriminator, Generator, critic_options, generator_options
+from model import critic_reading, load_models
 from solver import images_to_float, resolve_amp, resolve_device
-
-
-def load_models(models_dir, device):
-    """G and D of the newest checkpoint, built from the checkpoint's own config."""
-    path, ckpt = checkpoint.load_newest(models_dir)
-    c = ckpt['config']
-    names = list(ckpt['label_names'])
-    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], **generator_options(c))
-    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], **critic_options(c))
-    g_key = 'G_ema' if 'G_ema' in ckpt else 'G'   # the weight average, when training kept one
-    checkpoint.check_state_dict(G, ckpt[g_key], g_key, path)
-    checkpoint.check_state_dict(D, ckpt['D'], 'D', path)
-    G.load_state_dict(ckpt[g_key])
-    D.load_state_dict(ckpt['D'])
-    return G.to(device).eval(), D.to(device).eval(), c, names, path
 
 
 def parse_target_aus(text, label_names):

@@ -157,8 +157,7 @@ def measure(cfg, train_set):
 
 
 def run(cfg):
-    import main as entry
-    what = entry.resolve_dataset(cfg)
+    what = dl.resolve_au_data(cfg)
     train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train')
     cfg.c_dim = train_set.labels.shape[1]
     device = resolve_device(cfg.device)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import synthetic_faces as sf
 from synthetic_faces import AU_NAMES
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
@@ -653,3 +654,80 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         n, b, seed = self.args
         for it in range(self.start, self.stop):
             yield batch_indices(n, b, it, seed, self.rank, self.world).tolist()
+
+
+# --------------------------------------------------------------------------- which data
+
+def resolve_au_data(cfg):
+    """GANimation's data: fill cfg.image_dir, cfg.attr_path (an AU table or dict) and cfg.dataset_kind;
+    return a description. --image_dir/--attr_path name it; else --dataset: `auto` is data/celeba when
+    there is one, else the built-in synthetic faces (generated when missing); a folder must hold
+    images/ (or imgs/, img_align_celeba/) and an AU label file."""
+    if cfg.image_dir or cfg.attr_path:
+        if not (cfg.image_dir and cfg.attr_path):
+            raise SystemExit('give both --image_dir and --attr_path (or neither, to use --dataset)')
+        cfg.dataset_kind = 'custom'
+        return f'{cfg.attr_path} with images in {cfg.image_dir}'
+    choice = cfg.dataset
+    if choice == 'auto':
+        choice = 'data/celeba' if os.path.isdir('data/celeba') else 'synthetic'
+    if choice == 'synthetic':
+        root = cfg.synthetic_dir
+        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
+        cfg.image_dir, cfg.attr_path, cfg.dataset_kind = os.path.join(root, 'images'), os.path.join(root, 'aus.txt'), 'synthetic'
+        return f'built-in synthetic faces ({cfg.synthetic_images} images, {root})'
+    if not os.path.isdir(choice):
+        raise SystemExit(f'--dataset {choice}: no such folder (use auto, synthetic or a dataset folder)')
+    image_dir = next((os.path.join(choice, d) for d in ('images', 'imgs', 'img_align_celeba')
+                      if os.path.isdir(os.path.join(choice, d))), None)
+    attr = next((os.path.join(choice, f) for f in ('aus.txt', 'list_attr_celeba.txt', 'aus_openface.pkl')
+                 if os.path.exists(os.path.join(choice, f))), None)
+    if attr is None:
+        txts = sorted(f for f in os.listdir(choice) if f.endswith('.txt'))
+        attr = os.path.join(choice, txts[0]) if txts else None
+    if image_dir is None or attr is None:
+        raise SystemExit(f'--dataset {choice}: expected an images/ (or imgs/) folder and an AU label file '
+                         f'(aus.txt, list_attr_celeba.txt or aus_openface.pkl) inside it')
+    cfg.image_dir, cfg.attr_path = image_dir, attr
+    cfg.dataset_kind = 'synthetic' if os.path.exists(os.path.join(choice, 'meta.csv')) else 'folder'
+    return f'{choice} ({attr})'
+
+
+def resolve_emotion_data(cfg):
+    """Fill cfg.image_dir, cfg.attr_path (an emotion CSV) and cfg.dataset_kind; return a description.
+
+    --image_dir/--attr_path (or --dataset_root/--imgs_folder) name the data; else --dataset:
+    `auto` and `synthetic` use the built-in synthetic faces' emotion labels (CelebA has none),
+    a folder must hold images/ (or imgs/) and training.csv."""
+    if cfg.image_dir or cfg.attr_path:
+        if not (cfg.image_dir and cfg.attr_path):
+            raise SystemExit('give both --image_dir and --attr_path (or --dataset_root), or neither')
+        if not cfg.attr_path.lower().endswith('.csv'):
+            raise SystemExit(f'--attr_path {cfg.attr_path}: GANmut trains on an emotion CSV '
+                             f'(header subDirectory_filePath,expression)')
+        what = f'{cfg.attr_path} with images in {cfg.image_dir}'
+    elif cfg.dataset in ('auto', 'synthetic'):
+        root = cfg.synthetic_dir
+        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
+        cfg.image_dir, cfg.attr_path = os.path.join(root, 'images'), os.path.join(root, 'training.csv')
+        what = f'built-in synthetic faces, emotion labels ({cfg.synthetic_images} images, {root})'
+    else:
+        if not os.path.isdir(cfg.dataset):
+            raise SystemExit(f'--dataset {cfg.dataset}: no such folder (use auto, synthetic or a dataset folder)')
+        image_dir = next((os.path.join(cfg.dataset, d) for d in ('images', 'imgs')
+                          if os.path.isdir(os.path.join(cfg.dataset, d))), None)
+        attr = os.path.join(cfg.dataset, 'training.csv')
+        if image_dir is None or not os.path.exists(attr):
+            raise SystemExit(f'--dataset {cfg.dataset}: GANmut expects an images/ (or imgs/) folder and '
+                             f'training.csv inside it')
+        cfg.image_dir, cfg.attr_path = image_dir, attr
+        what = f'{cfg.dataset} ({attr})'
+    cfg.dataset_kind = 'synthetic' if synthetic_root(cfg.attr_path) else 'custom'
+    return what
+
+
+def synthetic_root(label_path):
+    """The synthetic dataset folder that holds `label_path`, or None for other data."""
+    root = os.path.dirname(os.path.abspath(label_path))
+    ok = all(os.path.exists(os.path.join(root, f)) for f in ('meta.csv', 'dataset.json'))
+    return root if ok else None

@@ -31,6 +31,7 @@ import checkpoint
 import data_loader as dl
 import synthetic_faces as sf
 import visualize as vis
+from model import critic_reading, load_models
 from solver import images_to_float, resolve_amp, resolve_device
 
 READER_VERSION = 1
@@ -175,13 +176,6 @@ def read(reader, x, batch_size=256):
 
 # --------------------------------------------------------------------------- the fixed pairs
 
-def synthetic_root(attr_path):
-    """The synthetic dataset folder holding `attr_path`, or None for other data."""
-    root = os.path.dirname(os.path.abspath(attr_path))
-    return root if os.path.exists(os.path.join(root, 'meta.csv')) and os.path.exists(
-        os.path.join(root, 'dataset.json')) else None
-
-
 def render_like_dataset(identity_seed, aus05, native_size, size):
     """The true rendering, resized the way the data loader resizes the stored images."""
     img = sf.render(sf.sample_identity(identity_seed), aus05, native_size)
@@ -220,7 +214,7 @@ class EvalPairs:
         self.x_src = dl.to_tensor(np.stack(images))
         self.files = [full.files[i] for i in self.src]
         self.truth = None
-        root = synthetic_root(attr_path)
+        root = dl.synthetic_root(attr_path)
         if root and all(a in sf.AU_INDEX for a in full.label_names):
             meta = sf.read_meta(root)
             with open(os.path.join(root, 'dataset.json')) as f:
@@ -238,14 +232,6 @@ class EvalPairs:
 
 
 # --------------------------------------------------------------------------- scoring
-
-@torch.no_grad()
-def critic_reading(D, x, device, batch_size=64):
-    """(N, c_dim) AUs in [0, 1] that the critic's AU head reads from images x (on CPU): the start of
-    test mode's --target_aus edits, and the source AUs of a generator with --g_condition relative."""
-    return torch.cat([D(x[s:s + batch_size].to(device))[1].float().clamp(0, 1).cpu()
-                      for s in range(0, x.shape[0], batch_size)])
-
 
 @torch.no_grad()
 def run_generator(G, pairs, device, amp_dtype=None, batch_size=64, cond_src=None):
@@ -373,12 +359,11 @@ def data_of_checkpoint(cfg, ckpt_cfg):
 def run(cfg):
     """--mode eval: score the newest checkpoint of the run; table on the console,
     JSON and a comparison grid in results/."""
-    import animate
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     models_dir = cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
     out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
-    G, D, ckpt_cfg, label_names, path = animate.load_models(models_dir, device)
+    G, D, ckpt_cfg, label_names, path = load_models(models_dir, device)
     image_dir, attr_path = data_of_checkpoint(cfg, ckpt_cfg)
     size = ckpt_cfg['image_size']
     train_set = dl.au_dataset(image_dir, attr_path, size, 'train')

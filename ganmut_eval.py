@@ -49,7 +49,7 @@ class EmotionEvalFaces:
         self.labels = ds.labels[torch.as_tensor(self.index)].clone()
         self.x_src = dl.to_tensor(np.stack(images))
         self.truth = None
-        root = gs.synthetic_root(attr_path)
+        root = dl.synthetic_root(attr_path)
         if root and all(n in sf.EMOTION_PROTOTYPES for n in names):
             meta = sf.read_meta(root)
             with open(os.path.join(root, 'dataset.json')) as f:

@@ -42,45 +42,6 @@ PLANE_GRID = 9                            # codes per side of the plane map
 
 # --------------------------------------------------------------------------- data
 
-def resolve_emotion_data(cfg):
-    """Fill cfg.image_dir, cfg.attr_path (an emotion CSV) and cfg.dataset_kind; return a description.
-
-    --image_dir/--attr_path (or --dataset_root/--imgs_folder) name the data; else --dataset:
-    `auto` and `synthetic` use the built-in synthetic faces' emotion labels (CelebA has none),
-    a folder must hold images/ (or imgs/) and training.csv."""
-    if cfg.image_dir or cfg.attr_path:
-        if not (cfg.image_dir and cfg.attr_path):
-            raise SystemExit('give both --image_dir and --attr_path (or --dataset_root), or neither')
-        if not cfg.attr_path.lower().endswith('.csv'):
-            raise SystemExit(f'--attr_path {cfg.attr_path}: GANmut trains on an emotion CSV '
-                             f'(header subDirectory_filePath,expression)')
-        what = f'{cfg.attr_path} with images in {cfg.image_dir}'
-    elif cfg.dataset in ('auto', 'synthetic'):
-        root = cfg.synthetic_dir
-        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
-        cfg.image_dir, cfg.attr_path = os.path.join(root, 'images'), os.path.join(root, 'training.csv')
-        what = f'built-in synthetic faces, emotion labels ({cfg.synthetic_images} images, {root})'
-    else:
-        if not os.path.isdir(cfg.dataset):
-            raise SystemExit(f'--dataset {cfg.dataset}: no such folder (use auto, synthetic or a dataset folder)')
-        image_dir = next((os.path.join(cfg.dataset, d) for d in ('images', 'imgs')
-                          if os.path.isdir(os.path.join(cfg.dataset, d))), None)
-        attr = os.path.join(cfg.dataset, 'training.csv')
-        if image_dir is None or not os.path.exists(attr):
-            raise SystemExit(f'--dataset {cfg.dataset}: GANmut expects an images/ (or imgs/) folder and '
-                             f'training.csv inside it')
-        cfg.image_dir, cfg.attr_path = image_dir, attr
-        what = f'{cfg.dataset} ({attr})'
-    cfg.dataset_kind = 'synthetic' if synthetic_root(cfg.attr_path) else 'custom'
-    return what
-
-
-def synthetic_root(csv_path):
-    root = os.path.dirname(os.path.abspath(csv_path))
-    ok = all(os.path.exists(os.path.join(root, f)) for f in ('meta.csv', 'dataset.json'))
-    return root if ok else None
-
-
 def held_out_csv(csv_path):
     """test.csv beside the training CSV (the synthetic data's held-out identities), or None."""
     path = os.path.join(os.path.dirname(os.path.abspath(csv_path)), 'test.csv')
@@ -381,9 +342,11 @@ def sample_pictures(G, space, x, names, reference=False, title='', strengths=STR
 
 # --------------------------------------------------------------------------- entry point
 
-def train(cfg):
+def train(cfg, probe=None):
+    """Train GANmut on the configured data. `probe`: the evaluation run every --eval_step
+    (ganmut_eval.TrainingProbe, given by main.py, which chooses between the models)."""
     with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
-        what = resolve_emotion_data(cfg)
+        what = dl.resolve_emotion_data(cfg)
         train_set = dl.prepare_training_set(emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim),
                                             resolve_flag(cfg.data_cache, True))
     test_csv = held_out_csv(cfg.attr_path)
@@ -403,9 +366,8 @@ def train(cfg):
     print(f'GANmut: {cfg.parametrization} {cfg.emotion_dim}-D space, '
           f'{"attention" if solver.attention else "plain"} generator, regulariser {cfg.regularization_type}, '
           f'{cfg.cycle_loss} cycle; device {solver.device}, bf16 autocast: {solver.amp_dtype is not None}')
-    if cfg.eval_step and solver.is_main:
-        import ganmut_eval
-        solver.eval_hook = ganmut_eval.TrainingProbe(cfg, solver, cfg.eval_step_pairs)
+    if cfg.eval_step and solver.is_main and probe is not None:
+        solver.eval_hook = probe(cfg, solver, cfg.eval_step_pairs)
     config_dir = cfg.model_save_dir or cfg.outputs_dir   # with the seed's folder flags: beside the checkpoints
     if solver.is_main:
         os.makedirs(config_dir, exist_ok=True)

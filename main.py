@@ -319,48 +319,13 @@ def explicit_flags(parser, argv):
     return set(vars(probe.parse_known_args(argv)[0]))
 
 
-# --------------------------------------------------------------------------- data
-
-def resolve_dataset(cfg):
-    """Fill cfg.image_dir / cfg.attr_path / cfg.dataset_kind; generate synthetic faces if needed."""
-    import synthetic_faces as sf
-    if cfg.image_dir or cfg.attr_path:
-        if not (cfg.image_dir and cfg.attr_path):
-            raise SystemExit('give both --image_dir and --attr_path (or neither, to use --dataset)')
-        cfg.dataset_kind = 'custom'
-        return f'{cfg.attr_path} with images in {cfg.image_dir}'
-    choice = cfg.dataset
-    if choice == 'auto':
-        choice = 'data/celeba' if os.path.isdir('data/celeba') else 'synthetic'
-    if choice == 'synthetic':
-        root = cfg.synthetic_dir
-        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
-        cfg.image_dir, cfg.attr_path, cfg.dataset_kind = os.path.join(root, 'images'), os.path.join(root, 'aus.txt'), 'synthetic'
-        return f'built-in synthetic faces ({cfg.synthetic_images} images, {root})'
-    if not os.path.isdir(choice):
-        raise SystemExit(f'--dataset {choice}: no such folder (use auto, synthetic or a dataset folder)')
-    image_dir = next((os.path.join(choice, d) for d in ('images', 'imgs', 'img_align_celeba')
-                      if os.path.isdir(os.path.join(choice, d))), None)
-    attr = next((os.path.join(choice, f) for f in ('aus.txt', 'list_attr_celeba.txt', 'aus_openface.pkl')
-                 if os.path.exists(os.path.join(choice, f))), None)
-    if attr is None:
-        txts = sorted(f for f in os.listdir(choice) if f.endswith('.txt'))
-        attr = os.path.join(choice, txts[0]) if txts else None
-    if image_dir is None or attr is None:
-        raise SystemExit(f'--dataset {choice}: expected an images/ (or imgs/) folder and an AU label file '
-                         f'(aus.txt, list_attr_celeba.txt or aus_openface.pkl) inside it')
-    cfg.image_dir, cfg.attr_path = image_dir, attr
-    cfg.dataset_kind = 'synthetic' if os.path.exists(os.path.join(choice, 'meta.csv')) else 'folder'
-    return f'{choice} ({attr})'
-
-
 def train(cfg):
     import data_loader as dl
     import distributed
     from solver import Solver, resolve_flag, write_config
     aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
     with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
-        what = resolve_dataset(cfg)
+        what = dl.resolve_au_data(cfg)
         train_set = dl.prepare_training_set(dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus),
                                              resolve_flag(cfg.data_cache, True))
     try:
@@ -415,8 +380,9 @@ def main(argv=None):
                         print(f'distributed: world size {ranks.world} ({ranks.backend}); --batch_size '
                               f'{cfg.batch_size} per rank, {cfg.batch_size * ranks.world} per iteration')
                     if cfg.model == 'ganmut':
+                        import ganmut_eval
                         import ganmut_solver
-                        ganmut_solver.train(cfg)
+                        ganmut_solver.train(cfg, ganmut_eval.TrainingProbe)
                     else:
                         train(cfg)
                 # every rank done before any tears down its process group (a rank once aborted in

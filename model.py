@@ -10,6 +10,8 @@ import weakref
 import torch
 import torch.nn as nn
 
+import checkpoint
+
 
 def _norm(ch):
     return nn.InstanceNorm2d(ch, affine=True, track_running_stats=False)
@@ -390,3 +392,29 @@ def init_weights(module):
 
 def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
+
+
+# --------------------------------------------------------------------------- trained networks
+
+def load_models(models_dir, device):
+    """G and D of the newest checkpoint in `models_dir`, built from the checkpoint's own config (the
+    weight average when training kept one); returns (G, D, config, condition names, path)."""
+    path, ckpt = checkpoint.load_newest(models_dir)
+    c = ckpt['config']
+    names = list(ckpt['label_names'])
+    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], **generator_options(c))
+    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], **critic_options(c))
+    g_key = 'G_ema' if 'G_ema' in ckpt else 'G'
+    checkpoint.check_state_dict(G, ckpt[g_key], g_key, path)
+    checkpoint.check_state_dict(D, ckpt['D'], 'D', path)
+    G.load_state_dict(ckpt[g_key])
+    D.load_state_dict(ckpt['D'])
+    return G.to(device).eval(), D.to(device).eval(), c, names, path
+
+
+@torch.no_grad()
+def critic_reading(D, x, device, batch_size=64):
+    """(N, c_dim) AUs in [0, 1] that the critic's AU head reads from images x (on CPU): the start of
+    test mode's --target_aus edits, and the source AUs of a generator with --g_condition relative."""
+    return torch.cat([D(x[s:s + batch_size].to(device))[1].float().clamp(0, 1).cpu()
+                      for s in range(0, x.shape[0], batch_size)])

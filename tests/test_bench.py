@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
     synth = str(tmp_path_factory.mktemp('synthetic'))
     cfg = main.build_parser().parse_args(['--dataset', 'synthetic', '--synthetic_dir', synth,
                                           '--num_iters', '2', '--num_iters_decay', '0'] + TINY)
-    main.resolve_dataset(cfg)
+    dl.resolve_au_data(cfg)
     return cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'train')
 
 

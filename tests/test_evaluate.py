@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import animate
 import data_loader as dl
 import evaluate as ev
 import main
+import model
 import synthetic_faces as sf
 from tiny import TINY_MODEL, quick_reader
 
@@ -194,7 +194,7 @@ def test_relative_generator_is_also_scored_on_the_critics_reading(tmp_path, monk
     assert main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', str(synth), '--outputs_dir',
                       str(out), '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
                       '--g_condition', 'relative'] + TINY) == 0
-    G, D, _, names, _ = animate.load_models(str(out / 'models'), torch.device('cpu'))
+    G, D, _, names, _ = model.load_models(str(out / 'models'), torch.device('cpu'))
     pairs = ev.EvalPairs(str(synth / 'images'), str(synth / 'aus.txt'), names, 32, 16)
     cpu = torch.device('cpu')
     res, y, _ = ev.score(G, pairs, None, cpu, None, D)

@@ -7,6 +7,7 @@ import shutil
 import pytest
 from PIL import Image
 
+import data_loader as dl
 import main
 import synthetic_faces as sf
 from tiny import TINY_MODEL, quick_reader
@@ -52,7 +53,7 @@ def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags
 
 def resolve(*argv):
     cfg = main.build_parser().parse_args(list(argv))
-    what = main.resolve_dataset(cfg)
+    what = dl.resolve_au_data(cfg)
     return cfg, what
 
 

@@ -190,7 +190,7 @@ def test_skipped_step_leaves_weights_and_optimiser_alone(synth, tmp_path, fused_
     """The fused Adam skips on the device (found_inf); the others on the host: the same result."""
     from solver import Solver
     cfg = main.build_parser().parse_args(train_args(synth, tmp_path, '--num_iters', '2', '--fused_adam', fused_adam))
-    main.resolve_dataset(cfg)
+    dl.resolve_au_data(cfg)
     solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'train'))
     params = list(solver.D.parameters())
 

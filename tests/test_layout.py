@@ -1,0 +1,99 @@
+"""The import graph of the project's own modules (imports inside functions included): no cycles, and
+the training core (solver, model, losses, data_loader) imports nothing of GANmut, test mode or
+evaluation, so that it can be read, and changed, without them."""
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CORE = ('solver', 'model', 'losses', 'data_loader')
+# what the core must not import: GANmut, test mode and photos (editing), evaluation
+NOT_FOR_THE_CORE = ('ganmut', 'ganmut_solver', 'ganmut_eval', 'ganmut_animate', 'ganmut_vis', 'animate', 'faces',
+                    'evaluate', 'bench', 'main')
+
+
+def project_modules():
+    """{dotted module name: path} of the project's Python files (tests and the virtualenv left out)."""
+    found = {}
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d not in ('tests', '__pycache__', 'data',
+                                                                                 'outputs', 'docs'))
+        for f in files:
+            if f.endswith('.py'):
+                rel = os.path.relpath(os.path.join(folder, f), ROOT)[:-3].replace(os.sep, '.')
+                found[rel.removesuffix('.__init__')] = os.path.join(folder, f)
+    return found
+
+
+def imports_of(path, module, modules):
+    """The project modules that `module` (at `path`) imports anywhere in its code."""
+    tree = ast.parse(open(path, encoding='utf-8').read(), path)
+    package = module if path.endswith('__init__.py') else module.rpartition('.')[0]
+    out = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parts = package.split('.') if package else []
+                base = '.'.join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            names = [base] + [f'{base}.{a.name}' for a in node.names]
+        elif isinstance(node, ast.Call) and getattr(node.func, 'id', None) == '__import__' and node.args \
+                and isinstance(node.args[0], ast.Constant):
+            names = [node.args[0].value]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition('.')[0]
+            if name and name != module:
+                out.add(name)
+    return out
+
+
+def import_graph():
+    modules = project_modules()
+    return {m: imports_of(p, m, modules) for m, p in modules.items()}
+
+
+def find_cycle(graph):
+    """One import cycle as [a, b, ..., a], or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = 'open'
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 'open':
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = 'done'
+        return None
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_is_read_correctly():
+    graph = import_graph()
+    assert {'main', 'solver', 'model', 'openface_utils.convert'} <= set(graph)
+    assert {'solver', 'model', 'losses'} <= graph['ganmut_solver']
+    assert 'data_loader' in graph['openface_utils.convert']
+    assert 'evaluate' in graph['main']                 # an import inside a function counts
+    assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == ['a', 'b', 'c', 'a']
+    assert find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) is None
+
+
+def test_imports_have_no_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, 'import cycle: ' + ' -> '.join(cycle)
+
+
+def test_the_training_core_imports_no_ganmut_editing_or_evaluation():
+    graph = import_graph()
+    wrong = {m: sorted(graph[m] & set(NOT_FOR_THE_CORE)) for m in CORE if graph[m] & set(NOT_FOR_THE_CORE)}
+    assert not wrong, wrong
