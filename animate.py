@@ -21,7 +21,7 @@ import faces as face_crops
 import synthetic_faces as sf
 import visualize as vis
 from model import critic_reading, load_models
-from solver import images_to_float, resolve_amp, resolve_device
+from solver import images_to_float, mode_folder, resolve_amp, resolve_device
 
 
 def parse_target_aus(text, label_names):
@@ -185,8 +185,7 @@ def _subsample(n, most):
 def run(cfg):
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
-    models_dir = cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
-    out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
+    models_dir, out_dir = mode_folder(cfg, 'models'), mode_folder(cfg, 'results')
     G, D, ckpt_cfg, label_names, path = load_models(models_dir, device)
     size = ckpt_cfg['image_size']
     faces = _faces(cfg, ckpt_cfg, size)

@@ -32,7 +32,7 @@ import data_loader as dl
 import synthetic_faces as sf
 import visualize as vis
 from model import critic_reading, load_models
-from solver import images_to_float, resolve_amp, resolve_device
+from solver import images_to_float, mode_folder, resolve_amp, resolve_device
 
 READER_VERSION = 1
 
@@ -361,8 +361,7 @@ def run(cfg):
     JSON and a comparison grid in results/."""
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
-    models_dir = cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
-    out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
+    models_dir, out_dir = mode_folder(cfg, 'models'), mode_folder(cfg, 'results')
     G, D, ckpt_cfg, label_names, path = load_models(models_dir, device)
     image_dir, attr_path = data_of_checkpoint(cfg, ckpt_cfg)
     size = ckpt_cfg['image_size']

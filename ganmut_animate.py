@@ -31,18 +31,14 @@ import ganmut_vis as gv
 import visualize as vis
 from animate import generate, save_animation, save_edits
 from model import Discriminator, Generator, critic_options, generator_options
-from solver import images_to_float, resolve_amp, resolve_device, resolve_flag
-
-
-def models_dir_of(cfg):
-    return cfg.test_models_dir or os.path.join(cfg.outputs_dir, 'models')
+from solver import images_to_float, mode_folder, resolve_amp, resolve_device, resolve_flag
 
 
 def is_ganmut_run(cfg):
     """Whether the newest checkpoint of the run is a GANmut one (read lazily, without loading
     the weights); with no checkpoint, whether --model ganmut was asked for."""
     try:
-        _, ckpt = checkpoint.load_newest(models_dir_of(cfg))
+        _, ckpt = checkpoint.load_newest(mode_folder(cfg, 'models'))
     except (FileNotFoundError, checkpoint.CorruptCheckpoint):
         return cfg.model == 'ganmut'
     return ckpt.get('model', ckpt.get('config', {}).get('model')) == 'ganmut'
@@ -148,8 +144,8 @@ def wheel_codes(cfg, space, frames):
 def run(cfg):
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
-    out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
-    G, D, space, ckpt_cfg, names, path = load_ganmut(models_dir_of(cfg), device)
+    out_dir = mode_folder(cfg, 'results')
+    G, D, space, ckpt_cfg, names, path = load_ganmut(mode_folder(cfg, 'models'), device)
     size = ckpt_cfg['image_size']
     faces = faces_of(cfg, ckpt_cfg, size)
     print(f'test mode (GANmut, {ckpt_cfg["parametrization"]} space): {len(faces)} face(s), model {path}')

@@ -28,7 +28,7 @@ import evaluate as ev
 import ganmut_solver as gs
 import synthetic_faces as sf
 import visualize as vis
-from solver import resolve_amp, resolve_device
+from solver import mode_folder, resolve_amp, resolve_device
 
 STRENGTH = 0.9   # linear: the codes are 0.9 * axis; the truth has the prototype at 0.9 * 5 AU units
 
@@ -197,8 +197,7 @@ def run(cfg):
     import ganmut_animate
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
-    models_dir = ganmut_animate.models_dir_of(cfg)
-    out_dir = cfg.test_results_dir or os.path.join(cfg.outputs_dir, 'results')
+    models_dir, out_dir = mode_folder(cfg, 'models'), mode_folder(cfg, 'results')
     G, _, space, ckpt_cfg, names, path = ganmut_animate.load_ganmut(models_dir, device)
     image_dir, attr_path = ev.data_of_checkpoint(cfg, ckpt_cfg)
     size = ckpt_cfg['image_size']

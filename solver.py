@@ -115,6 +115,13 @@ def explicit_gp_on(cfg, device):
     return resolve_flag(getattr(cfg, 'explicit_gp', 'auto'), device.type == 'cpu')
 
 
+def mode_folder(cfg, kind):
+    """Where test and eval modes read the checkpoints (`kind` 'models': --test_models_dir) and write
+    their results ('results': --test_results_dir); by default the run folder's."""
+    given = {'models': cfg.test_models_dir, 'results': cfg.test_results_dir}[kind]
+    return given or os.path.join(cfg.outputs_dir, kind)
+
+
 def make_ema(G, cfg):
     """A frozen copy of G that follows its weights as an exponential moving average
     (--g_ema_beta > 0), or None. Averaging the generator's weights removes much of the
