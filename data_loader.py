@@ -25,18 +25,10 @@ from PIL import Image
 
 import synthetic_faces as sf
 from synthetic_faces import AU_NAMES
+from utils.errors import DataError, FlagError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 AU_MAX = 5.0
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file (and line) and the problem."""
-
-    def __init__(self, path, problem, line=None):
-        where = f'{path}, line {line}' if line is not None else f'{path}'
-        super().__init__(f'{where}: {problem}')
-        self.path, self.line, self.problem = path, line, problem
 
 
 class BadData:
@@ -47,7 +39,7 @@ class BadData:
 
     def __init__(self, mode='error'):
         if mode not in ('error', 'skip'):
-            raise ValueError(f'--on_bad_data: expected error or skip, found {mode!r}')
+            raise FlagError(f'--on_bad_data: expected error or skip, found {mode!r}')
         self.mode = mode
         self.skipped = {}          # message -> kind; repeated loads of one file count once
 
@@ -395,10 +387,10 @@ def select_aus(requested, available):
         if key.isdigit():
             key = f'AU{int(key):02d}'
         if key not in norm:
-            raise ValueError(f'--aus: unknown AU {name!r}; available: {" ".join(available)}')
+            raise FlagError(f'--aus: unknown AU {name!r}; available: {" ".join(available)}')
         idx.append(norm[key])
     if len(set(idx)) != len(idx):
-        raise ValueError(f'--aus: an AU is named twice in {requested}')
+        raise FlagError(f'--aus: an AU is named twice in {requested}')
     return idx
 
 
@@ -628,10 +620,10 @@ def batch_indices(num_items, batch_size, iteration, seed, rank=0, world=1):
     is a permutation seeded by (seed, e). A pure function of the iteration, so a
     resumed run reads exactly the batches the uninterrupted run would have read.
     With `world` ranks, the iteration reads a global batch of world x batch_size
-    images and `rank` gets its rows rank*B..(rank+1)*B-1 (see distributed.py)."""
+    images and `rank` gets its rows rank*B..(rank+1)*B-1 (see utils/distributed.py)."""
     batch_size = min(batch_size, num_items // world)
     if batch_size < 1:
-        raise ValueError(f'{num_items} images cannot feed {world} ranks')
+        raise DataError('the training set', f'{num_items} images cannot feed {world} ranks')
     per_epoch = num_items // (batch_size * world)
     epoch, pos = divmod(iteration, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -658,72 +650,57 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
 
 # --------------------------------------------------------------------------- which data
 
-def resolve_au_data(cfg):
-    """GANimation's data: fill cfg.image_dir, cfg.attr_path (an AU table or dict) and cfg.dataset_kind;
-    return a description. --image_dir/--attr_path name it; else --dataset: `auto` is data/celeba when
-    there is one, else the built-in synthetic faces (generated when missing); a folder must hold
-    images/ (or imgs/, img_align_celeba/) and an AU label file."""
+# What resolve_data looks for, per kind of labels: the synthetic faces' label file, a dataset folder's
+# image folders and label files (in order of preference), and what a folder must hold.
+LABEL_KINDS = {
+    'au': dict(synthetic='aus.txt', image_folders=('images', 'imgs', 'img_align_celeba'),
+               label_files=('aus.txt', 'list_attr_celeba.txt', 'aus_openface.pkl'), any_txt=True,
+               expected='an images/ (or imgs/) folder and an AU label file (aus.txt, list_attr_celeba.txt or '
+                        'aus_openface.pkl)'),
+    'emotion': dict(synthetic='training.csv', image_folders=('images', 'imgs'), label_files=('training.csv',),
+                    any_txt=False, expected='an images/ (or imgs/) folder and training.csv'),
+}
+
+
+def resolve_data(cfg, labels):
+    """The training data of the flags, for `labels` 'au' (GANimation) or 'emotion' (GANmut): fills
+    cfg.image_dir, cfg.attr_path and cfg.dataset_kind (synthetic, custom or folder) and returns a
+    description. --image_dir/--attr_path name the data (GANmut: an emotion CSV); else --dataset:
+    `auto` is data/celeba when there is one and the labels are AUs (CelebA has no emotions), else the
+    built-in synthetic faces (generated when missing); a folder is searched as LABEL_KINDS says."""
+    spec = LABEL_KINDS[labels]
     if cfg.image_dir or cfg.attr_path:
         if not (cfg.image_dir and cfg.attr_path):
-            raise SystemExit('give both --image_dir and --attr_path (or neither, to use --dataset)')
-        cfg.dataset_kind = 'custom'
+            raise FlagError('give both --image_dir and --attr_path, or neither (to use --dataset)')
+        if labels == 'emotion' and not cfg.attr_path.lower().endswith('.csv'):
+            raise FlagError(f'--attr_path {cfg.attr_path}: GANmut trains on an emotion CSV '
+                            f'(header subDirectory_filePath,expression)')
+        cfg.dataset_kind = 'synthetic' if synthetic_root(cfg.attr_path) else 'custom'
         return f'{cfg.attr_path} with images in {cfg.image_dir}'
     choice = cfg.dataset
     if choice == 'auto':
-        choice = 'data/celeba' if os.path.isdir('data/celeba') else 'synthetic'
+        choice = 'data/celeba' if labels == 'au' and os.path.isdir('data/celeba') else 'synthetic'
     if choice == 'synthetic':
         root = cfg.synthetic_dir
         sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
-        cfg.image_dir, cfg.attr_path, cfg.dataset_kind = os.path.join(root, 'images'), os.path.join(root, 'aus.txt'), 'synthetic'
-        return f'built-in synthetic faces ({cfg.synthetic_images} images, {root})'
+        cfg.image_dir, cfg.attr_path = os.path.join(root, 'images'), os.path.join(root, spec['synthetic'])
+        cfg.dataset_kind = 'synthetic'
+        labelled = '' if labels == 'au' else ', emotion labels'
+        return f'built-in synthetic faces{labelled} ({cfg.synthetic_images} images, {root})'
     if not os.path.isdir(choice):
-        raise SystemExit(f'--dataset {choice}: no such folder (use auto, synthetic or a dataset folder)')
-    image_dir = next((os.path.join(choice, d) for d in ('images', 'imgs', 'img_align_celeba')
-                      if os.path.isdir(os.path.join(choice, d))), None)
-    attr = next((os.path.join(choice, f) for f in ('aus.txt', 'list_attr_celeba.txt', 'aus_openface.pkl')
-                 if os.path.exists(os.path.join(choice, f))), None)
-    if attr is None:
+        raise FlagError(f'--dataset {choice}: no such folder (use auto, synthetic or a dataset folder)')
+    image_dir = next((os.path.join(choice, d) for d in spec['image_folders'] if os.path.isdir(os.path.join(choice, d))),
+                     None)
+    attr = next((os.path.join(choice, f) for f in spec['label_files'] if os.path.exists(os.path.join(choice, f))),
+                None)
+    if attr is None and spec['any_txt']:
         txts = sorted(f for f in os.listdir(choice) if f.endswith('.txt'))
         attr = os.path.join(choice, txts[0]) if txts else None
     if image_dir is None or attr is None:
-        raise SystemExit(f'--dataset {choice}: expected an images/ (or imgs/) folder and an AU label file '
-                         f'(aus.txt, list_attr_celeba.txt or aus_openface.pkl) inside it')
+        raise FlagError(f'--dataset {choice}: expected {spec["expected"]} inside it')
     cfg.image_dir, cfg.attr_path = image_dir, attr
-    cfg.dataset_kind = 'synthetic' if os.path.exists(os.path.join(choice, 'meta.csv')) else 'folder'
+    cfg.dataset_kind = 'synthetic' if synthetic_root(attr) else 'folder'
     return f'{choice} ({attr})'
-
-
-def resolve_emotion_data(cfg):
-    """Fill cfg.image_dir, cfg.attr_path (an emotion CSV) and cfg.dataset_kind; return a description.
-
-    --image_dir/--attr_path (or --dataset_root/--imgs_folder) name the data; else --dataset:
-    `auto` and `synthetic` use the built-in synthetic faces' emotion labels (CelebA has none),
-    a folder must hold images/ (or imgs/) and training.csv."""
-    if cfg.image_dir or cfg.attr_path:
-        if not (cfg.image_dir and cfg.attr_path):
-            raise SystemExit('give both --image_dir and --attr_path (or --dataset_root), or neither')
-        if not cfg.attr_path.lower().endswith('.csv'):
-            raise SystemExit(f'--attr_path {cfg.attr_path}: GANmut trains on an emotion CSV '
-                             f'(header subDirectory_filePath,expression)')
-        what = f'{cfg.attr_path} with images in {cfg.image_dir}'
-    elif cfg.dataset in ('auto', 'synthetic'):
-        root = cfg.synthetic_dir
-        sf.ensure_dataset(root, cfg.synthetic_images, cfg.image_size)
-        cfg.image_dir, cfg.attr_path = os.path.join(root, 'images'), os.path.join(root, 'training.csv')
-        what = f'built-in synthetic faces, emotion labels ({cfg.synthetic_images} images, {root})'
-    else:
-        if not os.path.isdir(cfg.dataset):
-            raise SystemExit(f'--dataset {cfg.dataset}: no such folder (use auto, synthetic or a dataset folder)')
-        image_dir = next((os.path.join(cfg.dataset, d) for d in ('images', 'imgs')
-                          if os.path.isdir(os.path.join(cfg.dataset, d))), None)
-        attr = os.path.join(cfg.dataset, 'training.csv')
-        if image_dir is None or not os.path.exists(attr):
-            raise SystemExit(f'--dataset {cfg.dataset}: GANmut expects an images/ (or imgs/) folder and '
-                             f'training.csv inside it')
-        cfg.image_dir, cfg.attr_path = image_dir, attr
-        what = f'{cfg.dataset} ({attr})'
-    cfg.dataset_kind = 'synthetic' if synthetic_root(cfg.attr_path) else 'custom'
-    return what
 
 
 def synthetic_root(label_path):

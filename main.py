@@ -11,9 +11,11 @@ Every default is below, visible and editable, as in the seed README.
 """
 import argparse
 import contextlib
+import functools
 import os
 import sys
-import time
+
+from utils.errors import FlagError
 
 # (flag, default, help). Edit the defaults here.
 #
@@ -140,7 +142,7 @@ TEST_FLAGS = [
     ('--face_box', '', 'face box(es) in the photo(s) by hand, x,y,w,h in pixels ("x,y,w,h;x,y,w,h" for several); '
                        'implies the photo handling of --detect_faces without needing OpenCV'),
     ('--face_margin', 0.15, 'photo crops: square of side face box * (1 + 2 * margin), centred on the box; 0.15 '
-                            'matches the synthetic faces (python faces.py --calibrate DIR measures it for other data)'),
+                            'matches the synthetic faces (python -m editing.photos --calibrate DIR measures it for other data)'),
 ]
 # The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode): ~11-13 minutes on 2 cores with
 # AMX, ~25 with AVX-512 BF16 only. It keeps the default losses and optimiser settings above but two, which edit
@@ -238,7 +240,7 @@ def build_parser():
                         '2,000 iterations or more when a C++ compiler is installed')
     p.add_argument('--small_conv_matmul', default='auto', choices=['auto', 'true', 'false'],
                    help='compute the critic\'s convolutions with at most 4 output pixels as one matrix product '
-                        '(model.SmallOutputConv2d); auto: on the CPU, where oneDNN runs them slowly')
+                        '(utils.fast_conv.SmallOutputConv2d); auto: on the CPU, where oneDNN runs them slowly')
     p.add_argument('--explicit_gp', default='auto', choices=['auto', 'true', 'false'],
                    help='gradient penalty from the critic\'s input gradient written out as transposed convolutions '
                         'instead of a double backward (same values); auto: on the CPU')
@@ -281,17 +283,13 @@ def setup_ganmut(cfg, given):
         cfg.model = 'ganmut'
     if cfg.resume_iter and 'resume_iters' not in given:
         cfg.resume_iters = cfg.resume_iter
-    if cfg.model_save_dir and 'test_models_dir' not in given:
-        cfg.test_models_dir = cfg.model_save_dir
-    if cfg.result_dir and 'test_results_dir' not in given:
-        cfg.test_results_dir = cfg.result_dir
     if cfg.model != 'ganmut':
         return
     if cfg.g_condition != 'target':
-        raise SystemExit('--g_condition relative is for GANimation: a GANmut condition is a point of its '
+        raise FlagError('--g_condition relative is for GANimation: a GANmut condition is a point of its '
                          'emotion space, which has no source and target AUs')
     if cfg.d_augment != 'none':
-        raise SystemExit('--d_augment is for GANimation: GANmut\'s critic reads its images unaugmented')
+        raise FlagError('--d_augment is for GANimation: GANmut\'s critic reads its images unaugmented')
     for k, v in GANMUT_DEFAULTS.items():
         if k not in given:
             setattr(cfg, k, v)
@@ -300,7 +298,7 @@ def setup_ganmut(cfg, given):
     cfg.regularization_type = cfg.regularization_type.lower()
     if cfg.dataset_root:
         if cfg.image_dir or cfg.attr_path:
-            raise SystemExit('give either --dataset_root (with --imgs_folder) or --image_dir and --attr_path')
+            raise FlagError('give either --dataset_root (with --imgs_folder) or --image_dir and --attr_path')
         cfg.image_dir = os.path.join(cfg.dataset_root, cfg.imgs_folder)
         cfg.attr_path = os.path.join(cfg.dataset_root, 'training.csv')
 
@@ -319,72 +317,67 @@ def explicit_flags(parser, argv):
     return set(vars(probe.parse_known_args(argv)[0]))
 
 
+def scorer_of(model_name):
+    """The evaluation's scorer of a model: what its --mode eval and --eval_step figures are."""
+    from evaluation.au_scores import AUScorer
+    from evaluation.emotion_scores import EmotionScorer
+    return EmotionScorer if model_name == 'ganmut' else AUScorer
+
+
 def train(cfg):
-    import data_loader as dl
-    import distributed
-    from solver import Solver, resolve_flag, write_config
-    aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
-    with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
-        what = dl.resolve_au_data(cfg)
-        train_set = dl.prepare_training_set(dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus),
-                                             resolve_flag(cfg.data_cache, True))
-    try:
-        sample_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'test', aus)
-    except dl.DataError:
-        sample_set = train_set
-    if not aus and train_set.labels.shape[1] != cfg.c_dim:
-        print(f'note: the labels have {train_set.labels.shape[1]} AUs; using that as c_dim')
-    cfg.c_dim = train_set.labels.shape[1]
-    solver = Solver(cfg, train_set, sample_set)
-    if cfg.eval_step and solver.is_main:
-        import evaluate
-        solver.eval_hook = evaluate.TrainingProbe(cfg, solver, cfg.eval_step_pairs)
-    print(f'dataset: {what}: {len(train_set)} training images, conditions: {" ".join(train_set.label_names)}')
-    print(f'device: {solver.device}, bf16 autocast: {solver.amp_dtype is not None}, '
-          f'channels_last: {solver.memory_format == __import__("torch").channels_last}')
-    if solver.is_main:
-        os.makedirs(cfg.outputs_dir, exist_ok=True)
-        write_config(cfg, os.path.join(cfg.outputs_dir, 'config.json'))
-    t0 = time.time()
-    solver.train()
-    print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
-          f'samples in {solver.dirs["samples"]}')
-    return solver
+    """Train the model of --model, scored every --eval_step by its scorer."""
+    import solver
+    from evaluation.runner import TrainingProbe
+    from ganmut.solver import GANmutSolver
+    probe = functools.partial(TrainingProbe, scorer_class=scorer_of(cfg.model))
+    return solver.train(cfg, GANmutSolver if cfg.model == 'ganmut' else solver.Solver, probe)
+
+
+def test_and_eval(cfg):
+    """Test mode (animations and edits) and/or eval mode, for the model of the run's newest checkpoint
+    (read once; it says which model made it)."""
+    from editing import animate
+    from evaluation import runner
+    from ganmut import edit
+    from model import Trained
+    from utils.records import mode_folder
+    trained = Trained.newest(mode_folder(cfg, 'models'))
+    if cfg.mode in ('test', 'demo'):
+        (edit if trained.model == 'ganmut' else animate).run(cfg, trained)
+    if cfg.mode in ('eval', 'demo'):
+        runner.run(cfg, trained, scorer_of(trained.model))
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     cfg = parser.parse_args(argv)
-    cfg.argv = list(argv)          # the command line, for the run record (solver.run_record)
-    setup_ganmut(cfg, explicit_flags(parser, argv))   # GANmut defaults and the seed's flags
-    if cfg.mode == 'demo':
-        given = explicit_flags(parser, argv)
-        for k, v in (GANMUT_DEMO if cfg.model == 'ganmut' else DEMO).items():
-            if k not in given:
-                setattr(cfg, k, v)
-        if 'dataset' not in given and not cfg.image_dir:
-            cfg.dataset = 'synthetic'
-    import distributed
+    cfg.argv = list(argv)          # the command line, for the run record (records.run_record)
+    import data_loader  # after parsing: --help needs no torch
+    from utils import distributed
+    from utils.errors import TrainingStopped, UserError
     try:
-        __import__('data_loader').set_bad_data_policy(cfg.on_bad_data)
+        setup_ganmut(cfg, explicit_flags(parser, argv))   # GANmut defaults and the seed's flags
+        if cfg.mode == 'demo':
+            given = explicit_flags(parser, argv)
+            for k, v in (GANMUT_DEMO if cfg.model == 'ganmut' else DEMO).items():
+                if k not in given:
+                    setattr(cfg, k, v)
+            if 'dataset' not in given and not cfg.image_dir:
+                cfg.dataset = 'synthetic'
+        data_loader.set_bad_data_policy(cfg.on_bad_data)
         if cfg.mode == 'bench':
-            import bench
+            from evaluation import bench
             bench.run(cfg)
             return 0
         if cfg.mode in ('train', 'demo'):
-            ranks = distributed.init(cfg)        # torchrun: join the process group (distributed.py)
+            ranks = distributed.init(cfg)        # torchrun: join the process group (utils/distributed.py)
             try:
                 with contextlib.redirect_stdout(sys.stdout if ranks.is_main else open(os.devnull, 'w')):
                     if ranks.active:
                         print(f'distributed: world size {ranks.world} ({ranks.backend}); --batch_size '
                               f'{cfg.batch_size} per rank, {cfg.batch_size * ranks.world} per iteration')
-                    if cfg.model == 'ganmut':
-                        import ganmut_eval
-                        import ganmut_solver
-                        ganmut_solver.train(cfg, ganmut_eval.TrainingProbe)
-                    else:
-                        train(cfg)
+                    train(cfg)
                 # every rank done before any tears down its process group (a rank once aborted in
                 # gloo at the end of a two-rank run; rare, cause not pinned down)
                 distributed.barrier()
@@ -392,38 +385,19 @@ def main(argv=None):
                 distributed.shutdown()
             if not ranks.is_main:
                 return 0
-        ganmut_run = cfg.mode != 'train' and __import__('ganmut_animate').is_ganmut_run(cfg)   # the checkpoint's model
-        if cfg.mode in ('test', 'demo'):
-            import animate
-            import ganmut_animate
-            (ganmut_animate if ganmut_run else animate).run(cfg)
-        if cfg.mode in ('eval', 'demo'):
-            import evaluate
-            import ganmut_eval
-            (ganmut_eval if ganmut_run else evaluate).run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        # data, checkpoint and flag errors: one clear line, no traceback
-        from data_loader import DataError
-        if isinstance(e, (DataError, FileNotFoundError)) or str(e).startswith('--') or 'checkpoint' in str(e) \
-                or '.ckpt' in str(e):
-            print(f'error{distributed.who()}: {e}', file=sys.stderr)
-            distributed.record_error(e)
-            return 2
-        raise
-    except RuntimeError as e:
-        from checkpoint import CorruptCheckpoint
-        from solver import TrainingStopped
-        if isinstance(e, TrainingStopped):       # a signal, or non-finite losses: a checkpoint is safe
-            print(f'stopped{distributed.who()}: {e}', file=sys.stderr)
-            distributed.record_error(e)
-            return e.exit_code
-        if isinstance(e, CorruptCheckpoint):
-            print(f'error{distributed.who()}: {e}', file=sys.stderr)
-            distributed.record_error(e)
-            return 2
-        raise
+        if cfg.mode in ('test', 'eval', 'demo'):
+            test_and_eval(cfg)
+    except UserError as e:                       # bad flags, data or checkpoints: one line, no traceback
+        print(f'error{distributed.who()}: {e}', file=sys.stderr)
+        distributed.record_error(e)
+        return 2
+    except TrainingStopped as e:                 # a signal, or non-finite losses: a checkpoint is safe
+        print(f'stopped{distributed.who()}: {e}', file=sys.stderr)
+        distributed.record_error(e)
+        return e.exit_code
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(__import__('distributed').entry_point(main)())
+    from utils import distributed
+    sys.exit(distributed.entry_point(main)())

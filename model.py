@@ -5,12 +5,14 @@ its own statistics in training *and* at test time (models released with stored
 statistics and run in eval mode produced ruined faces).
 """
 import math
-import weakref
 
 import torch
 import torch.nn as nn
 
-import checkpoint
+from utils import checkpoint
+from utils.errors import FlagError
+from utils.fast_conv import SmallOutputConv2d, conv_input_grad
+from utils.runtime import resolve_flag
 
 
 def _norm(ch):
@@ -61,14 +63,14 @@ class Generator(nn.Module):
                  color_head='tanh', warp=0, condition='target'):
         super().__init__()
         if upsample not in ('transposed', 'resize'):
-            raise ValueError(f'--g_upsample must be transposed or resize, got {upsample!r}')
+            raise FlagError(f'--g_upsample must be transposed or resize, got {upsample!r}')
         if color_head not in ('tanh', 'residual'):
-            raise ValueError(f'--g_color_head must be tanh or residual, got {color_head!r}')
+            raise FlagError(f'--g_color_head must be tanh or residual, got {color_head!r}')
         if warp < 0 or (warp and not attention):
-            raise ValueError(f'--g_warp must be 0 (off) or a flow cell size >= 1 with the attention generator, '
+            raise FlagError(f'--g_warp must be 0 (off) or a flow cell size >= 1 with the attention generator, '
                              f'got {warp}{"" if attention else " without attention"}')
         if condition not in ('target', 'relative'):
-            raise ValueError(f'--g_condition must be target or relative, got {condition!r}')
+            raise FlagError(f'--g_condition must be target or relative, got {condition!r}')
         self.c_dim, self.attention, self.color_residual = c_dim, attention, color_head == 'residual'
         self.warp_cell, self.relative = warp, condition == 'relative'
         cond_channels = c_dim * (2 if self.relative else 1)
@@ -166,9 +168,9 @@ class Discriminator(nn.Module):
         super().__init__()
         check_sizes(image_size, repeat_num)
         if label_trunk not in ('shared', 'separate'):
-            raise ValueError(f'--d_label_trunk must be shared or separate, got {label_trunk!r}')
+            raise FlagError(f'--d_label_trunk must be shared or separate, got {label_trunk!r}')
         if not 0 <= local_head < repeat_num:
-            raise ValueError(f'--d_local_head must be 0 (off) or a critic layer from 1 to {repeat_num - 1} '
+            raise FlagError(f'--d_local_head must be 0 (off) or a critic layer from 1 to {repeat_num - 1} '
                              f'(--d_repeat_num {repeat_num}), got {local_head}')
         self.main, ch = _patch_trunk(conv_dim, repeat_num)
         # 'separate': the label heads (AUs, emotions, code) get a trunk of their own, so
@@ -236,15 +238,15 @@ class Discriminator(nn.Module):
             out = self.src(h)
         # with --d_local_head the scores are the heads' means: d mean / d score = 1 / (number of scores)
         g = torch.ones_like(out) / (out[0, 0].numel() if self.local is not None else 1)
-        g = _conv_input_grad(self.src, g, h.shape)
+        g = conv_input_grad(self.src, g, h.shape)
         for i in reversed(range(len(convs))):
             act, slope = acts[i]
             # S: the LeakyReLU's own backward (differentiable in g), from its output
             g = torch.ops.aten.leaky_relu_backward(g, act.to(g.dtype), slope, True)
-            g = _conv_input_grad(convs[i], g, shapes[i])
+            g = conv_input_grad(convs[i], g, shapes[i])
             if self.local is not None and i == self.local_layers:   # g is now d / d (the local head's input)
                 local_shape = (g.shape[0], 1) + tuple(g.shape[-2:])
-                g = g + _conv_input_grad(self.local, g.new_full(local_shape, 1 / g[0, 0].numel()), g.shape)
+                g = g + conv_input_grad(self.local, g.new_full(local_shape, 1 / g[0, 0].numel()), g.shape)
         return g
 
 
@@ -258,123 +260,12 @@ def _patch_trunk(conv_dim, repeat_num):
     return nn.Sequential(*layers), ch
 
 
-class SmallOutputConv2d(nn.Conv2d):
-    """nn.Conv2d that, with `as_matmul` set and on the CPU, computes a convolution whose
-    output has at most `MAX_AREA` pixels as one matrix product of its patches.
-
-    The critic's last layers have a 2x2 (or 1x1) output and the largest weights of the
-    network (512 x 256 x 4 x 4 at d_conv_dim 32): oneDNN's convolution kernels block over
-    output pixels and run those layers, their backward pass above all, at a few percent
-    of the matrix unit's speed (27 ms against 6.5 ms for forward + backward of that layer
-    at batch 48, bf16, 2-core AMX CPU). Same weights, same function, same state_dict.
-    """
-    MAX_AREA = 4
-    as_matmul = False
-
-    def forward(self, x):
-        if not (self.as_matmul and x.device.type == 'cpu' and self.groups == 1 and self.dilation == (1, 1)
-                and self.padding_mode == 'zeros' and _out_area(x, self) <= self.MAX_AREA):
-            return super().forward(x)
-        return conv2d_as_matmul(x, self.weight, self.bias, self.stride, self.padding)
-
-
-def _out_area(x, conv):
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    return ((x.shape[-2] + 2 * ph - kh) // sh + 1) * ((x.shape[-1] + 2 * pw - kw) // sw + 1)
-
-
-def _matmul_dtype(t):
-    """The dtype the CPU matrix-product paths compute in: autocast's when it is on, else t's."""
-    return torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else t.dtype
-
-
-def conv2d_as_matmul(x, weight, bias, stride, padding):
-    """F.conv2d(x, weight, bias, stride, padding) as (B * out pixels, kh * kw * C) @ (kh * kw * C, O).
-
-    Patches are gathered by slicing (few output pixels), in (kh, kw, C) order so that a
-    channels-last weight reshapes without a copy. Under CPU autocast both operands are cast
-    to its dtype once. Differentiable twice (the gradient penalty differentiates through it).
-    """
-    B, C, H, W = x.shape
-    O, _, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    dtype = _matmul_dtype(x)
-    xp = nn.functional.pad(x.to(dtype), (pw, pw, ph, ph))
-    patches = torch.stack([xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
-                           for i in range(Ho) for j in range(Wo)], 1)          # (B, L, C, kh, kw)
-    rows = patches.permute(0, 1, 3, 4, 2).reshape(B * Ho * Wo, kh * kw * C)
-    w = _cast_weight(weight, dtype).permute(0, 2, 3, 1).reshape(O, -1)
-    with torch.autocast('cpu', enabled=False):
-        y = rows @ w.t() if bias is None else torch.addmm(bias.to(dtype), rows, w.t())
-    return y.view(B, Ho, Wo, O).permute(0, 3, 1, 2)
-
-
-# id(weight) -> (weak reference to it, key, cast): one entry per critic weight. A cast recorded by
-# autograd keeps its weight alive (its graph node refers to it), so the finalizer that drops the
-# entry runs only for weights cast without grad; for the one critic of a run that costs nothing.
-_CASTS = {}
-
-
-def _cast_weight(weight, dtype):
-    """`weight` in `dtype`, cast once per weight update and shared by the critic's passes in
-    a step (forward, the penalty's sign pass and its transposed pass: one cast and one cast
-    of the gradient back instead of three and two, on the network's largest tensor).
-    Autocast caches its casts the same way, but only of the parameters themselves, not of
-    the reshaped views these matrix products take. Valid while the weight's version
-    counter (bumped by every in-place update) and requires_grad are unchanged; a cast made
-    without autograd recording is not used where the gradient must flow."""
-    if weight.dtype == dtype:
-        return weight
-    key = (weight._version, dtype, weight.requires_grad)
-    hit = _CASTS.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1] == key:
-        cast = hit[2]
-        if cast.requires_grad or not (torch.is_grad_enabled() and weight.requires_grad):
-            return cast
-    if hit is None or hit[0]() is not weight:
-        weakref.finalize(weight, _CASTS.pop, id(weight), None)
-    cast = weight.to(dtype)
-    _CASTS[id(weight)] = (weakref.ref(weight), key, cast)
-    return cast
-
-
-def _conv_input_grad(conv, grad_out, in_shape):
-    """The input gradient of `conv` (no dilation, no groups) for `grad_out`: its transposed
-    convolution, or for a small output (SmallOutputConv2d.as_matmul) a matrix product and
-    the scatter of the patches."""
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    H, W = in_shape[-2:]
-    Ho, Wo = grad_out.shape[-2:]
-    if getattr(conv, 'as_matmul', False) and grad_out.device.type == 'cpu' and Ho * Wo <= conv.MAX_AREA:
-        dtype = _matmul_dtype(grad_out)
-        B, O = grad_out.shape[:2]
-        rows = grad_out.to(dtype).permute(0, 2, 3, 1).reshape(B * Ho * Wo, O)
-        w = _cast_weight(conv.weight, dtype).permute(0, 2, 3, 1).reshape(O, -1)
-        with torch.autocast('cpu', enabled=False):
-            patches = (rows @ w).view(B, Ho, Wo, kh, kw, -1).permute(0, 1, 2, 5, 3, 4)   # (B, Ho, Wo, C, kh, kw)
-        Hp, Wp = H + 2 * ph, W + 2 * pw
-        grad = sum(nn.functional.pad(patches[:, i, j], (j * sw, Wp - j * sw - kw, i * sh, Hp - i * sh - kh))
-                   for i in range(Ho) for j in range(Wo))
-        return grad[..., ph:ph + H, pw:pw + W]
-    out_pad = (H - ((Ho - 1) * sh - 2 * ph + kh), W - ((Wo - 1) * sw - 2 * pw + kw))
-    return nn.functional.conv_transpose2d(grad_out, conv.weight, stride=(sh, sw), padding=(ph, pw),
-                                          output_padding=out_pad)
-
-
-def use_matmul_for_small_convs(module, on):
-    """Switch SmallOutputConv2d.as_matmul in every layer of `module`."""
-    for m in module.modules():
-        if isinstance(m, SmallOutputConv2d):
-            m.as_matmul = on
-
-
 def check_sizes(image_size, d_repeat_num):
     if image_size < 8 or image_size & (image_size - 1):
-        raise ValueError(f'--image_size must be a power of two (32, 64, 128, ...), got {image_size}')
+        raise FlagError(f'--image_size must be a power of two (32, 64, 128, ...), got {image_size}')
     if image_size < 2 ** d_repeat_num:
         best = int(math.log2(image_size))
-        raise ValueError(f'--d_repeat_num {d_repeat_num} halves the image {d_repeat_num} times, which needs '
+        raise FlagError(f'--d_repeat_num {d_repeat_num} halves the image {d_repeat_num} times, which needs '
                          f'--image_size >= {2 ** d_repeat_num}; for {image_size} px use --d_repeat_num <= {best}')
 
 
@@ -396,20 +287,40 @@ def count_parameters(module):
 
 # --------------------------------------------------------------------------- trained networks
 
-def load_models(models_dir, device):
-    """G and D of the newest checkpoint in `models_dir`, built from the checkpoint's own config (the
-    weight average when training kept one); returns (G, D, config, condition names, path)."""
-    path, ckpt = checkpoint.load_newest(models_dir)
-    c = ckpt['config']
-    names = list(ckpt['label_names'])
-    G = Generator(c['g_conv_dim'], len(names), c['g_repeat_num'], **generator_options(c))
-    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], **critic_options(c))
-    g_key = 'G_ema' if 'G_ema' in ckpt else 'G'
-    checkpoint.check_state_dict(G, ckpt[g_key], g_key, path)
-    checkpoint.check_state_dict(D, ckpt['D'], 'D', path)
-    G.load_state_dict(ckpt[g_key])
-    D.load_state_dict(ckpt['D'])
-    return G.to(device).eval(), D.to(device).eval(), c, names, path
+class Trained:
+    """A checkpoint read once: which model made it (`model`: ganimation or ganmut), its config, its
+    condition names, its iteration, and its networks on demand. Test, eval and demo modes read the
+    newest checkpoint of a run once and choose the model from it; the next issues load released
+    weights through it too."""
+
+    def __init__(self, path, ckpt):
+        self.path, self.ckpt = path, ckpt
+        self.config = ckpt['config']
+        self.label_names = list(ckpt['label_names'])
+        self.model = ckpt.get('model', self.config.get('model', 'ganimation'))
+        self.iteration = int(ckpt['iteration'])
+
+    @classmethod
+    def newest(cls, models_dir, which='latest'):
+        return cls(*checkpoint.load_newest(models_dir, which))
+
+    def load(self, key, module):
+        """`module` with the checkpoint's weights under `key`, checked name by name and shape by shape."""
+        checkpoint.check_state_dict(module, self.ckpt[key], key, self.path)
+        module.load_state_dict(self.ckpt[key])
+        return module
+
+    def networks(self, device):
+        """G (the weight average when training kept one) and D in eval mode, built from the checkpoint's
+        own config: conditioned on the AUs (GANimation) or on a point of the emotion space (GANmut)."""
+        c, ganmut = self.config, self.model == 'ganmut'
+        G = Generator(c['g_conv_dim'], c['emotion_dim'] if ganmut else len(self.label_names), c['g_repeat_num'],
+                      attention=resolve_flag(c.get('attention', 'true'), True) if ganmut else True,
+                      **generator_options(c))
+        D = Discriminator(c['image_size'], c['d_conv_dim'], len(self.label_names), c['d_repeat_num'],
+                          code_dim=c['emotion_dim'] if ganmut else 0, **critic_options(c))
+        g_key = 'G_ema' if 'G_ema' in self.ckpt else 'G'
+        return self.load(g_key, G).to(device).eval(), self.load('D', D).to(device).eval()
 
 
 @torch.no_grad()

@@ -7,15 +7,11 @@ One *iteration* is one critic update; the generator is updated every
 seeded with (seed, iteration), so a resumed run repeats exactly what the
 uninterrupted run would have done.
 """
+import collections
 import copy
-import json
 import math
 import os
-import platform
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,102 +20,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import checkpoint
 import data_loader
-import distributed
 import losses
 import synthetic_faces as sf
-import visualize as vis
 from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
                          worker_ignores_stop_signals)
-from model import Discriminator, Generator, critic_options, generator_options, use_matmul_for_small_convs
-
-
-# --------------------------------------------------------------------------- device helpers
-
-def resolve_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError('--device cuda was asked for, but PyTorch sees no CUDA GPU')
-    return torch.device(name)
-
-
-CPUINFO = '/proc/cpuinfo'
-
-
-def cpu_has_fast_bf16():
-    """CPUs with bf16 matrix instructions: AMX (Intel, 4-5x over fp32 for this model's convolutions)
-    or AVX-512 BF16 (AMD Zen 4: 1.7x). Elsewhere bf16 would be emulated: left off."""
-    try:
-        with open(CPUINFO) as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return 'amx_bf16' in flags or 'avx512_bf16' in flags
-
-
-def resolve_amp(amp, device):
-    """bf16 autocast where it is fast: CUDA GPUs with bf16, CPUs with bf16 matrix instructions."""
-    if amp == 'off':
-        return None
-    if amp == 'bf16':
-        return torch.bfloat16
-    if device.type == 'cuda':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
-
-
-def resolve_flag(value, default):
-    return default if value == 'auto' else value in (True, 'true', '1', 'yes')
-
+from model import Discriminator, Generator, critic_options, generator_options
+from utils import checkpoint, distributed
+from utils import visualize as vis
+from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
+from utils.fast_conv import use_matmul_for_small_convs
+from utils.records import RUN_FOLDERS, NoWriter, RecordWindow, config_dict, run_folder, write_config
+from utils.runtime import compiled, explicit_gp_on, resolve_amp, resolve_device, resolve_flag, small_conv_matmul_on
 
 SIGNAL_CHECK_EVERY = 10   # under DDP: a SIGTERM stops all ranks at most this many iterations later
-COMPILE_MIN_ITERS_CPU = 2000   # compiling takes ~40 s on 2 cores and saves ~30 ms per iteration
-
-
-def compile_on(cfg, device):
-    """Whether --compile (see compiled) is on for this config and device."""
-    # the compiler inductor will use: $CXX, else g++ (clang++ on macOS)
-    cxx = os.environ.get('CXX') or ('clang++' if sys.platform == 'darwin' else 'g++')
-    iters = getattr(cfg, 'planned_iters', None) or getattr(cfg, 'num_iters', 0)   # bench: the run it stands for
-    on_cpu = device.type == 'cpu' and iters >= COMPILE_MIN_ITERS_CPU and shutil.which(cxx) is not None
-    return resolve_flag(getattr(cfg, 'compile', 'auto'), device.type == 'cuda' or on_cpu)
-
-
-def compiled(module, cfg, device):
-    """torch.compile(module) with --compile true, else the module itself. auto: on CUDA; on
-    the CPU when the run is long enough to win the compile time back and a C++ compiler
-    (which the CPU backend needs) is installed; under auto a compile failure falls back
-    to eager execution with a warning instead of stopping the run."""
-    flag = getattr(cfg, 'compile', 'auto')
-    if not compile_on(cfg, device):
-        return module
-    if flag == 'auto':
-        torch._dynamo.config.suppress_errors = True
-    if device.type == 'cpu' and distributed.STATE.rank == 0:
-        print('torch.compile: the first iterations compile the generator (under a minute on 2 cores, '
-              'cached for later runs; --compile false skips it)')
-    return torch.compile(module)
-
-
-def small_conv_matmul_on(cfg, device):
-    """--small_conv_matmul (model.SmallOutputConv2d); auto: on the CPU."""
-    return resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'), device.type == 'cpu')
-
-
-def explicit_gp_on(cfg, device):
-    """--explicit_gp: the gradient penalty from the critic's input gradient written out as
-    transposed convolutions (model.Discriminator.realism_input_gradient) rather than a
-    double backward; auto: on the CPU, where it is measured faster."""
-    return resolve_flag(getattr(cfg, 'explicit_gp', 'auto'), device.type == 'cpu')
-
-
-def mode_folder(cfg, kind):
-    """Where test and eval modes read the checkpoints (`kind` 'models': --test_models_dir) and write
-    their results ('results': --test_results_dir); by default the run folder's."""
-    given = {'models': cfg.test_models_dir, 'results': cfg.test_results_dir}[kind]
-    return given or os.path.join(cfg.outputs_dir, kind)
 
 
 def make_ema(G, cfg):
@@ -131,7 +45,7 @@ def make_ema(G, cfg):
     if beta <= 0:
         return None
     if beta >= 1:
-        raise ValueError(f'--g_ema_beta must be below 1, got {beta}')
+        raise FlagError(f'--g_ema_beta must be below 1, got {beta}')
     return copy.deepcopy(G).requires_grad_(False).eval()
 
 
@@ -161,7 +75,7 @@ def make_adam(params, lr, cfg, device):
 
 def sample_targets(labels, batch_size, generator, noise=0.1):
     """Target conditions: rows of the in-memory label table plus U(-noise, noise), clipped to [0, 1].
-    Drawn for the global batch of all ranks; this rank gets its rows (distributed.py)."""
+    Drawn for the global batch of all ranks; this rank gets its rows (utils/distributed.py)."""
     n = batch_size * distributed.STATE.world
     idx = torch.randint(0, labels.shape[0], (n,), device=labels.device, generator=generator)
     jitter = (torch.rand(n, labels.shape[1], device=labels.device, generator=generator) * 2 - 1) * noise
@@ -218,6 +132,12 @@ def images_to_float(x_uint8_nhwc, device, memory_format):
     return x.contiguous(memory_format=memory_format)
 
 
+# One critic pass (Solver.critic_pass): the (scores, labels, codes) of the real, fake and interpolated
+# images (None without interpolates in the pass) and of the extra parts, the regulariser's value and the
+# images it was taken at.
+CriticPass = collections.namedtuple('CriticPass', 'real fake interpolates extra reg reg_at')
+
+
 class Solver:
     def __init__(self, cfg, train_set, sample_set=None):
         self.cfg = cfg
@@ -238,11 +158,11 @@ class Solver:
         self.label_names = list(train_set.label_names)
         self.c_dim = len(self.label_names)
         if adv_loss(cfg) not in ('wgan-gp', 'ns-r1'):
-            raise ValueError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
+            raise FlagError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
         if getattr(cfg, 'd_augment', 'none') not in ('none', 'translation'):
-            raise ValueError(f'--d_augment: expected none or translation, found {cfg.d_augment!r}')
+            raise FlagError(f'--d_augment: expected none or translation, found {cfg.d_augment!r}')
         if cfg.au_adv_eps > 0 and au_view_on(cfg):
-            raise ValueError('--au_adv_eps is another view of the images the AU head learns on: '
+            raise FlagError('--au_adv_eps is another view of the images the AU head learns on: '
                              'use it without --au_noise and --au_blur')
         self.rank, self.world = distributed.STATE.rank, distributed.STATE.world
         self.is_main = self.rank == 0      # only rank 0 writes logs, samples and checkpoints
@@ -250,7 +170,7 @@ class Solver:
         self.build_networks()
         distributed.broadcast_modules(m for _, m in self.saved_modules())
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
-        self.dirs = {k: os.path.join(cfg.outputs_dir, k) for k in ('logs', 'models', 'samples', 'results')}
+        self.dirs = {kind: run_folder(cfg, kind) for kind in RUN_FOLDERS}
         self.start_iter = 0
         self.iteration = 0
         self.images = None
@@ -264,6 +184,30 @@ class Solver:
         if cfg.num_iters_decay > cfg.num_iters and self.is_main:
             print(f'note: --num_iters_decay {cfg.num_iters_decay} is longer than the run (--num_iters '
                   f'{cfg.num_iters}): the learning rates decay to 0 over the whole run')
+
+    @staticmethod
+    def datasets(cfg):
+        """(what the data is, training set, sample set): the AU data of the flags (data_loader.resolve_data),
+        the training set ready for the loop, held-out images for the sample grids (else the training set)."""
+        aus = [a for a in cfg.aus.split(',') if a.strip()] if cfg.aus else None
+        what = data_loader.resolve_data(cfg, 'au')
+        train_set = data_loader.prepare_training_set(
+            data_loader.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train', aus),
+            resolve_flag(cfg.data_cache, True))
+        try:
+            sample_set = data_loader.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'test', aus)
+        except DataError:
+            sample_set = train_set
+        if not aus and train_set.labels.shape[1] != cfg.c_dim:
+            print(f'note: the labels have {train_set.labels.shape[1]} AUs; using that as c_dim')
+        cfg.c_dim = train_set.labels.shape[1]
+        return what, train_set, sample_set
+
+    def describe(self, what):
+        """The start-up lines: the data and the device settings."""
+        print(f'dataset: {what}: {len(self.train_set)} training images, conditions: {" ".join(self.label_names)}')
+        print(f'device: {self.device}, bf16 autocast: {self.amp_dtype is not None}, '
+              f'channels_last: {self.memory_format == torch.channels_last}')
 
     def build_networks(self):
         """G, D, their optimisers and G_train (G, compiled with --compile)."""
@@ -373,48 +317,62 @@ class Solver:
         return record
 
     def critic_step(self, x_real, aus_org, x_fake, gen):
+        """The critic's loss (losses.critic_loss): realism of real and fake images, the AU regression of
+        the real ones, and the regulariser, WGAN-GP or R1; all from one critic pass."""
         cfg = self.cfg
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
         r1 = adv_loss(cfg) == 'ns-r1'
-        x_real_clean = x_real
-        x_real, x_fake = critic_view(x_real, cfg, gen), critic_view(x_fake, cfg, gen)
-        with self.autocast():
-            if r1:    # R1 on the real images: they take part with requires_grad
-                x_real = x_real.detach().requires_grad_(True)
-                x_hat = x_real
-                parts = [x_real, x_fake]
-            else:     # WGAN-GP on real-fake interpolates
-                x_hat = interpolate(x_real, x_fake, gen)
-                parts = [x_real, x_fake, x_hat]
-            explicit = not r1 and cfg.lambda_au_jac == 0 and explicit_gp_on(cfg, self.device)
-            if explicit:   # the interpolates need no pass with grad (the penalty is written out)
-                parts = parts[:2]
-            n_main = len(parts)
-            if au_view_on(cfg):   # the AU head learns on its own view of real images (see au_view)
-                parts.append(au_view(x_real_clean.detach(), cfg, gen))
-            elif cfg.au_adv_eps > 0:   # ... or on adversarially moved real images
-                parts.append(self.adversarial_au_view(x_real_clean.detach(), aus_org, gen))
-            elif augmented(cfg):   # ... or on the unshifted ones (see critic_view)
-                parts.append(x_real_clean.detach())
-            # one critic pass over real, fake and interpolated (and AU-view) images
-            out_src, out_cls, _ = self.D(torch.cat(parts))
-            if explicit:
-                reg = self.written_out_gradient_penalty(x_hat)
-        b = x_real.shape[0]
-        if not explicit:
-            reg = (losses.r1_penalty(out_src[:b], x_real) if r1
-                   else losses.gradient_penalty(out_src[2 * b:3 * b], x_hat))
-        au_pred_real = out_cls[n_main * b:] if len(parts) > n_main else out_cls[:b]
-        loss, record = losses.critic_loss(out_src[:b], out_src[b:2 * b], au_pred_real, aus_org, reg,
+        explicit = not r1 and cfg.lambda_au_jac == 0 and explicit_gp_on(cfg, self.device)
+        p = self.critic_pass(critic_view(x_real, cfg, gen), critic_view(x_fake, cfg, gen), gen, r1, explicit,
+                             extra=lambda: self.au_head_views(x_real.detach(), aus_org, gen))
+        au_pred_real = (p.extra[0] if p.extra else p.real)[1]
+        loss, record = losses.critic_loss(p.real[0], p.fake[0], au_pred_real, aus_org, p.reg,
                                           cfg.lambda_r1 if r1 else cfg.lambda_gp, critic_au_weight(cfg), adv_loss(cfg))
-        if cfg.lambda_au_jac > 0:   # at the interpolates, where the generator's images live
-            jac = losses.au_jacobian_penalty(out_cls[:b] if r1 else out_cls[2 * b:3 * b], x_hat, gen)
+        if cfg.lambda_au_jac > 0:   # at the interpolates (R1: the real images), where the generator's images live
+            jac = losses.au_jacobian_penalty((p.real if r1 else p.interpolates)[1], p.reg_at, gen)
             loss = loss + cfg.lambda_au_jac * jac
             record['D/au_jac'] = jac.detach()
             record['D/loss'] = loss.detach().float()      # with the Jacobian penalty
         self.apply_step(loss, self.d_optim, record)
         return record
+
+    def critic_pass(self, x_real, x_fake, gen, r1, explicit, extra=None):
+        """One critic pass over real and fake images, with what the regulariser needs: R1 takes the
+        gradient at the real images (they take part with requires_grad), WGAN-GP at real-fake
+        interpolates, which take part in the pass (for a double backward) unless the penalty is written
+        out (`explicit`, --explicit_gp). `extra()`: more images for the same pass, drawn after the
+        interpolates. Returns a CriticPass: (scores, labels, codes) of each part, the penalty and the
+        images it was taken at. Shared by both models."""
+        b = x_real.shape[0]
+        with self.autocast():
+            if r1:
+                x_real = x_real.detach().requires_grad_(True)
+                reg_at, parts = x_real, [x_real, x_fake]
+            else:
+                reg_at = interpolate(x_real, x_fake, gen)
+                parts = [x_real, x_fake] + ([] if explicit else [reg_at])
+            n_main = len(parts)
+            parts += extra() if extra else []
+            heads = self.D(torch.cat(parts))
+            if explicit:
+                reg = self.written_out_gradient_penalty(reg_at)
+        outs = list(zip(*(h.split(b) if h is not None else [None] * len(parts) for h in heads)))
+        if not explicit:
+            reg = (losses.r1_penalty(outs[0][0], x_real) if r1
+                   else losses.gradient_penalty(outs[2][0], reg_at))
+        return CriticPass(outs[0], outs[1], outs[2] if n_main == 3 else None, outs[n_main:], reg, reg_at)
+
+    def au_head_views(self, x_real, aus_org, gen):
+        """What the critic's AU head learns on, when not the real images its realism head reads: its own
+        view of them (--au_noise, --au_blur; see au_view), adversarially moved ones (--au_adv_eps), or
+        with --d_augment the unshifted ones (see critic_view)."""
+        cfg = self.cfg
+        if au_view_on(cfg):
+            return [au_view(x_real, cfg, gen)]
+        if cfg.au_adv_eps > 0:
+            return [self.adversarial_au_view(x_real, aus_org, gen)]
+        return [x_real] if augmented(cfg) else []
 
     def adversarial_au_view(self, x_real, aus_real, gen):
         """`x_real` moved within an L-inf ball of radius --au_adv_eps towards a larger error of the
@@ -680,65 +638,6 @@ class Solver:
         return path
 
 
-class RecordWindow:
-    """Running sums of the loss records (dicts of 0-dim tensors) on the device. add() costs no
-    host-device sync; means() and nonfinite_parts() read everything in one transfer each."""
-
-    def __init__(self):
-        self.sums = {}   # the record's keys -> (sums of the finite values, counts of finite values)
-        self.bad = {}    # the record's keys -> counts of non-finite values since nonfinite_parts()
-
-    def add(self, record):
-        keys = tuple(record)
-        values = torch.stack([record[k] for k in keys])
-        finite = torch.isfinite(values)
-        s, n = self.sums.get(keys, (0.0, 0.0))
-        self.sums[keys] = (s + torch.where(finite, values, 0.0), n + finite.float())
-        self.bad[keys] = self.bad.get(keys, 0.0) + (~finite).float()
-
-    def means(self):
-        """{key: mean of its finite values} since the last call; keys without one are left out."""
-        flat = torch.cat([torch.cat(sn) for sn in self.sums.values()]).tolist() if self.sums else []
-        totals, i = {}, 0
-        for keys in self.sums:
-            for j, k in enumerate(keys):
-                s, n = totals.get(k, (0.0, 0.0))
-                totals[k] = (s + flat[i + j], n + flat[i + len(keys) + j])
-            i += 2 * len(keys)
-        self.sums = {}
-        return {k: s / n for k, (s, n) in totals.items() if n}
-
-    def nonfinite_parts(self):
-        """Sorted names of the parts that were not finite at least once since the last call."""
-        flat = torch.cat(list(self.bad.values())).tolist() if self.bad else []
-        names = [k for k, b in zip((k for keys in self.bad for k in keys), flat) if b]
-        self.bad = {}
-        return sorted(set(names))
-
-
-class NoWriter:
-    """The TensorBoard writer of ranks other than 0: writes nothing."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kw: None
-
-
-class TrainingStopped(RuntimeError):
-    """Training ended early on purpose; `exit_code` is what the process returns."""
-
-    def __init__(self, message, exit_code):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class TrainingInterrupted(TrainingStopped):
-    """SIGINT or SIGTERM: a checkpoint was saved first."""
-
-
-class NonFiniteTraining(TrainingStopped):
-    """Too many non-finite steps in a row."""
-
-
 class StopSignals:
     """While active, SIGINT and SIGTERM only set `signum`; the training loop finishes the
     iteration, saves a checkpoint and stops. A second signal stops at once."""
@@ -836,11 +735,7 @@ def check_compatible(ckpt, cfg, label_names, path):
         problems.append(f'conditions (--aus / c_dim): checkpoint {" ".join(ckpt["label_names"])}, '
                         f'now {" ".join(label_names)}')
     if problems:
-        raise ValueError(f'{path} was made for another configuration:\n  ' + '\n  '.join(problems))
-
-
-def config_dict(cfg):
-    return {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool, type(None), list))}
+        raise CheckpointError(f'{path} was made for another configuration:\n  ' + '\n  '.join(problems))
 
 
 EMOTION_TARGETS = ['happy', 'surprise', 'sad', 'disgust', 'anger', 'fear']
@@ -873,38 +768,20 @@ def render_target(identity, target01, label_names, size):
     return sf.render(identity, aus, size)
 
 
-def write_config(cfg, path):
-    """config.json, and one line per start in runs.jsonl beside it: the command line,
-    git commit and package versions, so every run can be traced and repeated."""
-    with open(path, 'w') as f:
-        json.dump(config_dict(cfg), f, indent=1, sort_keys=True)
-    with open(os.path.join(os.path.dirname(path), 'runs.jsonl'), 'a') as f:
-        f.write(json.dumps(run_record(getattr(cfg, 'argv', sys.argv[1:]))) + '\n')
-
-
-def run_record(argv):
-    """When and where a run started, from which command (`argv`: its flags) and code."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    versions = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
-    for name in ('PIL', 'tensorboard', 'cv2'):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            versions[name] = getattr(mod, '__version__', '?')
-    return {'time': time.strftime('%Y-%m-%d %H:%M:%S'), 'argv': [sys.argv[0]] + list(argv), 'cwd': os.getcwd(),
-            'git': git_commit(here), 'packages': versions, 'host': platform.node(),
-            'platform': platform.platform(), 'cuda': torch.version.cuda,
-            'device': torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()}
-
-
-def git_commit(folder):
-    """'<sha>' or '<sha>-dirty' of the code's checkout; None outside git."""
-    try:
-        sha = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        if not sha:
-            return None
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=folder,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ('-dirty' if dirty else '')
-    except (OSError, subprocess.SubprocessError):
-        return None
+def train(cfg, solver_class=Solver, probe=None):
+    """Train the model of `solver_class` (Solver: GANimation; ganmut.solver.GANmutSolver) on the data its
+    `datasets` finds. `probe(cfg, solver, pairs)`: what scores the model every --eval_step (evaluation's
+    TrainingProbe, handed in by main.py, which chooses between the models)."""
+    with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
+        what, train_set, sample_set = solver_class.datasets(cfg)
+    solver = solver_class(cfg, train_set, sample_set)
+    if cfg.eval_step and solver.is_main and probe is not None:
+        solver.eval_hook = probe(cfg, solver, cfg.eval_step_pairs)
+    solver.describe(what)
+    if solver.is_main:
+        write_config(cfg)
+    t0 = time.time()
+    solver.train()
+    print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
+          f'samples in {solver.dirs["samples"]}')
+    return solver

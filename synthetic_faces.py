@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from utils.errors import UserError
+
 AU_NAMES = ['AU01', 'AU02', 'AU04', 'AU05', 'AU06', 'AU07', 'AU09', 'AU10', 'AU12',
             'AU14', 'AU15', 'AU17', 'AU20', 'AU23', 'AU25', 'AU26', 'AU45']
 AU_MEANINGS = ['inner brow raiser', 'outer brow raiser', 'brow lowerer', 'upper lid raiser',
@@ -552,7 +554,7 @@ def ensure_dataset(root: str, num_images: int, image_size: int):
     try:
         write_dataset(root, num_images, image_size, seed=0)
     except (FileExistsError, NotADirectoryError) as e:
-        raise SystemExit(f'error: {e}') from None
+        raise UserError(str(e)) from None
 
 
 def _install(staging: str, out: str, num_images: int, image_size: int, seed: int):

@@ -10,8 +10,8 @@
   sequences for test mode (`OUT/sequences/<video>.txt`);
 - `run_openface`: run the OpenFace binaries with the seed's command, when installed.
 """
-from .openface_csv import AU_NAMES, OpenFaceTable, aligned_image, read_openface_csv, sequence_from_csv
 from .convert import convert
+from .openface_csv import AU_NAMES, OpenFaceTable, aligned_image, read_openface_csv, sequence_from_csv
 from .run_openface import OpenFaceMissing, find_binary, image_command, run_openface, video_command
 
 __all__ = ['AU_NAMES', 'OpenFaceTable', 'aligned_image', 'read_openface_csv', 'sequence_from_csv', 'convert',

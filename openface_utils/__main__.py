@@ -32,8 +32,8 @@ def build_parser():
 
 
 def main(argv=None):
-    from data_loader import DataError
-    from openface_utils import OpenFaceMissing, convert, run_openface
+    from openface_utils import convert, run_openface
+    from utils.errors import UserError
     a = build_parser().parse_args(argv)
     try:
         if a.images or a.videos or a.print_commands:
@@ -41,7 +41,7 @@ def main(argv=None):
             if a.print_commands:
                 return 0
         report = convert(a.openface_dir, a.out_dir, a.min_confidence, a.test_fraction, a.seed)
-    except (DataError, OpenFaceMissing, FileNotFoundError, ValueError, RuntimeError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0 if report['images']['kept'] or report['sequences'] else 1

@@ -23,6 +23,7 @@ from collections import Counter
 import numpy as np
 
 from data_loader import DataError
+from utils.errors import FlagError
 
 from .openface_csv import IMAGE, MIN_CONFIDENCE, REASONS, aligned_dir, aligned_image, read_openface_csv
 
@@ -65,7 +66,7 @@ def convert(openface_dir, out_dir, min_confidence=MIN_CONFIDENCE, test_fraction=
     if not os.path.isdir(openface_dir):
         raise DataError(openface_dir, 'no such folder (give the -out_dir that OpenFace wrote to)')
     if not 0 <= test_fraction < 1:
-        raise ValueError(f'--test_fraction {test_fraction:g}: use a value in [0, 1)')
+        raise FlagError(f'--test_fraction {test_fraction:g}: use a value in [0, 1)')
     csvs = find_csvs(openface_dir, skip=[out_dir])
     if not csvs:
         raise DataError(openface_dir, 'no OpenFace CSV found (FaceLandmarkImg and FeatureExtraction write '

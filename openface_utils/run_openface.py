@@ -16,6 +16,8 @@ import shlex
 import shutil
 import subprocess
 
+from utils.errors import MissingInput, UserError
+
 ALIGN_ARGS = ['-simalign', '-nobadaligned', '-simsize', '128', '-format_aligned', 'jpg', '-nomask']
 IMAGE_ARGS = ['-aus', '-simalign', '-au_static', '-nobadaligned', '-simsize', '128', '-format_aligned', 'jpg',
               '-nomask']
@@ -30,7 +32,7 @@ INSTALL_HELP = (
     'with --openface_dir.')
 
 
-class OpenFaceMissing(RuntimeError):
+class OpenFaceMissing(UserError):
     pass
 
 
@@ -73,11 +75,11 @@ def run_openface(out_dir, images=None, videos=(), openface_bin=None, dry_run=Fal
     jobs = []
     if images:
         if not os.path.isdir(images):
-            raise FileNotFoundError(f'--images {images}: no such folder')
+            raise MissingInput(f'--images {images}: no such folder')
         jobs.append(('FaceLandmarkImg', lambda b: image_command(b, images, out_dir)))
     for v in videos or ():
         if not os.path.isfile(v):
-            raise FileNotFoundError(f'--videos {v}: no such file')
+            raise MissingInput(f'--videos {v}: no such file')
         jobs.append(('FeatureExtraction', lambda b, v=v: video_command(b, v, out_dir)))
     commands = []
     for name, make in jobs:
@@ -96,6 +98,6 @@ def run_openface(out_dir, images=None, videos=(), openface_bin=None, dry_run=Fal
         if not dry_run:
             done = subprocess.run(cmd)
             if done.returncode != 0:
-                raise RuntimeError(f'{os.path.basename(cmd[0])} failed with exit code {done.returncode}: '
+                raise UserError(f'{os.path.basename(cmd[0])} failed with exit code {done.returncode}: '
                                    f'{shlex.join(cmd)}')
     return commands

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
+from tiny import TINY_MODEL
 
-import bench
 import data_loader as dl
 import main
-import solver
+from evaluation import bench
 from model import Discriminator, Generator
 from solver import Solver
-from tiny import TINY_MODEL
+from utils import records, runtime
 
 TINY = TINY_MODEL + ['--synthetic_images', '48']
 
@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
     synth = str(tmp_path_factory.mktemp('synthetic'))
     cfg = main.build_parser().parse_args(['--dataset', 'synthetic', '--synthetic_dir', synth,
                                           '--num_iters', '2', '--num_iters_decay', '0'] + TINY)
-    dl.resolve_au_data(cfg)
+    dl.resolve_data(cfg, 'au')
     return cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'train')
 
 
@@ -109,12 +109,12 @@ def test_compile_auto_rule_and_the_compiled_generator(tiny):
     cfg, train_set = tiny
     cpu = torch.device('cpu')
     has_cxx = shutil.which(os.environ.get('CXX') or 'g++') is not None
-    for num_iters, expected in ((10, False), (solver.COMPILE_MIN_ITERS_CPU, has_cxx)):
+    for num_iters, expected in ((10, False), (runtime.COMPILE_MIN_ITERS_CPU, has_cxx)):
         run = copy.copy(cfg)
         run.compile, run.num_iters = 'auto', num_iters
-        assert solver.compile_on(run, cpu) is expected
-    run.num_iters, run.planned_iters = 10, solver.COMPILE_MIN_ITERS_CPU   # bench: the length of the run it stands for
-    assert solver.compile_on(run, cpu) is has_cxx
+        assert runtime.compile_on(run, cpu) is expected
+    run.num_iters, run.planned_iters = 10, runtime.COMPILE_MIN_ITERS_CPU   # bench: the length of the run it stands for
+    assert runtime.compile_on(run, cpu) is has_cxx
     # the compiled generator computes the same function and the same gradients (fp32)
     run = bench.plain_config(cfg)
     run.compile = 'true'
@@ -139,10 +139,10 @@ def test_compile_auto_rule_and_the_compiled_generator(tiny):
 def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path, flags, expected):
     cpuinfo = tmp_path / 'cpuinfo'
     cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
-    monkeypatch.setattr(solver, 'CPUINFO', str(cpuinfo))
+    monkeypatch.setattr(runtime, 'CPUINFO', str(cpuinfo))
     cpu = torch.device('cpu')
-    assert solver.resolve_amp('auto', cpu) == expected
-    assert solver.resolve_amp('off', cpu) is None and solver.resolve_amp('bf16', cpu) == torch.bfloat16
+    assert runtime.resolve_amp('auto', cpu) == expected
+    assert runtime.resolve_amp('off', cpu) is None and runtime.resolve_amp('bf16', cpu) == torch.bfloat16
 
 
 def test_a_training_step_keeps_its_figures_on_the_device(tiny):
@@ -164,7 +164,7 @@ def test_training_steps_make_no_host_device_sync_on_a_gpu(tiny):
     gpu = copy.copy(cfg)
     gpu.device = 'cuda'
     s = Solver(gpu, train_set)
-    window, batches = solver.RecordWindow(), s.batches(0)
+    window, batches = records.RecordWindow(), s.batches(0)
     for it in range(2):      # warm-up: cuDNN's algorithm search, the optimisers' first steps
         s.track_skips(s.train_step(it, *next(batches)))
     torch.cuda.synchronize()

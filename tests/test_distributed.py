@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-import checkpoint
 import data_loader as dl
 import main
 import synthetic_faces as sf
+from utils import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--image_size', '32', '--g_conv_dim', '8', '--d_conv_dim', '8', '--g_repeat_num', '1', '--d_repeat_num', '3',
@@ -60,7 +60,9 @@ def torchrun_on_rank1_at_critic_step(tmp_path, step, action, argv):
     script = tmp_path / 'on_rank1.py'
     script.write_text(f'''import os, signal, sys
 sys.path.insert(0, {ROOT!r})
-import distributed, losses, main
+import losses, main
+from utils import distributed
+from utils.errors import FlagError
 real, calls = losses.critic_loss, []
 def critic_loss(*a, **k):
     calls.append(1)
@@ -116,7 +118,7 @@ def test_two_ranks_match_one_process_and_resume(synth, tmp_path):
 
 
 def test_an_error_on_one_rank_stops_all_with_its_message(synth, tmp_path):
-    proc = torchrun_on_rank1_at_critic_step(tmp_path, 3, "raise ValueError('--simulated: bad thing on rank 1')",
+    proc = torchrun_on_rank1_at_critic_step(tmp_path, 3, "raise FlagError('--simulated: bad thing on rank 1')",
                                             args(synth, tmp_path / 'f', 2, '--num_iters', '1000'))
     assert proc.returncode != 0
     assert 'error (rank 1): --simulated: bad thing on rank 1' in proc.stderr    # the rank's own message

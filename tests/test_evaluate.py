@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from tiny import TINY_MODEL, quick_reader
 
 import data_loader as dl
-import evaluate as ev
 import main
 import model
 import synthetic_faces as sf
-from tiny import TINY_MODEL, quick_reader
-
+from evaluation import au_scores, metrics
+from evaluation import reader as readers
 
 # --------------------------------------------------------------------------- metrics
 
@@ -26,20 +26,20 @@ def test_ssim_of_constant_images_matches_formula():
     x = torch.full((1, 3, 16, 16), a)
     y = torch.full((1, 3, 16, 16), b)
     c1 = (0.01 * 2) ** 2
-    assert ev.ssim(x, y).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
+    assert metrics.ssim(x, y).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
 
 
 def test_ssim_identity_and_noise():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
-    assert torch.allclose(ev.ssim(x, x), torch.ones(2), atol=1e-6)
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(2), atol=1e-6)
     noisy = (x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    s = ev.ssim(x, noisy)
+    s = metrics.ssim(x, noisy)
     assert (s < 0.9).all() and (s > 0).all()
 
 
 def test_ssim_of_one_window_matches_weighted_statistics():
-    w = ev.gaussian_window()
+    w = metrics.gaussian_window()
     assert w.shape == (11, 11) and w.sum().item() == pytest.approx(1.0, abs=1e-6)
     assert w[5, 5] == w.max() and torch.allclose(w, w.T)
     r = np.arange(11) - 5.0
@@ -52,16 +52,16 @@ def test_ssim_of_one_window_matches_weighted_statistics():
     cxy = (wn * x * y).sum() - mx * my
     c1, c2 = 0.02 ** 2, 0.06 ** 2
     expect = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    got = ev.ssim(torch.tensor(x).view(1, 1, 11, 11), torch.tensor(y).view(1, 1, 11, 11))
+    got = metrics.ssim(torch.tensor(x).view(1, 1, 11, 11), torch.tensor(y).view(1, 1, 11, 11))
     assert got.shape == (1,) and got.item() == pytest.approx(expect, rel=1e-5)   # one valid window
 
 
 def test_psnr_and_l1_values():
     x = torch.zeros(1, 3, 8, 8)
     y = torch.full((1, 3, 8, 8), 0.2)         # MSE 0.04 with range 2: 10 log10(4 / 0.04) = 20 dB
-    assert ev.psnr(x, y).item() == pytest.approx(20.0, abs=1e-4)
-    assert ev.l1(x, y).item() == pytest.approx(0.2)
-    assert ev.psnr(x, x).item() == pytest.approx(100.0, abs=1e-3)
+    assert metrics.psnr(x, y).item() == pytest.approx(20.0, abs=1e-4)
+    assert metrics.l1(x, y).item() == pytest.approx(0.2)
+    assert metrics.psnr(x, x).item() == pytest.approx(100.0, abs=1e-3)
 
 
 # --------------------------------------------------------------------------- pairs and scores
@@ -75,7 +75,7 @@ def synth(tmp_path_factory):
 
 def test_pairs_use_held_out_faces_and_true_renderings(synth):
     names = list(sf.AU_NAMES)
-    pairs = ev.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', names, 32, num_pairs=20, seed=1)
+    pairs = au_scores.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', names, 32, num_pairs=20, seed=1)
     meta = sf.read_meta(synth)
     assert pairs.split == 'test' and len(pairs) == 20
     assert all(meta[f][1] == 'test' for f in pairs.files)
@@ -86,12 +86,12 @@ def test_pairs_use_held_out_faces_and_true_renderings(synth):
     own = sf.render(sf.sample_identity(meta[pairs.files[i]][0]), pairs.aus_src[i].numpy() * 5, 32)
     assert np.array_equal(((pairs.x_src[i].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy(), own)
     # same seed, same pairs
-    again = ev.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', names, 32, num_pairs=20, seed=1)
+    again = au_scores.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', names, 32, num_pairs=20, seed=1)
     assert np.array_equal(again.src, pairs.src) and torch.equal(again.aus_trg, pairs.aus_trg)
 
 
 def test_pairs_with_an_au_subset_keep_the_other_aus(synth):
-    pairs = ev.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', ['AU12', 'AU25'], 32, num_pairs=30, seed=0)
+    pairs = au_scores.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', ['AU12', 'AU25'], 32, num_pairs=30, seed=0)
     others = [i for i in range(17) if i not in pairs.cols]
     assert pairs.cond_trg.shape == (30, 2)
     assert torch.equal(pairs.aus_trg[:, others], pairs.aus_src[:, others])
@@ -121,13 +121,13 @@ class OracleG(nn.Module):
 
 
 def test_scores_of_copy_and_oracle_generators(synth):
-    pairs = ev.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', list(sf.AU_NAMES), 32, num_pairs=16, seed=2)
+    pairs = au_scores.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', list(sf.AU_NAMES), 32, num_pairs=16, seed=2)
     dev = torch.device('cpu')
-    res, _, _ = ev.score(CopyG(), pairs, None, dev)
+    res, _, _ = au_scores.score(CopyG(), pairs, None, dev)
     assert res['edit_error_reduction'] == pytest.approx(0.0, abs=1e-7)
     assert res['model']['l1'] == pytest.approx(res['baseline']['l1']) and res['baseline']['l1'] > 0
     assert res['attn_mean'] == 1.0 and res['model']['rec_l1'] == 0.0
-    res, _, _ = ev.score(OracleG(pairs), pairs, None, dev)
+    res, _, _ = au_scores.score(OracleG(pairs), pairs, None, dev)
     assert res['edit_error_reduction'] == pytest.approx(1.0)
     assert res['model']['ssim'] == pytest.approx(1.0, abs=1e-6) and res['model']['psnr'] > 99
     assert res['baseline']['ssim'] < 1.0
@@ -135,26 +135,26 @@ def test_scores_of_copy_and_oracle_generators(synth):
 
 def test_reader_is_cached_and_keyed_by_the_labels(synth, tmp_path, monkeypatch):
     train = dl.au_dataset(f'{synth}/images', f'{synth}/aus.txt', 32, 'train')
-    path = ev.reader_path(train)
-    reader = ev.load_or_fit_reader(train, torch.device('cpu'), log=None, iters=30, batch_size=16)
+    path = readers.reader_path(train)
+    reader = readers.load_or_fit_reader(train, torch.device('cpu'), log=None, iters=30, batch_size=16)
     assert os.path.exists(path)
 
     def no_second_fit(*args, **kw):
         raise AssertionError('the cached reader was fitted again')
-    monkeypatch.setattr(ev, 'fit_reader', no_second_fit)
-    again = ev.load_or_fit_reader(train, torch.device('cpu'), log=None, iters=30, batch_size=16)
+    monkeypatch.setattr(readers, 'fit_reader', no_second_fit)
+    again = readers.load_or_fit_reader(train, torch.device('cpu'), log=None, iters=30, batch_size=16)
     for a, b in zip(reader.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     train.labels = train.labels.clone()
     train.labels[0, 0] = 1 - train.labels[0, 0]
-    assert ev.reader_path(train) != path
+    assert readers.reader_path(train) != path
 
 
 def test_reader_learns_the_aus(synth):
     # a short fit already reads the AUs much better than a constant guess
     train = dl.au_dataset(f'{synth}/images', f'{synth}/aus.txt', 32, 'train')
-    reader = ev.fit_reader(train, torch.device('cpu'), iters=250, batch_size=32, log=None)
-    pred = ev.read(reader, dl.to_tensor(np.stack([train.load_uint8(i) for i in range(len(train))])))
+    reader = readers.fit_reader(train, torch.device('cpu'), iters=250, batch_size=32, log=None)
+    pred = readers.read(reader, dl.to_tensor(np.stack([train.load_uint8(i) for i in range(len(train))])))
     err = (pred - train.labels).abs().mean().item()
     const = (train.labels - train.labels.mean(0)).abs().mean().item()
     assert err < 0.6 * const
@@ -194,17 +194,18 @@ def test_relative_generator_is_also_scored_on_the_critics_reading(tmp_path, monk
     assert main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', str(synth), '--outputs_dir',
                       str(out), '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
                       '--g_condition', 'relative'] + TINY) == 0
-    G, D, _, names, _ = model.load_models(str(out / 'models'), torch.device('cpu'))
-    pairs = ev.EvalPairs(str(synth / 'images'), str(synth / 'aus.txt'), names, 32, 16)
+    trained = model.Trained.newest(str(out / 'models'))
+    (G, D), names = trained.networks(torch.device('cpu')), trained.label_names
+    pairs = au_scores.EvalPairs(str(synth / 'images'), str(synth / 'aus.txt'), names, 32, 16)
     cpu = torch.device('cpu')
-    res, y, _ = ev.score(G, pairs, None, cpu, None, D)
-    assert res['model']['l1'] == pytest.approx(ev.l1(ev.run_generator(G, pairs, cpu)[0], pairs.truth).mean().item())
-    y_read = ev.run_generator(G, pairs, cpu, cond_src=ev.critic_reading(D, pairs.x_src, cpu))[0]
+    res, y, _ = au_scores.score(G, pairs, None, cpu, None, D)
+    assert res['model']['l1'] == pytest.approx(metrics.l1(au_scores.run_generator(G, pairs, cpu)[0], pairs.truth).mean().item())
+    y_read = au_scores.run_generator(G, pairs, cpu, cond_src=au_scores.critic_reading(D, pairs.x_src, cpu))[0]
     read = res['source_read_by_critic']
-    assert read['l1'] == pytest.approx(ev.l1(y_read, pairs.truth).mean().item())
+    assert read['l1'] == pytest.approx(metrics.l1(y_read, pairs.truth).mean().item())
     assert read['l1'] != pytest.approx(res['model']['l1'])             # an untrained critic misreads the AUs
     assert read['edit_error_reduction'] == pytest.approx(1 - read['l1'] / res['baseline']['l1'])
-    assert 'source_read_by_critic' not in ev.score(G, pairs, None, cpu)[0]
-    monkeypatch.setattr(ev, 'critic_reading', lambda D, x, device: pairs.cond_src)   # a critic that reads the labels
-    same = ev.score(G, pairs, None, cpu, None, D)[0]
+    assert 'source_read_by_critic' not in au_scores.score(G, pairs, None, cpu)[0]
+    monkeypatch.setattr(au_scores, 'critic_reading', lambda D, x, device: pairs.cond_src)   # a critic that reads the labels
+    same = au_scores.score(G, pairs, None, cpu, None, D)[0]
     assert same['source_read_by_critic']['l1'] == pytest.approx(same['model']['l1'])

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_MODEL, assert_resumed, quick_reader
 
-import checkpoint
 import data_loader as dl
-import ganmut
-import ganmut_animate
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL, assert_resumed, quick_reader
+from ganmut import edit as ganmut_animate
+from ganmut import space as ganmut
+from utils import checkpoint
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '64', '--num_iters_decay', '2',
                      '--eval_pairs', '14', '--eval_step_pairs', '7']

@@ -6,13 +6,13 @@ Also checked here: the AU weight's ramp per iteration, --target_noise on the tar
 gets, GANmut's --n_r random codes, and the virtual cycle inside the solver."""
 import pytest
 import torch
+from tiny import TINY_MODEL, tiny_solver
 
 import data_loader as dl
-import ganmut
 import main
 import model
 import synthetic_faces as sf
-from tiny import TINY_MODEL, tiny_solver
+from ganmut import space as ganmut
 
 
 @pytest.fixture(scope='module')

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from tiny import tiny_solver
 
 import losses
 from solver import Solver, random_flip, sample_targets
-from tiny import tiny_solver
 
 
 def test_tv_loss_by_hand():
@@ -113,6 +113,7 @@ def test_lr_decay_window_longer_than_the_run_covers_the_whole_run():
 
 def test_critic_au_weight_defaults_to_lambda_cls():
     from types import SimpleNamespace
+
     from solver import critic_au_weight
     assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=-1.0)) == 160.0
     assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=10.0)) == 10.0
@@ -172,6 +173,7 @@ def test_au_jacobian_penalty_of_a_linear_head_equals_the_hand_value():
 
 def test_generator_au_weight_ramps_linearly_to_lambda_cls_end():
     from types import SimpleNamespace
+
     from solver import generator_au_weight
     cfg = SimpleNamespace(lambda_cls=160.0, lambda_cls_end=20.0, num_iters=101)
     assert generator_au_weight(cfg, 0) == 160.0 and generator_au_weight(cfg, 100) == 20.0
@@ -181,6 +183,7 @@ def test_generator_au_weight_ramps_linearly_to_lambda_cls_end():
 
 def test_generator_weight_average_follows_with_a_ramped_decay():
     from types import SimpleNamespace
+
     from solver import make_ema, update_ema
     G = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.InstanceNorm2d(1, affine=True))
     assert make_ema(G, SimpleNamespace(g_ema_beta=0.0)) is None
@@ -200,6 +203,7 @@ def test_generator_weight_average_follows_with_a_ramped_decay():
 
 def test_au_view_blurs_away_a_checkerboard_and_keeps_shapes():
     from types import SimpleNamespace
+
     from solver import au_view, au_view_on, gaussian_blur
     checker = (torch.arange(16).view(1, -1) + torch.arange(16).view(-1, 1)) % 2 * 2.0 - 1   # period 2, +-1
     x = checker.expand(1, 3, 16, 16).clone()

@@ -6,11 +6,13 @@ import shutil
 
 import pytest
 from PIL import Image
+from tiny import TINY_MODEL, quick_reader
 
 import data_loader as dl
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL, quick_reader
+from utils.errors import FlagError
+
 
 @pytest.fixture(scope='module')
 def synth(tmp_path_factory):
@@ -53,7 +55,7 @@ def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags
 
 def resolve(*argv):
     cfg = main.build_parser().parse_args(list(argv))
-    what = dl.resolve_au_data(cfg)
+    what = dl.resolve_data(cfg, 'au')
     return cfg, what
 
 
@@ -104,7 +106,7 @@ def test_dataset_folder_is_searched_for_images_and_labels(tmp_path, synth):
     assert cfg.dataset_kind == 'synthetic' and cfg.attr_path == str(synth / 'aus.txt')
     for name in ('my_labels.txt', 'z_other.txt', 'aus.txt'):
         os.remove(folder / name)
-    with pytest.raises(SystemExit, match='expected an images/'):
+    with pytest.raises(FlagError, match='expected an images/'):
         resolve('--dataset', str(folder))
-    with pytest.raises(SystemExit, match='no such folder'):
+    with pytest.raises(FlagError, match='no such folder'):
         resolve('--dataset', str(tmp_path / 'missing'))

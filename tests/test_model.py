@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import losses
-from model import Discriminator, Generator, SmallOutputConv2d, smooth_flow, use_matmul_for_small_convs, warp_image
+from model import Discriminator, Generator, smooth_flow, warp_image
+from utils.fast_conv import SmallOutputConv2d, use_matmul_for_small_convs
 
 
 @pytest.mark.parametrize('size, d_repeat', [(32, 5), (64, 5), (128, 6)])

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import TINY_MODEL
 
 import data_loader as dl
 import main
 import openface_utils as ou
 from openface_utils import __main__ as ou_cli
 from synthetic_faces import AU_NAMES
-from tiny import TINY_MODEL
 
 AU_R = [f'{a}_r' for a in AU_NAMES]
 AU_C = [f'{a}_c' for a in AU_NAMES[:-1]] + ['AU28_c', 'AU45_c']

@@ -1,4 +1,4 @@
-"""Photos that are not aligned crops (faces.py): framing, feathered paste-back that leaves
+"""Photos that are not aligned crops (editing/photos.py): framing, feathered paste-back that leaves
 everything outside the face region unchanged, --face_box, detection on a real photo
 (scikit-image's astronaut, with the optional extras), group photos, GANmut, and the
 animation helpers (--interpolate, --smooth, MP4)."""
@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import TINY_MODEL
 
-import animate
-import faces
 import main
 import synthetic_faces as sf
-from tiny import TINY_MODEL
+from editing import animate
+from editing import photos as faces
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48', '--num_iters', '2',
                      '--model_save_step', '2', '--sample_step', '100']

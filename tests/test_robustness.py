@@ -16,14 +16,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import TINY_MODEL
 
-import checkpoint
 import data_loader as dl
 import losses
 import main
 import solver
 import synthetic_faces as sf
-from tiny import TINY_MODEL
+from utils import checkpoint, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROW = ' '.join(['1.5'] * 17)
@@ -190,7 +190,7 @@ def test_skipped_step_leaves_weights_and_optimiser_alone(synth, tmp_path, fused_
     """The fused Adam skips on the device (found_inf); the others on the host: the same result."""
     from solver import Solver
     cfg = main.build_parser().parse_args(train_args(synth, tmp_path, '--num_iters', '2', '--fused_adam', fused_adam))
-    dl.resolve_au_data(cfg)
+    dl.resolve_data(cfg, 'au')
     solver = Solver(cfg, dl.au_dataset(cfg.image_dir, cfg.attr_path, 32, 'train'))
     params = list(solver.D.parameters())
 
@@ -211,7 +211,7 @@ def test_skipped_step_leaves_weights_and_optimiser_alone(synth, tmp_path, fused_
 
 
 def test_record_window_sums_on_the_device_and_leaves_out_non_finite_values():
-    from solver import RecordWindow
+    from utils.records import RecordWindow
     window = RecordWindow()
     t = torch.tensor
     window.add({'D/loss': t(1.0), 'D/gp': t(float('nan'))})
@@ -459,7 +459,7 @@ def test_resume_auto_starts_or_resumes(synth, tmp_path, capsys):
 
 
 def test_sample_and_eval_faces_pass_over_unreadable_images(synth, tmp_path):
-    import evaluate
+    from evaluation import au_scores as evaluate
     root = tmp_path / 'data'
     shutil.copytree(synth, root, ignore=shutil.ignore_patterns('.cache'))
     test_names = dl.read_id_list(str(root / 'test_ids.csv'))
@@ -485,7 +485,7 @@ def test_mask_warning_fires_for_a_copying_mask_not_for_local_edits(capsys):
     assert solver.mask_extreme(0.982) is None          # the demo's working masks: local edits
     assert 'copies its input' in solver.mask_extreme(0.996)
     assert 'repaints the whole face' in solver.mask_extreme(0.004)
-    trainer = SimpleNamespace(writer=solver.NoWriter(), learning_rates=lambda it: (1e-4, 1e-4), mask_extreme_logs=0)
+    trainer = SimpleNamespace(writer=records.NoWriter(), learning_rates=lambda it: (1e-4, 1e-4), mask_extreme_logs=0)
     for means in [{'G/attn_mean': 0.982}] * 7 + [{'G/attn_mean': 0.996}] * 7:
         solver.Solver.log(trainer, 10, means)
     out = capsys.readouterr().out

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import synthetic_faces as sf
+from utils.errors import UserError
 
 
 def _aus(**kw):
@@ -171,7 +172,7 @@ def test_a_folder_holding_other_files_is_refused_and_left_alone(tmp_path, foreig
         sf.write_dataset(str(out), 6, 32, seed=1, verbose=False)
     assert (out / foreign).read_text() == 'my file' and not (out / 'aus.txt').exists()
     assert _leftovers(tmp_path) == []
-    with pytest.raises(SystemExit, match='error: .*did not write'):     # main.py's --synthetic_dir
+    with pytest.raises(UserError, match='mine.*did not write'):          # main.py's --synthetic_dir
         sf.ensure_dataset(str(out), 6, 32)
     with pytest.raises(SystemExit):                                     # the command line
         sf.main(['--out', str(out), '--num_images', '6', '--image_size', '32'])

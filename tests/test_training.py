@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY_MODEL, assert_resumed
 
-import animate
-import checkpoint
 import data_loader as dl
 import main
 import model
-from tiny import TINY_MODEL, assert_resumed
+from editing import animate
+from utils import checkpoint
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48']
 
@@ -84,7 +84,7 @@ def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys
 def test_network_options_are_rebuilt_from_the_checkpoint(synth_dir, tmp_path, capsys, flag, value, seed_value, built):
     out = run(synth_dir, tmp_path / 'opt', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100',
               flag, value)
-    G, D = model.load_models(str(out / 'models'), torch.device('cpu'))[:2]
+    G, D = model.Trained.newest(str(out / 'models')).networks(torch.device('cpu'))
     assert built(G, D)   # test mode and eval build the heads the run trained
     rc = main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir,
                     '--outputs_dir', str(out), '--resume_iters', 'latest', '--num_iters', '4'] + TINY)
@@ -172,8 +172,9 @@ def test_target_aus_edit(trained, tmp_path, monkeypatch):
     rc = main.main(['--mode', 'test', '--test_models_dir', str(models), '--test_num_faces', '2',
                     '--target_aus', 'AU12=4,AU25=2', '--test_results_dir', str(results)])
     assert rc == 0
-    _, D, ckpt_cfg, names, _ = model.load_models(str(models), torch.device('cpu'))
-    faces = animate._faces(main.build_parser().parse_args(['--test_num_faces', '2']), ckpt_cfg, 32)
+    trained = model.Trained.newest(str(models))
+    (_, D), ckpt_cfg, names = trained.networks(torch.device('cpu')), trained.config, trained.label_names
+    faces = animate.faces_to_edit(main.build_parser().parse_args(['--test_num_faces', '2']), ckpt_cfg, 32)
     x = torch.from_numpy(np.stack([f for _, f in faces])).permute(0, 3, 1, 2).float() / 127.5 - 1
     read = model.critic_reading(D, x, 'cpu')
     others = [i for i, n in enumerate(names) if n not in ('AU12', 'AU25')]
@@ -209,7 +210,7 @@ def test_weight_average_is_saved_and_used_by_test_mode(synth_dir, tmp_path):
     ck = checkpoint.load(checkpoint.list_checkpoints(str(out / 'models'))[-1][1])
     assert set(ck['G_ema']) == set(ck['G'])
     assert any(not torch.equal(ck['G_ema'][k], ck['G'][k]) for k in ck['G'])   # an average, not a copy
-    G, _, _, _, _ = model.load_models(str(out / 'models'), torch.device('cpu'))
+    G, _ = model.Trained.newest(str(out / 'models')).networks(torch.device('cpu'))
     assert all(torch.equal(v, ck['G_ema'][k]) for k, v in G.state_dict().items())
     # resume restores the average too
     assert main.main(['--mode', 'train', '--dataset', 'synthetic', '--synthetic_dir', synth_dir, '--outputs_dir',
@@ -248,8 +249,9 @@ def test_relative_condition_gets_the_source_aus_in_training_and_test_mode(synth_
     res = tmp_path / 'res'
     assert main.main(['--mode', 'test', '--outputs_dir', str(out), '--test_num_faces', '2',
                       '--test_results_dir', str(res), '--target_aus', 'AU12=5']) == 0
-    _, D, ckpt_cfg, names, _ = model.load_models(str(out / 'models'), torch.device('cpu'))
-    faces = animate._faces(main.build_parser().parse_args(['--test_num_faces', '2']), ckpt_cfg, 32)
+    trained = model.Trained.newest(str(out / 'models'))
+    (_, D), ckpt_cfg, names = trained.networks(torch.device('cpu')), trained.config, trained.label_names
+    faces = animate.faces_to_edit(main.build_parser().parse_args(['--test_num_faces', '2']), ckpt_cfg, 32)
     x = torch.from_numpy(np.stack([f for _, f in faces])).permute(0, 3, 1, 2).float() / 127.5 - 1
     read = model.critic_reading(D, x, 'cpu')
     assert len(calls) == 2 and all(c_src is not None for _, c_src in calls)

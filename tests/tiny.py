@@ -32,7 +32,7 @@ def tiny_solver(tmp_path, *flags):
 def quick_reader(monkeypatch):
     """The evaluation's separate reader fitted in 20 iterations instead of minutes (for tests that run
     eval or the training probes end to end)."""
-    import evaluate as ev
+    from evaluation import reader as ev
     real = ev.fit_reader
 
     def fit(train_set, device, amp_dtype=None, log=print, **kw):

@@ -9,7 +9,7 @@ Frames go through the generator in batches. Without test flags the held-out
 synthetic faces and a built-in AU sequence are used. The AU sequence is an AU table or
 an OpenFace video CSV; --interpolate adds frames between its rows, --smooth smooths the
 AU curves over time. Photos (--detect_faces true, --face_box) are cropped, edited and
-pasted back by faces.py.
+pasted back by editing/photos.py.
 """
 import os
 
@@ -17,11 +17,14 @@ import numpy as np
 import torch
 
 import data_loader as dl
-import faces as face_crops
 import synthetic_faces as sf
-import visualize as vis
-from model import critic_reading, load_models
-from solver import images_to_float, mode_folder, resolve_amp, resolve_device
+from editing import photos as face_crops
+from model import critic_reading
+from solver import images_to_float
+from utils import visualize as vis
+from utils.errors import FlagError, MissingInput
+from utils.records import mode_folder
+from utils.runtime import resolve_amp, resolve_device
 
 
 def parse_target_aus(text, label_names):
@@ -29,22 +32,22 @@ def parse_target_aus(text, label_names):
     out = {}
     for part in [p.strip() for p in text.split(',') if p.strip()]:
         if '=' not in part:
-            raise ValueError(f'--target_aus: {part!r} is not of the form AU12=4')
+            raise FlagError(f'--target_aus: {part!r} is not of the form AU12=4')
         name, value = (s.strip() for s in part.split('=', 1))
         try:
             idx = dl.select_aus([name], label_names)[0]
         except ValueError:
-            raise ValueError(f'--target_aus: {name!r} is not one of the model\'s AUs: '
+            raise FlagError(f'--target_aus: {name!r} is not one of the model\'s AUs: '
                              f'{" ".join(label_names)}') from None
         try:
             v = float(value)
         except ValueError:
-            raise ValueError(f'--target_aus: the intensity of {name} is not a number: {value!r}') from None
+            raise FlagError(f'--target_aus: the intensity of {name} is not a number: {value!r}') from None
         if not 0 <= v <= 5:
-            raise ValueError(f'--target_aus: {name}={v:g} is outside the intensity range [0, 5]')
+            raise FlagError(f'--target_aus: {name}={v:g} is outside the intensity range [0, 5]')
         out[idx] = v
     if not out:
-        raise ValueError('--target_aus: no AU given; use e.g. "AU12=4,AU25=2"')
+        raise FlagError('--target_aus: no AU given; use e.g. "AU12=4,AU25=2"')
     return out
 
 
@@ -72,7 +75,7 @@ def retime(seq, interpolate=0, smooth=0.0):
     """--interpolate N (N frames between consecutive rows, linear), then --smooth (gaussian,
     in output frames). Returns (new sequence, index of the nearest source row per frame)."""
     if interpolate < 0 or smooth < 0:
-        raise ValueError(f'--interpolate {interpolate} / --smooth {smooth:g}: must not be negative')
+        raise FlagError(f'--interpolate {interpolate} / --smooth {smooth:g}: must not be negative')
     n = int(interpolate)
     out = interpolate_keyframes(np.asarray(seq, dtype=np.float64), n) if n and len(seq) > 1 else np.asarray(seq)
     src = np.minimum(np.round(np.arange(len(out)) / (n + 1)).astype(int), len(seq) - 1)
@@ -84,7 +87,7 @@ def save_animation(frames, gif_path, fps, mp4='auto'):
     'true' (an error without it), never with 'false'. Returns the paths written."""
     mp4 = str(mp4).lower()
     if mp4 not in ('auto', 'true', 'false'):
-        raise ValueError(f'--mp4 {mp4}: use auto, true or false')
+        raise FlagError(f'--mp4 {mp4}: use auto, true or false')
     paths = [vis.save_gif(list(frames), gif_path, fps)]
     if mp4 == 'false':
         return paths
@@ -92,7 +95,7 @@ def save_animation(frames, gif_path, fps, mp4='auto'):
         import imageio_ffmpeg
     except ImportError:
         if mp4 == 'true':
-            raise ValueError('--mp4 true needs imageio-ffmpeg: pip install -r requirements-extras.txt') from None
+            raise FlagError('--mp4 true needs imageio-ffmpeg: pip install -r requirements-extras.txt') from None
         return paths
     path = os.path.splitext(gif_path)[0] + '.mp4'
     h, w = frames[0].shape[:2]
@@ -106,7 +109,7 @@ def save_animation(frames, gif_path, fps, mp4='auto'):
         writer.close()
     except Exception as e:   # the GIF is there; an MP4 that ffmpeg cannot write is not worth a crash
         if mp4 == 'true':
-            raise ValueError(f'--mp4: ffmpeg could not write {path}: {e}') from None
+            raise FlagError(f'--mp4: ffmpeg could not write {path}: {e}') from None
         print(f'note: no MP4 for {gif_path}: ffmpeg failed ({e})')
         return paths
     return paths + [path]
@@ -137,8 +140,15 @@ def generate(G, x, conds, device, amp_dtype, batch_size=64, aus_src=None):
     return np.concatenate(frames), (np.concatenate(masks) if masks[0] is not None else None)
 
 
-def _faces(cfg, ckpt_cfg, size):
-    """[(name, (H, W, 3) uint8)] of the faces to animate."""
+def held_out_au_faces(image_dir, attr_path, size):
+    """The test split of AU data (held-out identities of the synthetic faces)."""
+    return dl.au_dataset(image_dir, attr_path, size, split='test')
+
+
+def faces_to_edit(cfg, ckpt_cfg, size, held_out=held_out_au_faces):
+    """[(name, (H, W, 3) uint8)] of the faces to animate or edit: --test_images_dir (aligned crops, or the
+    faces of photos), else --test_num_faces held-out faces of the checkpoint's data (`held_out(image_dir,
+    attr_path, size)`: their dataset)."""
     if cfg.test_images_dir:
         if face_crops.photo_mode(cfg):   # photos: detect or --face_box, crop with the training framing
             return face_crops.photo_faces(cfg, size)
@@ -148,9 +158,9 @@ def _faces(cfg, ckpt_cfg, size):
         return [(os.path.splitext(os.path.basename(f))[0], dl.load_image(f, size)) for f in files]
     image_dir, attr_path = ckpt_cfg.get('image_dir'), ckpt_cfg.get('attr_path')
     if not image_dir or not attr_path or not os.path.exists(attr_path):
-        raise FileNotFoundError('test mode needs --test_images_dir: the training data of this checkpoint '
+        raise MissingInput('test mode needs --test_images_dir: the training data of this checkpoint '
                                 f'({attr_path}) is not available')
-    ds = dl.au_dataset(image_dir, attr_path, size, split='test')
+    ds = held_out(image_dir, attr_path, size)
     n = min(cfg.test_num_faces, len(ds))
     return [(os.path.splitext(ds.files[i])[0], ds.load_uint8(i)) for i in range(n)]
 
@@ -158,7 +168,7 @@ def _faces(cfg, ckpt_cfg, size):
 def _sequence(cfg, label_names, size):
     """(AU sequence (T, 17 or c_dim) in 0-5 over the model's columns, reference frames or None)."""
     if cfg.test_attributes_path and cfg.test_attributes_path.lower().endswith('.csv'):
-        import openface_utils   # an OpenFace FeatureExtraction / FaceLandmarkImg CSV
+        import openface_utils  # an OpenFace FeatureExtraction / FaceLandmarkImg CSV
         values, paths = openface_utils.sequence_from_csv(cfg.test_attributes_path)
         refs = np.stack([dl.load_image(p, size) for p in paths]) if paths else None
         return values[:, dl.select_aus(label_names, openface_utils.AU_NAMES)], refs
@@ -182,13 +192,16 @@ def _subsample(n, most):
     return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int))
 
 
-def run(cfg):
+def run(cfg, trained):
+    """Test mode with the GANimation checkpoint `trained` (model.Trained): an AU sequence animated on
+    every face, or with --target_aus an explicit edit."""
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
-    models_dir, out_dir = mode_folder(cfg, 'models'), mode_folder(cfg, 'results')
-    G, D, ckpt_cfg, label_names, path = load_models(models_dir, device)
+    out_dir = mode_folder(cfg, 'results')
+    G, D = trained.networks(device)
+    ckpt_cfg, label_names, path = trained.config, trained.label_names, trained.path
     size = ckpt_cfg['image_size']
-    faces = _faces(cfg, ckpt_cfg, size)
+    faces = faces_to_edit(cfg, ckpt_cfg, size)
     print(f'test mode: {len(faces)} face(s), model {path}')
     os.makedirs(out_dir, exist_ok=True)
     x_all = images_to_float(torch.from_numpy(np.stack([f for _, f in faces])), device, torch.contiguous_format)

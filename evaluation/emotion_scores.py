@@ -3,7 +3,7 @@
 For held-out faces, every emotion is generated at its axis (linear, strength
 0.9) or mean (gaussian). Then:
 
-- an emotion classifier trained separately on the training split (evaluate.Reader
+- an emotion classifier trained separately on the training split (evaluation.reader.Reader
   kind 'emotion', cached beside the data like the AU reader; never the critic,
   which G was trained to please) reads the emotion of each edit: per-emotion
   accuracy and the confusion matrix (rows: target emotion, columns: emotion read).
@@ -22,13 +22,13 @@ import os
 import numpy as np
 import torch
 
-import checkpoint
 import data_loader as dl
-import evaluate as ev
-import ganmut_solver as gs
 import synthetic_faces as sf
-import visualize as vis
-from solver import mode_folder, resolve_amp, resolve_device
+from evaluation import metrics
+from evaluation.reader import load_or_fit_reader, read
+from ganmut import solver as gs
+from ganmut.space import load_space
+from utils import visualize as vis
 
 STRENGTH = 0.9   # linear: the codes are 0.9 * axis; the truth has the prototype at 0.9 * 5 AU units
 
@@ -55,7 +55,7 @@ class EmotionEvalFaces:
             with open(os.path.join(root, 'dataset.json')) as f:
                 native = json.load(f)['image_size']
             protos = [sf.emotion_prototype(n, STRENGTH * dl.AU_MAX) for n in names]
-            self.truth = torch.stack([dl.to_tensor(np.stack([ev.render_like_dataset(meta[f][0], p, native, size)
+            self.truth = torch.stack([dl.to_tensor(np.stack([metrics.render_like_dataset(meta[f][0], p, native, size)
                                                             for p in protos])) for f in self.files])
 
     def __len__(self):
@@ -105,8 +105,8 @@ def score(G, space, faces, reader, device, amp_dtype=None):
            'model': {}, 'baseline': {}}
     per = {n: {} for n in names}
     if reader is not None:
-        read_y = ev.read(reader, y.flatten(0, 1)).argmax(1).view(N, E)
-        read_src = ev.read(reader, faces.x_src).argmax(1)
+        read_y = read(reader, y.flatten(0, 1)).argmax(1).view(N, E)
+        read_src = read(reader, faces.x_src).argmax(1)
         hit = (read_y == target).float()
         base_hit = (read_src.unsqueeze(1) == target).float()
         res['model']['emotion_accuracy'] = res['emotion_accuracy'] = hit.mean().item()
@@ -117,7 +117,7 @@ def score(G, space, faces, reader, device, amp_dtype=None):
         for e, n in enumerate(names):
             per[n].update(accuracy=hit[:, e].mean().item(), baseline_accuracy=base_hit[:, e].mean().item())
         if faces.truth is not None:
-            read_truth = ev.read(reader, faces.truth.flatten(0, 1)).argmax(1).view(N, E)
+            read_truth = read(reader, faces.truth.flatten(0, 1)).argmax(1).view(N, E)
             truth_hit = (read_truth == target).float()
             res['reader_accuracy_truth'] = truth_hit.mean().item()
             res['confusion']['truth'] = confusion(target, read_truth, E).tolist()
@@ -126,12 +126,10 @@ def score(G, space, faces, reader, device, amp_dtype=None):
     if faces.truth is not None:
         truth = faces.truth.flatten(0, 1)
         src = faces.x_src.repeat_interleave(E, 0)
-        res['model'].update(ev.image_scores(y.flatten(0, 1), truth))
-        res['baseline'].update(ev.image_scores(src, truth))
-        res['edit_error_reduction'] = 1 - res['model']['l1'] / max(res['baseline']['l1'], 1e-12)
+        metrics.against_truth(res, y.flatten(0, 1), src, truth)
         res['identity_l1'], res['identity_l1_baseline'] = res['model']['l1'], res['baseline']['l1']
-        l1_model = ev.l1(y.flatten(0, 1), truth).view(N, E).mean(0)
-        l1_base = ev.l1(src, truth).view(N, E).mean(0)
+        l1_model = metrics.l1(y.flatten(0, 1), truth).view(N, E).mean(0)
+        l1_base = metrics.l1(src, truth).view(N, E).mean(0)
         for e, n in enumerate(names):
             per[n].update(l1=l1_model[e].item(), baseline_l1=l1_base[e].item())
     res['per_emotion'] = per
@@ -183,62 +181,41 @@ def comparison_grid(faces, y, n=6):
     size = y.shape[-1]
     titles = ['source\n'] + sum(([f'{name}\ntruth', f'{name}\nedit'] if faces.truth is not None else [name]
                                  for name in faces.names), [])
-    header = vis.label_row(titles, size, height=max(24, size // 3), size=max(8, min(11, size // 5)))
-    return vis.stack([header, vis.grid(rows)])
+    return vis.titled_grid(titles, rows, size, height=max(24, size // 3), size=max(8, min(11, size // 5)))
 
 
-def load_reader(image_dir, attr_path, size, names, device, amp):
-    train_set = gs.emotion_set(image_dir, attr_path, size, len(names))
-    return ev.load_or_fit_reader(train_set, device, amp)
+class EmotionScorer:
+    """GANmut's scorer, for evaluation.runner: held-out faces at every emotion, the separate emotion reader."""
 
+    def __init__(self, image_dir, attr_path, names, size, num_pairs, seed, device, amp_dtype):
+        self.reader = load_or_fit_reader(gs.emotion_set(image_dir, attr_path, size, len(names)), device, amp_dtype)
+        self.faces = EmotionEvalFaces(image_dir, attr_path, names, size, max(1, num_pairs // len(names)), seed)
+        self.device, self.amp_dtype = device, amp_dtype
 
-def run(cfg):
-    """--mode eval for a GANmut run: table on the console, JSON and a grid in results/."""
-    import ganmut_animate
-    device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
-    models_dir, out_dir = mode_folder(cfg, 'models'), mode_folder(cfg, 'results')
-    G, _, space, ckpt_cfg, names, path = ganmut_animate.load_ganmut(models_dir, device)
-    image_dir, attr_path = ev.data_of_checkpoint(cfg, ckpt_cfg)
-    size = ckpt_cfg['image_size']
-    reader = load_reader(image_dir, attr_path, size, names, device, amp)
-    faces = EmotionEvalFaces(image_dir, attr_path, names, size, max(1, cfg.eval_pairs // len(names)), cfg.seed)
-    res, y = score(G, space, faces, reader, device, amp)
-    it = next(i for i, p in checkpoint.list_checkpoints(models_dir) if p == path)
-    res.update({'checkpoint': path, 'iteration': it, 'image_size': size, 'data': attr_path,
-                'parametrization': ckpt_cfg['parametrization'], 'space': space.describe()})
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, f'eval_{it:08d}.json')
-    with open(json_path, 'w') as f:
-        json.dump(res, f, indent=1)
-    grid_path = vis.save_png(comparison_grid(faces, y), os.path.join(out_dir, f'eval_{it:08d}_grid.png'))
-    print(f'evaluation of {path} ({ckpt_cfg["parametrization"]} space) on {len(faces)} faces of the '
-          f'{faces.split} split x {len(names)} emotions:')
-    print(format_table(res))
-    print(f'wrote {json_path} and {grid_path}')
-    return res
+    @staticmethod
+    def networks(trained, device):
+        return (*trained.networks(device), load_space(trained, device))
 
+    def score(self, G, D, space):
+        """(results, the comparison grid as a function: drawn only when it is saved)."""
+        res, y = score(G, space, self.faces, self.reader, self.device, self.amp_dtype)
+        return res, lambda: comparison_grid(self.faces, y)
 
-class TrainingProbe:
-    """--eval_step for GANmut: the same figures on a few faces during training, to TensorBoard
-    (eval/...) and results/eval_curve.jsonl."""
+    def heading(self, trained):
+        return (f'({trained.config["parametrization"]} space) on {len(self.faces)} faces of the {self.faces.split} '
+                f'split x {len(self.faces.names)} emotions')
 
-    def __init__(self, cfg, solver, num_pairs=96):
-        names = solver.label_names
-        self.faces = EmotionEvalFaces(cfg.image_dir, cfg.attr_path, names, cfg.image_size,
-                                      max(1, num_pairs // len(names)), cfg.seed)
-        self.reader = ev.load_or_fit_reader(solver.train_set, solver.device, solver.amp_dtype)
-        self.curve_path = os.path.join(solver.dirs['results'], 'eval_curve.jsonl')
+    @staticmethod
+    def about(trained, space):
+        return {'parametrization': trained.config['parametrization'], 'space': space.describe()}
 
-    def __call__(self, solver, it):
-        res, _ = score(solver.G, solver.space, self.faces, self.reader, solver.device, solver.amp_dtype)
-        flat = {k: v for k, v in ev.flatten(res).items()
-                if isinstance(v, float) and not k.startswith(('per_emotion', 'confusion', 'strength'))}
-        for k, v in flat.items():
-            solver.writer.add_scalar(f'eval/{k}', v, it)
-        for n, v in res['per_emotion'].items():
-            if 'accuracy' in v:
-                solver.writer.add_scalar(f'eval/accuracy/{n}', v['accuracy'], it)
-        with open(self.curve_path, 'a') as f:
-            f.write(json.dumps({'iteration': it, **flat}) + '\n')
-        return res
+    table = staticmethod(format_table)
+
+    @staticmethod
+    def curve(res, flat):
+        """The learning curve's entries (results/eval_curve.jsonl; the numbers also go to TensorBoard):
+        the overall figures and each emotion's accuracy."""
+        out = {k: v for k, v in flat.items()
+               if isinstance(v, float) and not k.startswith(('per_emotion', 'confusion', 'strength'))}
+        out.update({f'accuracy/{n}': v['accuracy'] for n, v in res['per_emotion'].items() if 'accuracy' in v})
+        return out

@@ -20,21 +20,21 @@ at increasing strength), `<it>-plane.png` (faces on a grid of codes over
 """
 import math
 import os
-import time
 
 import numpy as np
 import torch
 
 import data_loader as dl
-import distributed
-import ganmut
-import ganmut_vis as gv
-import losses
 import synthetic_faces as sf
-import visualize as vis
-from model import Discriminator, Generator, critic_options, generator_options, use_matmul_for_small_convs
-from solver import (Solver, explicit_gp_on, images_to_float, interpolate, make_adam, random_flip, resolve_flag,
-                    small_conv_matmul_on, write_config)
+from ganmut import plots as gv
+from ganmut import space as ganmut
+from model import Discriminator, Generator, critic_options, generator_options
+from solver import Solver, images_to_float, make_adam, random_flip
+from utils import distributed
+from utils import visualize as vis
+from utils.errors import CheckpointError, FlagError
+from utils.fast_conv import use_matmul_for_small_convs
+from utils.runtime import explicit_gp_on, resolve_flag, small_conv_matmul_on
 
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)   # the columns of the sample grid
 PLANE_GRID = 9                            # codes per side of the plane map
@@ -62,23 +62,52 @@ def class_counts(labels, c_dim):
 # --------------------------------------------------------------------------- the solver
 
 class GANmutSolver(Solver):
-    def __init__(self, cfg, train_set, sample_set=None):
-        super().__init__(cfg, train_set, sample_set)   # device, autocast, dirs, label names, networks
-        for key, flag in (('samples', 'sample_dir'), ('logs', 'log_dir'), ('models', 'model_save_dir'),
-                          ('results', 'result_dir')):   # the GANmut seed's folder flags
-            if getattr(cfg, flag, ''):
-                self.dirs[key] = getattr(cfg, flag)
+    @staticmethod
+    def datasets(cfg):
+        """(what the data is, training set, sample set): the emotion data of the flags
+        (data_loader.resolve_data) and its held-out faces for the samples, when there are some."""
+        what = dl.resolve_data(cfg, 'emotion')
+        train_set = dl.prepare_training_set(emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim),
+                                            resolve_flag(cfg.data_cache, True))
+        test_csv = held_out_csv(cfg.attr_path)
+        sample_set = None
+        if test_csv:
+            try:
+                sample_set = emotion_set(cfg.image_dir, test_csv, cfg.image_size, cfg.c_dim)
+            except dl.DataError:
+                sample_set = None
+        return what, train_set, sample_set
+
+    def describe(self, what):
+        """The start-up lines: the data with its count per emotion, the space and the device settings."""
+        cfg = self.cfg
+        counts = class_counts(self.train_set.labels.numpy(), cfg.c_dim)
+        print(f'dataset: {what}: {len(self.train_set)} training images; per emotion: '
+              + ', '.join(f'{n} {c}' for n, c in zip(self.label_names, counts)))
+        if (counts == 0).any():
+            print('warning: no training image of ' + ', '.join(n for n, c in zip(self.label_names, counts) if c == 0)
+                  + f' (rows with expression < --c_dim {cfg.c_dim} are used)')
+        print(f'GANmut: {cfg.parametrization} {cfg.emotion_dim}-D space, '
+              f'{"attention" if self.attention else "plain"} generator, regulariser {cfg.regularization_type}, '
+              f'{cfg.cycle_loss} cycle; device {self.device}, bf16 autocast: {self.amp_dtype is not None}')
+
+    def train(self):
+        """Solver.train, then the learned space in the units of test-mode editing."""
+        done = super().train()
+        if self.is_main:
+            print('\n'.join(describe(self.space)))
+        return done
 
     def build_networks(self):
         """GANmut's G (conditioned on the code), its three-headed critic, the emotion space
         (optimised with G) and the optimisers."""
         cfg = self.cfg
         if cfg.emotion_dim < 2:
-            raise ValueError(f'--emotion_dim must be 2 or more, got {cfg.emotion_dim}')
+            raise FlagError(f'--emotion_dim must be 2 or more, got {cfg.emotion_dim}')
         if cfg.parametrization not in ganmut.PARAMETRIZATIONS:
-            raise ValueError(f'--parametrization must be linear or gaussian, got {cfg.parametrization}')
+            raise FlagError(f'--parametrization must be linear or gaussian, got {cfg.parametrization}')
         if cfg.regularization_type not in ('gp', 'r1'):
-            raise ValueError(f'--regularization_type must be gp or R1, got {cfg.regularization_type}')
+            raise FlagError(f'--regularization_type must be gp or R1, got {cfg.regularization_type}')
         self.linear = cfg.parametrization == 'linear'
         self.attention = resolve_flag(cfg.attention, True)
         self.G = Generator(cfg.g_conv_dim, cfg.emotion_dim, cfg.g_repeat_num, attention=self.attention,
@@ -130,37 +159,20 @@ class GANmutSolver(Solver):
         return record
 
     def critic_step(self, x_real, e_org, x_fake, z, gen):
-        """One critic pass over real, fake (and interpolated, for gp) images. Returns the record
-        and the critic's (detached) logits and code regression of the real images, which the
-        generator step uses for its cycle code."""
+        """The critic's loss (ganmut.space.linear_critic_loss / gaussian_critic_loss) from one critic pass
+        over real, fake (and interpolated, for gp) images. Returns the record and the critic's (detached)
+        logits and code regression of the real images, which the generator step uses for its cycle code."""
         cfg = self.cfg
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
-        b = x_real.shape[0]
         r1 = cfg.regularization_type == 'r1'
-        with self.autocast():
-            if r1:
-                x_in = x_real.detach().requires_grad_(True)
-                parts = [x_in, x_fake]
-            else:
-                x_hat = interpolate(x_real, x_fake, gen)
-                parts = [x_real, x_fake, x_hat]
-            explicit = not r1 and explicit_gp_on(cfg, self.device)
-            out_src, out_cls, out_code = self.D(torch.cat(parts[:2] if explicit else parts))
-            if explicit:
-                reg = self.written_out_gradient_penalty(x_hat)
-        if not explicit:
-            reg = losses.r1_penalty(out_src[:b], x_in) if r1 else losses.gradient_penalty(out_src[2 * b:], x_hat)
-        if self.linear:
-            loss, record = ganmut.linear_critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], e_org,
-                                                     out_code[b:2 * b], z, reg, cfg.lambda_cls, cfg.lambda_reg,
-                                                     cfg.lambda_d_info)
-        else:
-            loss, record = ganmut.gaussian_critic_loss(out_src[:b], out_src[b:2 * b], out_cls[:b], e_org,
-                                                       out_code[b:2 * b], z, reg, cfg.lambda_cls, cfg.lambda_reg,
-                                                       cfg.lambda_expr)
+        p = self.critic_pass(x_real, x_fake, gen, r1, not r1 and explicit_gp_on(cfg, self.device))
+        critic_loss, lambda_code = ((ganmut.linear_critic_loss, cfg.lambda_d_info) if self.linear
+                                    else (ganmut.gaussian_critic_loss, cfg.lambda_expr))
+        loss, record = critic_loss(p.real[0], p.fake[0], p.real[1], e_org, p.fake[2], z, p.reg, cfg.lambda_cls,
+                                   cfg.lambda_reg, lambda_code)
         self.apply_step(loss, self.d_optim, record)
-        return record, (out_cls[:b].detach(), out_code[:b].detach())
+        return record, (p.real[1].detach(), p.real[2].detach())
 
     def generator_step(self, x_real, e_org, target, x_fake, attn_fake, real_out):
         cfg = self.cfg
@@ -256,7 +268,7 @@ def check_ganmut_config(saved, cfg, path):
     if 'attention' in saved and resolve_flag(saved['attention'], True) != resolve_flag(cfg.attention, True):
         problems.append(f'--attention: checkpoint {saved["attention"]}, now {cfg.attention}')
     if problems:
-        raise ValueError(f'{path} was made for another configuration:\n  ' + '\n  '.join(problems))
+        raise CheckpointError(f'{path} was made for another configuration:\n  ' + '\n  '.join(problems))
 
 
 # --------------------------------------------------------------------------- shared with test and eval
@@ -338,43 +350,3 @@ def sample_pictures(G, space, x, names, reference=False, title='', strengths=STR
     faces, _ = run_codes(G, x[0], gv.plane_codes(grid_n, space.dim))
     plane = gv.plane_map(faces, grid_n, space, title)
     return strength, plane
-
-
-# --------------------------------------------------------------------------- entry point
-
-def train(cfg, probe=None):
-    """Train GANmut on the configured data. `probe`: the evaluation run every --eval_step
-    (ganmut_eval.TrainingProbe, given by main.py, which chooses between the models)."""
-    with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
-        what = dl.resolve_emotion_data(cfg)
-        train_set = dl.prepare_training_set(emotion_set(cfg.image_dir, cfg.attr_path, cfg.image_size, cfg.c_dim),
-                                            resolve_flag(cfg.data_cache, True))
-    test_csv = held_out_csv(cfg.attr_path)
-    sample_set = None
-    if test_csv:
-        try:
-            sample_set = emotion_set(cfg.image_dir, test_csv, cfg.image_size, cfg.c_dim)
-        except dl.DataError:
-            sample_set = None
-    solver = GANmutSolver(cfg, train_set, sample_set)
-    counts = class_counts(train_set.labels.numpy(), cfg.c_dim)
-    print(f'dataset: {what}: {len(train_set)} training images; per emotion: '
-          + ', '.join(f'{n} {c}' for n, c in zip(solver.label_names, counts)))
-    if (counts == 0).any():
-        print('warning: no training image of ' + ', '.join(n for n, c in zip(solver.label_names, counts) if c == 0)
-              + f' (rows with expression < --c_dim {cfg.c_dim} are used)')
-    print(f'GANmut: {cfg.parametrization} {cfg.emotion_dim}-D space, '
-          f'{"attention" if solver.attention else "plain"} generator, regulariser {cfg.regularization_type}, '
-          f'{cfg.cycle_loss} cycle; device {solver.device}, bf16 autocast: {solver.amp_dtype is not None}')
-    if cfg.eval_step and solver.is_main and probe is not None:
-        solver.eval_hook = probe(cfg, solver, cfg.eval_step_pairs)
-    config_dir = cfg.model_save_dir or cfg.outputs_dir   # with the seed's folder flags: beside the checkpoints
-    if solver.is_main:
-        os.makedirs(config_dir, exist_ok=True)
-        write_config(cfg, os.path.join(config_dir, 'config.json'))
-    t0 = time.time()
-    solver.train()
-    print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
-          f'samples in {solver.dirs["samples"]}')
-    print('\n'.join(describe(solver.space)))
-    return solver

@@ -9,7 +9,7 @@
 Faces: --test_images_dir (aligned crops, any size; or photos with --detect_faces true or
 --face_box, whose faces are cropped, edited and pasted back: `<photo>_edited.png`,
 `<photo>_<emotion>.png`, `<photo>_animated.gif`), else the held-out faces of the
-checkpoint's data. Result folders follow GANimation's test mode (animate.py):
+checkpoint's data. Result folders follow GANimation's test mode (editing/animate.py):
 `<face>_edited.png` and `edits.png` for an edit; `<face>/frame_0000.png ...`,
 `<face>.gif`, `all_faces.gif` and `grid.png` for the wheel; `<face>/<emotion>.png`,
 `grid.png` and `plane.png` without edit flags. The model comes from the
@@ -22,59 +22,22 @@ import os
 import numpy as np
 import torch
 
-import checkpoint
 import data_loader as dl
-import faces as face_crops
-import ganmut
-import ganmut_solver as gs
-import ganmut_vis as gv
-import visualize as vis
-from animate import generate, save_animation, save_edits
-from model import Discriminator, Generator, critic_options, generator_options
-from solver import images_to_float, mode_folder, resolve_amp, resolve_device, resolve_flag
+from editing import photos as face_crops
+from editing.animate import faces_to_edit, generate, save_animation, save_edits
+from ganmut import plots as gv
+from ganmut import solver as gs
+from ganmut import space as ganmut
+from solver import images_to_float
+from utils import visualize as vis
+from utils.errors import FlagError
+from utils.records import mode_folder
+from utils.runtime import resolve_amp, resolve_device
 
 
-def is_ganmut_run(cfg):
-    """Whether the newest checkpoint of the run is a GANmut one (read lazily, without loading
-    the weights); with no checkpoint, whether --model ganmut was asked for."""
-    try:
-        _, ckpt = checkpoint.load_newest(mode_folder(cfg, 'models'))
-    except (FileNotFoundError, checkpoint.CorruptCheckpoint):
-        return cfg.model == 'ganmut'
-    return ckpt.get('model', ckpt.get('config', {}).get('model')) == 'ganmut'
-
-
-def load_ganmut(models_dir, device):
-    """G, D and the emotion space of the newest checkpoint, built from its own config."""
-    path, ckpt = checkpoint.load_newest(models_dir)
-    c = ckpt['config']
-    if ckpt.get('model', c.get('model')) != 'ganmut':
-        raise ValueError(f'{path} is not a GANmut checkpoint (model {c.get("model", "ganimation")})')
-    names = list(ckpt['label_names'])
-    dim = c['emotion_dim']
-    G = Generator(c['g_conv_dim'], dim, c['g_repeat_num'], attention=resolve_flag(c.get('attention', 'true'), True),
-                  **generator_options(c))
-    D = Discriminator(c['image_size'], c['d_conv_dim'], len(names), c['d_repeat_num'], code_dim=dim,
-                      **critic_options(c))
-    space = ganmut.make_space(c['parametrization'], len(names), dim, neutral_index=0, names=names)
-    for name, module in (('G', G), ('D', D), ('space', space)):
-        checkpoint.check_state_dict(module, ckpt[name], name, path)
-        module.load_state_dict(ckpt[name])
-    return G.to(device).eval(), D.to(device).eval(), space.to(device).eval(), c, names, path
-
-
-def faces_of(cfg, ckpt_cfg, size, num=None):
-    """[(name, (H, W, 3) uint8)]: --test_images_dir, else held-out faces of the checkpoint's data."""
-    import animate
-    if cfg.test_images_dir:
-        return animate._faces(cfg, ckpt_cfg, size)
-    image_dir, attr_path = ckpt_cfg.get('image_dir'), ckpt_cfg.get('attr_path')
-    if not image_dir or not attr_path or not os.path.exists(attr_path):
-        raise FileNotFoundError('test mode needs --test_images_dir: the training data of this checkpoint '
-                                f'({attr_path}) is not available')
-    ds = dl.emotion_dataset(image_dir, gs.held_out_csv(attr_path) or attr_path, size, 10 ** 6)
-    n = min(num or cfg.test_num_faces, len(ds))
-    return [(os.path.splitext(ds.files[i])[0], ds.load_uint8(i)) for i in range(n)]
+def held_out_emotion_faces(image_dir, attr_path, size):
+    """The held-out faces of emotion data (test.csv beside the training CSV), else its training faces."""
+    return dl.emotion_dataset(image_dir, gs.held_out_csv(attr_path) or attr_path, size, 10 ** 6)
 
 
 def edit_code(cfg, space):
@@ -83,27 +46,27 @@ def edit_code(cfg, space):
     point = cfg.x is not None or cfg.y is not None or cfg.z is not None
     named = cfg.emotion is not None
     if sum([polar, point, named]) > 1:
-        raise ValueError('--theta/--rho, --x/--y and --emotion/--intensity are alternatives: give one kind of edit')
+        raise FlagError('--theta/--rho, --x/--y and --emotion/--intensity are alternatives: give one kind of edit')
     if cfg.intensity is not None and not named:
-        raise ValueError('--intensity goes with --emotion NAME')
+        raise FlagError('--intensity goes with --emotion NAME')
     device = next(space.parameters()).device
     if named:
         intensity = 1.0 if cfg.intensity is None else cfg.intensity
         try:
             code = space.code_for(cfg.emotion, intensity)
         except ValueError as e:
-            raise ValueError(f'--emotion: {e}') from None
+            raise FlagError(f'--emotion: {e}') from None
         return code, f'{cfg.emotion} at intensity {intensity:g}'
     if polar:
         if space.dim != 2:
-            raise ValueError(f'--theta/--rho need a 2-D space; this model\'s is {space.dim}-D: use --x --y --z')
+            raise FlagError(f'--theta/--rho need a 2-D space; this model\'s is {space.dim}-D: use --x --y --z')
         theta, rho = cfg.theta or 0.0, 1.0 if cfg.rho is None else cfg.rho
         t = math.radians(theta)
         code = torch.tensor([rho * math.cos(t), rho * math.sin(t)], device=device)
         return code, f'theta {theta:g} deg, rho {rho:g}'
     if point:
         if cfg.z is not None and space.dim < 3:
-            raise ValueError('--z needs a 3-D space (--emotion_dim 3); this model\'s is 2-D')
+            raise FlagError('--z needs a 3-D space (--emotion_dim 3); this model\'s is 2-D')
         values = [cfg.x or 0.0, cfg.y or 0.0] + [cfg.z or 0.0] * (space.dim - 2)
         values += [0.0] * (space.dim - len(values))
         return torch.tensor(values, device=device), 'code (' + ', '.join(f'{v:g}' for v in values) + ')'
@@ -141,13 +104,17 @@ def wheel_codes(cfg, space, frames):
     return codes.to(next(space.parameters()).device), np.degrees(t.numpy()) % 360, rho
 
 
-def run(cfg):
+def run(cfg, trained):
+    """Test mode with the GANmut checkpoint `trained` (model.Trained): the edit of the flags, the
+    emotion wheel, or every emotion and the plane map."""
     device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     out_dir = mode_folder(cfg, 'results')
-    G, D, space, ckpt_cfg, names, path = load_ganmut(mode_folder(cfg, 'models'), device)
+    G, _ = trained.networks(device)
+    space = ganmut.load_space(trained, device)
+    ckpt_cfg, names, path = trained.config, trained.label_names, trained.path
     size = ckpt_cfg['image_size']
-    faces = faces_of(cfg, ckpt_cfg, size)
+    faces = faces_to_edit(cfg, ckpt_cfg, size, held_out_emotion_faces)
     print(f'test mode (GANmut, {ckpt_cfg["parametrization"]} space): {len(faces)} face(s), model {path}')
     print('\n'.join(gs.describe(space)))
     os.makedirs(out_dir, exist_ok=True)

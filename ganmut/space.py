@@ -24,7 +24,8 @@ Conventions:
   non-neutral targets, the mean-coded fakes) are means over that part, and
   exactly 0 (never NaN) when the part is empty;
 - the critic's regulariser (`gp` or `r1`) is computed by the caller
-  (`critic_regulariser`) and passed in, as `losses.critic_loss` takes its GP;
+  (solver.Solver.critic_pass, shared with GANimation) and passed in, as
+  `losses.critic_loss` takes its GP;
 - codes are detached in the critic losses (the critic learns to regress the
   code it was given; the space is not moved by the critic step) and kept
   attached in the generator losses.
@@ -42,7 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses
-from synthetic_faces import EMOTIONS as EMOTION_NAMES   # 0 neutral, 1 happy, ... as the emotion CSV (SPEC 3)
+from synthetic_faces import EMOTIONS as EMOTION_NAMES  # 0 neutral, 1 happy, ... as the emotion CSV (SPEC 3)
+from utils.errors import FlagError
 
 PARAMETRIZATIONS = ('linear', 'gaussian')
 CYCLES = ('approximate', 'original')
@@ -69,9 +71,9 @@ class _EmotionSpace(nn.Module):
     def __init__(self, num_emotions, dim, neutral_index, names):
         super().__init__()
         if num_emotions < 2:
-            raise ValueError(f'an emotion space needs at least 2 emotions, got {num_emotions}')
+            raise FlagError(f'an emotion space needs at least 2 emotions, got {num_emotions}')
         if dim < 2:
-            raise ValueError(f'the emotion code needs at least 2 dimensions, got {dim}')
+            raise FlagError(f'the emotion code needs at least 2 dimensions, got {dim}')
         if neutral_index is not None and not 0 <= neutral_index < num_emotions:
             raise ValueError(f'neutral_index {neutral_index} is not in [0, {num_emotions})')
         self.num_emotions, self.dim, self.neutral_index = num_emotions, dim, neutral_index
@@ -316,10 +318,18 @@ def make_space(parametrization, num_emotions, dim=2, neutral_index=0, **kwargs):
         return LinearSpace(num_emotions, dim, neutral_index, **kwargs)
     if parametrization == 'gaussian':
         return GaussianSpace(num_emotions, dim, neutral_index, **kwargs)
-    raise ValueError(f'--parametrization must be one of {", ".join(PARAMETRIZATIONS)}, got {parametrization!r}')
+    raise FlagError(f'--parametrization must be one of {", ".join(PARAMETRIZATIONS)}, got {parametrization!r}')
 
 
 # --------------------------------------------------------------------------- cycle targets
+
+def load_space(trained, device):
+    """The emotion space of a GANmut checkpoint (model.Trained), in eval mode on `device`."""
+    c = trained.config
+    space = make_space(c['parametrization'], len(trained.label_names), c['emotion_dim'], neutral_index=0,
+                       names=trained.label_names)
+    return trained.load('space', space).to(device).eval()
+
 
 def cycle_code_approximate(space, e_org, logits_real):
     """Code to return to the real image: emotion_code(e_org, confidence).
@@ -344,21 +354,6 @@ def cycle_code_original(code_hat_real):
 
 
 # --------------------------------------------------------------------------- regularisers
-
-def critic_regulariser(critic, x_real, x_fake, kind='gp', generator=None):
-    """The critic's regulariser: WGAN-GP on real-fake interpolates or R1 on real images.
-
-    `critic`: image batch -> patch scores (e.g. `lambda x: D(x)[0]`). Runs its
-    own critic forward pass.
-    """
-    if kind == 'gp':
-        x_hat = losses.interpolate(x_real.detach(), x_fake.detach(), generator)
-        return losses.gradient_penalty(critic(x_hat), x_hat)
-    if kind == 'r1':
-        x = x_real.detach().requires_grad_(True)
-        return losses.r1_penalty(critic(x), x)
-    raise ValueError(f'the critic regulariser must be gp or r1, got {kind!r}')
-
 
 # --------------------------------------------------------------------------- losses
 
@@ -396,7 +391,7 @@ def linear_critic_loss(out_real, out_fake, logits_real, e_org, code_hat_fake, z,
                        lambda_cls=1.0, lambda_reg=10.0, lambda_d_info=1.0):
     """-mean D(x) + mean D(x_f) + lambda_cls CE(logits(x), e_o) + lambda_reg reg + lambda_d_info MSE(code_hat(x_f), z).
 
-    `reg`: the value of critic_regulariser (gp or r1); `z` is detached here.
+    `reg`: the critic regulariser's value (gp or r1; solver.Solver.critic_pass); `z` is detached here.
     """
     return _critic(out_real, out_fake, logits_real, e_org, code_hat_fake, z, reg, lambda_cls, lambda_reg,
                    lambda_d_info, 'D/info')

@@ -11,7 +11,7 @@ Test mode edits aligned face crops. A photo that is not such a crop is handled h
    detector's box covers 0.77 of the crop side (median over 46 faces at 128 px, 0.80 at
    256 px) and is centred within 1 % of the side, so crop = box / 0.77 = box * 1.3.
    For a model trained on other crops (CelebA or OpenFace's aligned faces), measure it:
-   `python faces.py --calibrate data/celeba/images` prints the margin that matches;
+   `python -m editing.photos --calibrate data/celeba/images` prints the margin that matches;
 3. paste each edit back into the full-resolution photo. The edited crop is resized to
    the crop box, and the photo's own fine detail (photo - resized input crop) is added
    back where the model changed little: fully where the change is 0, not at all where
@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 import data_loader as dl
+from utils.errors import FlagError, MissingInput, UserError
 
 DEFAULT_MARGIN = 0.15      # crop side = detector box * (1 + 2 * margin), see the module docstring
 FEATHER = 0.12             # share of the crop side over which the pasted change fades out
@@ -89,7 +90,7 @@ def _cv2(why):
     try:
         import cv2
     except ImportError:
-        raise ValueError(f'{why} needs OpenCV, an optional dependency: {EXTRAS_HINT}; '
+        raise UserError(f'{why} needs OpenCV, an optional dependency: {EXTRAS_HINT}; '
                          f'or give the face box by hand with --face_box x,y,w,h') from None
     return cv2
 
@@ -108,7 +109,7 @@ def detect_faces(pixels, min_face=None, why='--detect_faces true'):
     if path not in _CASCADES:
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
-            raise ValueError(f'cannot load the face detector {path}; reinstall: {EXTRAS_HINT}')
+            raise UserError(f'cannot load the face detector {path}; reinstall: {EXTRAS_HINT}')
         _CASCADES[path] = cascade
     grey = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY))
     side = min_face or max(24, min(pixels.shape[:2]) // 20)
@@ -136,12 +137,12 @@ def parse_face_boxes(text):
         try:
             x, y, w, h = (int(round(float(v))) for v in vals)
         except ValueError:
-            raise ValueError(f'--face_box: {part!r} is not x,y,w,h (four numbers, pixels of the photo)') from None
+            raise FlagError(f'--face_box: {part!r} is not x,y,w,h (four numbers, pixels of the photo)') from None
         if w <= 0 or h <= 0:
-            raise ValueError(f'--face_box: {part!r}: width and height must be positive')
+            raise FlagError(f'--face_box: {part!r}: width and height must be positive')
         boxes.append((x, y, w, h))
     if not boxes:
-        raise ValueError('--face_box: no box given; use x,y,w,h (pixels), several separated by ";"')
+        raise FlagError('--face_box: no box given; use x,y,w,h (pixels), several separated by ";"')
     return boxes
 
 
@@ -171,7 +172,7 @@ def crop(pixels, square, size):
     h, w = pixels.shape[:2]
     x0, y0, side = square
     if _clip(square, w, h) is None:
-        raise ValueError(f'--face_box: the crop box {square} lies outside the {w}x{h} photo')
+        raise FlagError(f'--face_box: the crop box {square} lies outside the {w}x{h} photo')
     ys = np.clip(np.arange(y0, y0 + side), 0, h - 1)
     xs = np.clip(np.arange(x0, x0 + side), 0, w - 1)
     patch = pixels[ys][:, xs]
@@ -263,7 +264,7 @@ def photo_mode(cfg):
     """Whether test mode treats --test_images_dir as photos (detect or --face_box)."""
     detect = str(_flag(cfg, 'detect_faces', 'false')).lower()
     if detect not in ('true', 'false'):
-        raise ValueError(f'--detect_faces: {detect!r}; use true or false')
+        raise FlagError(f'--detect_faces: {detect!r}; use true or false')
     return detect == 'true' or bool(_flag(cfg, 'face_box', ''))
 
 
@@ -273,7 +274,7 @@ def image_files(path):
         return [path]
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(dl.IMAGE_EXTENSIONS))
     if not files:
-        raise FileNotFoundError(f'--test_images_dir {path}: no image files ({", ".join(dl.IMAGE_EXTENSIONS)})')
+        raise MissingInput(f'--test_images_dir {path}: no image files ({", ".join(dl.IMAGE_EXTENSIONS)})')
     return [os.path.join(path, f) for f in files]
 
 
@@ -282,7 +283,7 @@ def photo_faces(cfg, size):
     (--detect_faces true) or given by --face_box, cropped with --face_margin."""
     margin = float(_flag(cfg, 'face_margin', DEFAULT_MARGIN))
     if not 0 <= margin <= 2:
-        raise ValueError(f'--face_margin {margin:g}: use a value in [0, 2] (crop side = box * (1 + 2 * margin))')
+        raise FlagError(f'--face_margin {margin:g}: use a value in [0, 2] (crop side = box * (1 + 2 * margin))')
     boxes_given = parse_face_boxes(cfg.face_box) if _flag(cfg, 'face_box', '') else None
     if boxes_given is None:
         _cv2('--detect_faces true')   # say what to install before reading anything
@@ -341,7 +342,7 @@ def composite(faces, indices, edited, feather=FEATHER):
 def save_stills(faces, edited, out_dir, suffix):
     """Every photo with all its faces edited: `<photo><suffix>.png` at full resolution,
     plus `<photo>_faces.png` (the face boxes in red, the crop boxes in green). Returns paths."""
-    import visualize as vis
+    from utils import visualize as vis
     paths = []
     for name, (photo, idx) in photos_of(faces).items():
         paths.append(vis.save_png(composite(faces, idx, edited), os.path.join(out_dir, f'{name}{suffix}.png')))
@@ -415,7 +416,7 @@ def calibrate(image_dir, limit=200):
             x, y, bw, bh = boxes[0]
             rows.append((max(bw, bh) / max(h, w), (x + bw / 2) / w, (y + bh / 2) / h))
     if not rows:
-        raise ValueError(f'--calibrate {image_dir}: the detector found no single face in {len(files)} image(s)')
+        raise FlagError(f'--calibrate {image_dir}: the detector found no single face in {len(files)} image(s)')
     r = np.median(np.asarray(rows), 0)
     return dict(faces=len(rows), images=len(files), box_share=float(r[0]), centre_x=float(r[1]),
                 centre_y=float(r[2]), margin=float((1 / r[0] - 1) / 2))
@@ -441,7 +442,7 @@ def main(argv=None):
                                  or 'no face found'))
         if not a.calibrate and not a.detect:
             p.print_help()
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 import torch
 
+from utils.errors import CheckpointError, CorruptCheckpoint, MissingInput
+
 _NAME = re.compile(r'^iter_(\d+)\.ckpt$')
 
 
@@ -36,18 +38,14 @@ def find(models_dir, which='latest'):
     """Path of checkpoint `which` (an iteration number or 'latest')."""
     ckpts = list_checkpoints(models_dir)
     if not ckpts:
-        raise FileNotFoundError(f'no checkpoint (iter_*.ckpt) in {models_dir}')
+        raise MissingInput(f'no checkpoint (iter_*.ckpt) in {models_dir}')
     if str(which) == 'latest':
         return ckpts[-1][1]
     for it, path in ckpts:
         if it == int(which):
             return path
-    raise FileNotFoundError(f'no checkpoint of iteration {which} in {models_dir}; '
+    raise MissingInput(f'no checkpoint of iteration {which} in {models_dir}; '
                             f'found iterations {[it for it, _ in ckpts]}')
-
-
-class CorruptCheckpoint(RuntimeError):
-    """A checkpoint file that cannot be read or whose checksum does not match."""
 
 
 def content_hash(obj):
@@ -139,7 +137,7 @@ def load_newest(models_dir, which='latest'):
         return path, load(path)
     ckpts = list_checkpoints(models_dir)
     if not ckpts:
-        raise FileNotFoundError(f'no checkpoint (iter_*.ckpt) in {models_dir}')
+        raise MissingInput(f'no checkpoint (iter_*.ckpt) in {models_dir}')
     problems = []
     for _, path in reversed(ckpts):
         try:
@@ -194,5 +192,5 @@ def check_state_dict(module, state, what, ckpt_path):
             problems.append(f'{what}.{k}: checkpoint {tuple(state[k].shape)}, config {tuple(v.shape)}')
     problems += [f'{what}.{k} in the checkpoint but not in the model' for k in state if k not in own]
     if problems:
-        raise ValueError(f'{ckpt_path} does not fit the configured model:\n  ' + '\n  '.join(problems[:8])
+        raise CheckpointError(f'{ckpt_path} does not fit the configured model:\n  ' + '\n  '.join(problems[:8])
                          + ('\n  ...' if len(problems) > 8 else ''))

@@ -38,8 +38,9 @@ import torch
 import torch.nn as nn
 
 import data_loader as dl
-from solver import Solver, images_to_float, resolve_device
-
+from solver import Solver, images_to_float
+from utils.records import run_folder
+from utils.runtime import resolve_device
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -157,7 +158,7 @@ def measure(cfg, train_set):
 
 
 def run(cfg):
-    what = dl.resolve_au_data(cfg)
+    what = dl.resolve_data(cfg, 'au')
     train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train')
     cfg.c_dim = train_set.labels.shape[1]
     device = resolve_device(cfg.device)
@@ -176,7 +177,7 @@ def run(cfg):
         result['speedup'] = base['ms_per_iter'] / result['ms_per_iter']
         result['inference_speedup'] = result['inference_frames_per_s'] / base['inference_frames_per_s']
     print(format_table(result))
-    out_dir = os.path.join(cfg.outputs_dir, 'results')
+    out_dir = run_folder(cfg, 'results')
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f'bench_{cfg.image_size}px_b{cfg.batch_size}_{device.type}.json')
     with open(path, 'w') as f:

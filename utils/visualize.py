@@ -117,3 +117,8 @@ def stack(parts, axis=0):
             p = np.concatenate([p, np.full(shape, 255, np.uint8)], other)
         padded.append(p)
     return np.concatenate(padded, axis)
+
+
+def titled_grid(titles, rows, cell, **label_kw):
+    """vis.grid(rows) under a row of column titles (label_row's options in `label_kw`)."""
+    return stack([label_row(titles, cell, **label_kw), grid(rows)])
