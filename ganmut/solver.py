@@ -26,6 +26,7 @@ import torch
 
 import data_loader as dl
 import synthetic_faces as sf
+from ganmut import losses as ganmut_losses
 from ganmut import plots as gv
 from ganmut import space as ganmut
 from model import Discriminator, Generator, critic_options, generator_options
@@ -167,8 +168,8 @@ class GANmutSolver(Solver):
         self.d_optim.zero_grad(set_to_none=True)
         r1 = cfg.regularization_type == 'r1'
         p = self.critic_pass(x_real, x_fake, gen, r1, not r1 and explicit_gp_on(cfg, self.device))
-        critic_loss, lambda_code = ((ganmut.linear_critic_loss, cfg.lambda_d_info) if self.linear
-                                    else (ganmut.gaussian_critic_loss, cfg.lambda_expr))
+        critic_loss, lambda_code = ((ganmut_losses.linear_critic_loss, cfg.lambda_d_info) if self.linear
+                                    else (ganmut_losses.gaussian_critic_loss, cfg.lambda_expr))
         loss, record = critic_loss(p.real[0], p.fake[0], p.real[1], e_org, p.fake[2], z, p.reg, cfg.lambda_cls,
                                    cfg.lambda_reg, lambda_code)
         self.apply_step(loss, self.d_optim, record)
@@ -182,20 +183,20 @@ class GANmutSolver(Solver):
         with self.autocast():
             out_src, out_cls, out_code = self.D(x_fake)
             if cfg.cycle_loss == 'approximate':
-                z_org = ganmut.cycle_code_approximate(self.space, e_org, logits_real)
+                z_org = ganmut_losses.cycle_code_approximate(self.space, e_org, logits_real)
             else:
-                z_org = ganmut.cycle_code_original(code_real)
+                z_org = ganmut_losses.cycle_code_original(code_real)
             x_rec, attn_rec, _ = self.G(x_fake, z_org)
         masks = [attn_fake, attn_rec] if self.attention else ()
         if self.linear:
             if not resolve_flag(getattr(cfg, 'info_moves_space', 'false'), False):
                 target = dict(target, code=target['code'].detach())   # only the info term reads target['code']
-            loss, record = ganmut.linear_generator_loss(
+            loss, record = ganmut_losses.linear_generator_loss(
                 out_src, out_cls, out_code, target, x_real, x_rec, cfg.lambda_cls, cfg.lambda_g_strength,
                 cfg.lambda_g_info, cfg.lambda_rec, self.space.neutral_index, masks, cfg.lambda_sat, cfg.lambda_smooth)
         else:
             log_p = self.space.target_log_distribution(target['code'])
-            loss, record = ganmut.gaussian_generator_loss(
+            loss, record = ganmut_losses.gaussian_generator_loss(
                 out_src, out_cls, log_p, target['emotion'], x_real, x_rec, cfg.lambda_cls, cfg.lambda_prediction,
                 cfg.lambda_rec, masks, cfg.lambda_sat, cfg.lambda_smooth)
         self.apply_step(loss, self.g_optim, record)

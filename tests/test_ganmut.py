@@ -7,6 +7,7 @@ import torch
 
 import losses
 import synthetic_faces
+from ganmut import losses as ganmut_losses
 from ganmut import space as ganmut
 from ganmut.space import GaussianSpace, LinearSpace
 
@@ -267,7 +268,7 @@ def test_cycle_code_approximate_by_hand():
         space.raw_axes.copy_(torch.tensor([[0.0, 0.1], [0.2, 0.0]]))
     e_org = torch.tensor([1, 0, 2])
     logits = torch.tensor([[0.0, math.log(3.0), 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
-    z = ganmut.cycle_code_approximate(space, e_org, logits)
+    z = ganmut_losses.cycle_code_approximate(space, e_org, logits)
     # confidences: 3/5 for happy, 1/3 for emotion 2; neutral -> origin
     assert torch.allclose(z, torch.tensor([[0.0, 0.6], [0.0, 0.0], [1 / 3, 0.0]]), atol=1e-6)
     assert torch.equal(z[1], torch.zeros(2))
@@ -276,7 +277,7 @@ def test_cycle_code_approximate_by_hand():
     assert space.raw_axes.grad.abs().sum() > 0
 
     code_hat = torch.randn(4, 2, requires_grad=True)
-    zo = ganmut.cycle_code_original(code_hat)
+    zo = ganmut_losses.cycle_code_original(code_hat)
     assert torch.equal(zo, code_hat) and not zo.requires_grad
 
 
@@ -331,8 +332,8 @@ def _critic_inputs():
     return out_real, out_fake, logits_real, e_org, code_hat_fake, z
 
 
-@pytest.mark.parametrize('fn,key,lam', [(ganmut.linear_critic_loss, 'D/info', 'lambda_d_info'),
-                                        (ganmut.gaussian_critic_loss, 'D/expr', 'lambda_expr')])
+@pytest.mark.parametrize('fn,key,lam', [(ganmut_losses.linear_critic_loss, 'D/info', 'lambda_d_info'),
+                                        (ganmut_losses.gaussian_critic_loss, 'D/expr', 'lambda_expr')])
 def test_critic_losses_by_hand(fn, key, lam):
     args = _critic_inputs()
     loss, rec = fn(*args, reg=torch.tensor(0.5), lambda_cls=2.0, lambda_reg=10.0, **{lam: 3.0})
@@ -360,7 +361,7 @@ def test_linear_generator_loss_by_hand():
     logits = torch.tensor([[0.0, 0.0, 9.0], [math.log(2.0), 0.0, 0.0], [math.log(3.0), 0.0, math.log(2.0)]])
     code_hat = torch.tensor([[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]])
     x, x_rec = torch.zeros(3, 3, 2, 2), torch.full((3, 3, 2, 2), 0.25)
-    loss, rec = ganmut.linear_generator_loss(out_fake, logits, code_hat, target, x, x_rec, lambda_cls=2.0,
+    loss, rec = ganmut_losses.linear_generator_loss(out_fake, logits, code_hat, target, x, x_rec, lambda_cls=2.0,
                                              lambda_g_strength=3.0, lambda_g_info=4.0, lambda_rec=10.0)
     ce = (-math.log(2 / 4) - math.log(2 / 6)) / 2              # rows 1 and 2 only: p(target) = 1/2, 1/3
     strength = (3 / 6 - 0.8) ** 2                               # row 2 only: max softmax = 1/2 (class 0)
@@ -379,8 +380,8 @@ def test_linear_generator_attention_terms():
     a = torch.tensor([[[[0.0, 1.0], [0.5, 0.5]]]])
     args = (torch.zeros(1, 1, 1, 1), torch.zeros(1, 3), torch.zeros(1, 2), target, torch.zeros(1, 3, 2, 2),
             torch.zeros(1, 3, 2, 2))
-    base, _ = ganmut.linear_generator_loss(*args, lambda_rec=0.0)
-    loss, rec = ganmut.linear_generator_loss(*args, lambda_rec=0.0, masks=[a, a], lambda_sat=0.1,
+    base, _ = ganmut_losses.linear_generator_loss(*args, lambda_rec=0.0)
+    loss, rec = ganmut_losses.linear_generator_loss(*args, lambda_rec=0.0, masks=[a, a], lambda_sat=0.1,
                                              lambda_smooth=0.01)
     assert rec['G/attn_sat'] == pytest.approx(1.0) and rec['G/attn_tv'] == pytest.approx(2.0)
     assert (loss - base).item() == pytest.approx(0.1 * 1.0 + 0.01 * 2.0, rel=1e-5)
@@ -409,7 +410,7 @@ def test_linear_generator_gradient_reaches_axes(num, term):
     x = torch.zeros(8, 3, 4, 4)
     weights = dict(lambda_cls=0.0, lambda_g_strength=0.0, lambda_g_info=0.0, lambda_rec=0.0)
     weights[term] = 1.0
-    loss, _ = ganmut.linear_generator_loss(out_fake * 0, logits, code_hat, target, x, x, **weights)
+    loss, _ = ganmut_losses.linear_generator_loss(out_fake * 0, logits, code_hat, target, x, x, **weights)
     loss.backward()
     grad = space.raw_axes.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 1e-6
@@ -425,7 +426,7 @@ def test_linear_generator_no_nan_on_empty_masks(case):
         target = space.sample(torch.zeros(3, dtype=torch.long), _gen(), n_random=0)
     out_fake, logits, code_hat = nets(target['code'])
     x = torch.zeros(3, 3, 4, 4)
-    loss, rec = ganmut.linear_generator_loss(out_fake, logits, code_hat, target, x, x + 0.1)
+    loss, rec = ganmut_losses.linear_generator_loss(out_fake, logits, code_hat, target, x, x + 0.1)
     assert torch.isfinite(loss) and rec['G/strength'] == 0
     if case == 'all_random':
         assert rec['G/cls'] == 0
@@ -443,7 +444,7 @@ def test_gaussian_generator_loss_by_hand():
     log_p = torch.log(torch.tensor([[0.5, 0.5], [0.75, 0.25]]))
     mean_emotion = torch.tensor([0, -1])
     x, x_rec = torch.zeros(2, 3, 2, 2), torch.full((2, 3, 2, 2), -0.5)
-    loss, rec = ganmut.gaussian_generator_loss(out_fake, logits, log_p, mean_emotion, x, x_rec, lambda_cls=2.0,
+    loss, rec = ganmut_losses.gaussian_generator_loss(out_fake, logits, log_p, mean_emotion, x, x_rec, lambda_cls=2.0,
                                                lambda_prediction=0.5, lambda_rec=10.0)
     kl_pq = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     kl_qp = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
@@ -457,8 +458,8 @@ def test_gaussian_generator_loss_by_hand():
 
 def test_symmetric_kl_zero_iff_equal():
     lp = torch.log_softmax(torch.randn(5, 4, generator=_gen()), 1)
-    assert ganmut.symmetric_kl(lp, lp).item() == pytest.approx(0.0, abs=1e-7)
-    assert ganmut.symmetric_kl(lp, lp.flip(1)).item() > 0
+    assert ganmut_losses.symmetric_kl(lp, lp).item() == pytest.approx(0.0, abs=1e-7)
+    assert ganmut_losses.symmetric_kl(lp, lp.flip(1)).item() > 0
 
 
 @pytest.mark.parametrize('num', [4, 9])
@@ -472,7 +473,7 @@ def test_gaussian_generator_gradients_reach_space(num, dim):
     # prediction term only: the means move through the mean-coded fakes
     t = space.sample(12, _gen())
     out_fake, logits, _ = nets(t['code'])
-    loss, _ = ganmut.gaussian_generator_loss(out_fake, logits, space.target_log_distribution(t['code']),
+    loss, _ = ganmut_losses.gaussian_generator_loss(out_fake, logits, space.target_log_distribution(t['code']),
                                              t['emotion'], x, x, lambda_cls=0.0, lambda_prediction=1.0)
     loss.backward()
     assert space.raw_means.grad.abs().sum() > 1e-6
@@ -483,7 +484,7 @@ def test_gaussian_generator_gradients_reach_space(num, dim):
     # symmetric KL only, on non-mean codes: the means and covariances move through the target distribution
     z = torch.rand(6, dim, generator=_gen(1)) * 2 - 1
     out_fake, logits, _ = nets(z)
-    loss, rec = ganmut.gaussian_generator_loss(out_fake, logits, space.target_log_distribution(z),
+    loss, rec = ganmut_losses.gaussian_generator_loss(out_fake, logits, space.target_log_distribution(z),
                                                torch.full((6,), -1), x[:6], x[:6], lambda_prediction=1.0)
     assert rec['G/pred'] == 0 and torch.isfinite(loss)
     loss.backward()
@@ -499,7 +500,7 @@ def test_gaussian_far_codes_stay_finite():
         space.raw_scales.fill_(1e-3)
     z = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
     logits = torch.zeros(2, 4, requires_grad=True)
-    loss, _ = ganmut.gaussian_generator_loss(torch.zeros(2, 1), logits, space.target_log_distribution(z),
+    loss, _ = ganmut_losses.gaussian_generator_loss(torch.zeros(2, 1), logits, space.target_log_distribution(z),
                                              torch.full((2,), -1), torch.zeros(2, 3), torch.zeros(2, 3))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
@@ -512,7 +513,7 @@ def test_linear_info_target_keeps_graph_to_axes():
     space = LinearSpace(3)
     target = space.sample(torch.tensor([1, 2]), _gen(), n_random=0, noise_std=0.0)
     x = torch.zeros(2, 3, 2, 2)
-    loss, _ = ganmut.linear_generator_loss(torch.zeros(2, 1), torch.zeros(2, 3), torch.zeros(2, 2), target, x, x,
+    loss, _ = ganmut_losses.linear_generator_loss(torch.zeros(2, 1), torch.zeros(2, 3), torch.zeros(2, 2), target, x, x,
                                            lambda_cls=0.0, lambda_g_strength=0.0, lambda_g_info=1.0)
     loss.backward()
     # d/dz mean((0 - z)^2) = 2 z / 4 = z / 2, and z = s * axis is parallel to the axis; the
@@ -522,7 +523,7 @@ def test_linear_info_target_keeps_graph_to_axes():
     space.zero_grad()
     target = space.sample(torch.tensor([1, 2]), _gen(), n_random=0, noise_std=0.0)
     code_hat = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
-    loss, _ = ganmut.linear_generator_loss(torch.zeros(2, 1), torch.zeros(2, 3), code_hat, target, x, x,
+    loss, _ = ganmut_losses.linear_generator_loss(torch.zeros(2, 1), torch.zeros(2, 3), code_hat, target, x, x,
                                            lambda_cls=0.0, lambda_g_strength=0.0, lambda_g_info=1.0)
     loss.backward()
     assert space.raw_axes.grad.abs().sum() > 1e-1

@@ -116,3 +116,32 @@ def test_every_module_has_a_layer_and_imports_point_down():
     assert {top(m) for m in graph} <= {name for names in LAYERS for name in names}, 'a module outside LAYERS'
     upward = sorted(f'{m} -> {n}' for m, deps in graph.items() for n in deps if layer_of(n) > layer_of(m))
     assert not upward, upward
+
+
+def exits_in(path):
+    """Lines of `path` that call sys.exit or raise SystemExit outside an `if __name__ == '__main__':` block."""
+    tree = ast.parse(open(path, encoding='utf-8').read(), path)
+    found = []
+
+    def visit(node):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) \
+                and getattr(node.test.left, 'id', None) == '__name__':
+            return                                  # the command-line entry of a module may exit
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == 'exit' \
+                and getattr(node.func.value, 'id', None) == 'sys':
+            found.append(node.lineno)
+        if isinstance(node, ast.Raise) and node.exc is not None and 'SystemExit' in ast.unparse(node.exc):
+            found.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+    visit(tree)
+    return found
+
+
+def test_library_code_never_exits(tmp_path):
+    """User errors travel as utils.errors.UserError up to main(), which alone turns them into exit status 2."""
+    sample = tmp_path / 'sample.py'
+    sample.write_text('import sys\ndef f():\n    raise SystemExit("x")\nif __name__ == "__main__":\n    sys.exit(f())\n')
+    assert exits_in(str(sample)) == [3]
+    wrong = {m: exits_in(p) for m, p in project_modules().items() if exits_in(p)}
+    assert not wrong, wrong

@@ -22,7 +22,11 @@ def synth(tmp_path_factory):
 
 
 def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags(tmp_path, monkeypatch, synth):
+    from utils import checkpoint
     quick_reader(monkeypatch)
+    reads, real_load = [], checkpoint.load
+    monkeypatch.setattr(checkpoint, 'load', lambda path, *a, **k: reads.append(os.path.basename(path))
+                        or real_load(path, *a, **k))
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'data' / 'celeba' / 'images').mkdir(parents=True)   # the demo stays on the synthetic faces
     out = tmp_path / 'demo'
@@ -40,6 +44,7 @@ def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags
     assert cfg['dataset'] == 'synthetic' and cfg['image_dir'] == os.path.join(str(synth), 'images')
     # trained: the last iteration's checkpoint (the demo's cadence, 500, is longer than the run)
     assert sorted(os.listdir(out / 'models')) == ['iter_00000004.ckpt']
+    assert [r for r in reads if r.startswith('iter_')] == ['iter_00000004.ckpt']   # once, for test and eval
     # test mode: the reference sequence on top of the two faces' rows, a GIF per face
     results = out / 'results'
     gifs = sorted(f for f in os.listdir(results) if f.endswith('.gif'))
