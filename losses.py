@@ -24,21 +24,6 @@ def tv_loss(attn):
             + (attn[..., 1:, :] - attn[..., :-1, :]).abs().mean())
 
 
-def color_tv_loss(color, attn):
-    """Total variation of the colour head C where it is used, weighted by 1 - A (detached,
-    so the term smooths C and does not push the mask towards copying).
-
-    Cartoon and real faces are piecewise smooth; without this term the colour head fills
-    the edited regions with high-frequency patterns that move the AU reading (of the
-    critic and of any other CNN) without looking like an expression.
-    """
-    w = (1 - attn.detach().float())
-    c = color.float()
-    dx = (c[..., :, 1:] - c[..., :, :-1]).abs() * torch.maximum(w[..., :, 1:], w[..., :, :-1])
-    dy = (c[..., 1:, :] - c[..., :-1, :]).abs() * torch.maximum(w[..., 1:, :], w[..., :-1, :])
-    return dx.mean() + dy.mean()
-
-
 def color_keep_loss(color, x, attn):
     """L1 between the colour head C and the generator's input x, weighted by A (detached):
     where the mask keeps the input, C should be that input.
@@ -81,20 +66,6 @@ def penalty_of_gradient(grad):
     (model.Discriminator.realism_input_gradient)."""
     norm = grad.float().flatten(1).norm(2, dim=1)
     return ((norm - 1.0) ** 2).mean()
-
-
-def au_jacobian_penalty(au_pred, x, generator=None):
-    """mean ||J^T v||^2 of the AU head's Jacobian J = d au_pred / d x, with v a random
-    unit vector per sample (an unbiased estimate of ||J||_F^2 / c_dim).
-
-    A small input gradient means faint pixel patterns cannot move the AU reading,
-    so the generator must change shapes to change it (input-gradient
-    regularisation, Ross & Doshi-Velez 2018).
-    """
-    v = torch.randn(au_pred.shape, device=au_pred.device, generator=generator)
-    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    grad, = torch.autograd.grad((au_pred.float() * v).sum(), x, create_graph=True)
-    return grad.float().flatten(1).pow(2).sum(1).mean()
 
 
 def critic_loss(out_real, out_fake, au_pred_real, aus_real, gp, lambda_gp, lambda_cls, adv='wgan-gp'):

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from utils import checkpoint
-from utils.errors import FlagError
+from utils.errors import CheckpointError, FlagError
 from utils.fast_conv import SmallOutputConv2d, conv_input_grad
 from utils.runtime import resolve_flag
 
@@ -39,12 +39,6 @@ class Generator(nn.Module):
     the tanh head is the output. forward() returns (y, A, C); A is None without
     attention.
 
-    `color_head='residual'` (an option, not the SPEC's): C = clip(x + conv(h)) with the
-    conv and the attention conv initialised to zero, so training starts from the
-    identity with the mask at 0.5 instead of from a noise colour head that the mask
-    must first shut out (the sigmoid then saturates and passes the colour head
-    little gradient).
-
     `warp=k` (an option, not the SPEC's; k > 0): a third, zero-initialised head predicts a
     flow field in pixels, one vector per k x k cell, bilinearly upsampled; the input is
     resampled along it before the mask blends, y = A * warp(x) + (1 - A) * C. Moving
@@ -59,19 +53,17 @@ class Generator(nn.Module):
     (relative attributes, as in RelGAN, Wu et al. 2019).
     """
 
-    def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed',
-                 color_head='tanh', warp=0, condition='target'):
+    def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed', warp=0,
+                 condition='target'):
         super().__init__()
         if upsample not in ('transposed', 'resize'):
             raise FlagError(f'--g_upsample must be transposed or resize, got {upsample!r}')
-        if color_head not in ('tanh', 'residual'):
-            raise FlagError(f'--g_color_head must be tanh or residual, got {color_head!r}')
         if warp < 0 or (warp and not attention):
             raise FlagError(f'--g_warp must be 0 (off) or a flow cell size >= 1 with the attention generator, '
                              f'got {warp}{"" if attention else " without attention"}')
         if condition not in ('target', 'relative'):
             raise FlagError(f'--g_condition must be target or relative, got {condition!r}')
-        self.c_dim, self.attention, self.color_residual = c_dim, attention, color_head == 'residual'
+        self.c_dim, self.attention = c_dim, attention
         self.warp_cell, self.relative = warp, condition == 'relative'
         cond_channels = c_dim * (2 if self.relative else 1)
         layers = [nn.Conv2d(3 + cond_channels, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
@@ -94,10 +86,6 @@ class Generator(nn.Module):
         init_weights(self)
         if self.flow is not None:
             nn.init.zeros_(self.flow.weight)
-        if self.color_residual:
-            nn.init.zeros_(self.color[0].weight)
-            if self.attn is not None:
-                nn.init.zeros_(self.attn[0].weight)
 
     def forward(self, x, c, c_src=None):
         """x: (B, 3, H, W) in [-1, 1]; c: (B, c_dim) target AUs in [0, 1]; c_src: the source
@@ -110,7 +98,7 @@ class Generator(nn.Module):
             c = torch.cat([c, c - c_src], 1)
         c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
         h = self.main(torch.cat([x, c_map], dim=1))
-        color = (x + self.color[0](h)).clamp(-1, 1) if self.color_residual else self.color(h)
+        color = self.color(h)
         if self.attn is None:
             return color, None, color
         attn = self.attn(h)
@@ -145,13 +133,40 @@ def warp_image(x, flow_px):
 def generator_options(config):
     """The Generator's keyword options from a run's config (a dict: vars(cfg) or a checkpoint's
     'config'); configs saved before an option existed get its default."""
-    return dict(upsample=config.get('g_upsample', 'transposed'), color_head=config.get('g_color_head', 'tanh'),
+    return dict(upsample=config.get('g_upsample', 'transposed'),
                 warp=config.get('g_warp', 0), condition=config.get('g_condition', 'target'))
+
+
+# Options removed after they were measured not to help (docs/notebook.md, "Removed options"): the value
+# that every run without them had, and the last commit that had them. A checkpoint trained with another
+# value is refused, naming the option and that commit: the architecture options everywhere (this code
+# builds another network), the loss options when training resumes from it (it would train on without
+# that term; its weights still load for test and eval modes).
+LAST_COMMIT_WITH_REMOVED_OPTIONS = '671e618'
+REMOVED_ARCHITECTURE = {'d_label_trunk': 'shared', 'g_color_head': 'tanh'}
+REMOVED_LOSSES = {'au_noise': 0.0, 'au_blur': 0.0, 'au_adv_eps': 0.0, 'lambda_au_jac': 0.0, 'lambda_color_tv': 0.0,
+                  'lambda_cls_d': -1.0}
+
+
+def check_removed_options(config, path, resuming=False):
+    """Refuse a checkpoint trained with an option this code no longer has (see REMOVED_ARCHITECTURE)."""
+    removed = dict(REMOVED_ARCHITECTURE, **(REMOVED_LOSSES if resuming else {}))
+    used = [f'--{k} {config[k]}' for k, off in removed.items() if not _was_off(k, config.get(k, off), off, config)]
+    if used:
+        raise CheckpointError(f'{path} was trained with {", ".join(used)}, removed from this code after it was '
+                              f'measured not to help; the last commit that has it is '
+                              f'{LAST_COMMIT_WITH_REMOVED_OPTIONS} (git checkout {LAST_COMMIT_WITH_REMOVED_OPTIONS})')
+
+
+def _was_off(key, value, off, config):
+    if key == 'lambda_cls_d':        # negative, or the AU weight itself: the critic's AU term as without it
+        return value is None or value < 0 or value == config.get('lambda_cls')
+    return value is None or value == off
 
 
 def critic_options(config):
     """The Discriminator's keyword options from a run's config, as generator_options."""
-    return dict(label_trunk=config.get('d_label_trunk', 'shared'), local_head=config.get('d_local_head', 0))
+    return dict(local_head=config.get('d_local_head', 0))
 
 
 class Discriminator(nn.Module):
@@ -163,19 +178,13 @@ class Discriminator(nn.Module):
     and `code_dim` outputs regress the 2-D (or 3-D) emotion code.
     """
 
-    def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0, label_trunk='shared',
-                 local_head=0):
+    def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0, local_head=0):
         super().__init__()
         check_sizes(image_size, repeat_num)
-        if label_trunk not in ('shared', 'separate'):
-            raise FlagError(f'--d_label_trunk must be shared or separate, got {label_trunk!r}')
         if not 0 <= local_head < repeat_num:
             raise FlagError(f'--d_local_head must be 0 (off) or a critic layer from 1 to {repeat_num - 1} '
                              f'(--d_repeat_num {repeat_num}), got {local_head}')
         self.main, ch = _patch_trunk(conv_dim, repeat_num)
-        # 'separate': the label heads (AUs, emotions, code) get a trunk of their own, so
-        # the realism score does not share features with a regression weighted 160x.
-        self.label_main = _patch_trunk(conv_dim, repeat_num)[0] if label_trunk == 'separate' else None
         k = image_size // 2 ** repeat_num
         self.src = SmallOutputConv2d(ch, 1, 3, 1, 1, bias=False)
         self.cls = SmallOutputConv2d(ch, c_dim, k, bias=False)
@@ -197,12 +206,8 @@ class Discriminator(nn.Module):
         else:
             h_local = self.main[:2 * self.local_layers](x)     # (conv, LeakyReLU) per layer
             h = self.main[2 * self.local_layers:](h_local)
-        if self.label_main is not None:
-            h_label = self.label_main(x)
-        else:
-            h_label = h
-        out_cls = self.cls(h_label).flatten(1)
-        out_code = self.code(h_label).flatten(1) if self.code is not None else None
+        out_cls = self.cls(h).flatten(1)
+        out_code = self.code(h).flatten(1) if self.code is not None else None
         out_src = self.src(h)
         if self.local is not None:   # (B, 2, 1, 1): the two heads' mean scores, weighted equally
             out_src = torch.cat([out_src.float().mean((2, 3), keepdim=True),
@@ -299,6 +304,7 @@ class Trained:
         self.label_names = list(ckpt['label_names'])
         self.model = ckpt.get('model', self.config.get('model', 'ganimation'))
         self.iteration = int(ckpt['iteration'])
+        check_removed_options(self.config, path)
 
     @classmethod
     def newest(cls, models_dir, which='latest'):

@@ -9,7 +9,6 @@ uninterrupted run would have done.
 """
 import collections
 import copy
-import math
 import os
 import signal
 import threading
@@ -25,7 +24,7 @@ import losses
 import synthetic_faces as sf
 from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
                          worker_ignores_stop_signals)
-from model import Discriminator, Generator, critic_options, generator_options
+from model import Discriminator, Generator, check_removed_options, critic_options, generator_options
 from utils import checkpoint, distributed
 from utils import visualize as vis
 from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
@@ -161,9 +160,6 @@ class Solver:
             raise FlagError(f'--adv_loss: expected wgan-gp or ns-r1, found {adv_loss(cfg)!r}')
         if getattr(cfg, 'd_augment', 'none') not in ('none', 'translation'):
             raise FlagError(f'--d_augment: expected none or translation, found {cfg.d_augment!r}')
-        if cfg.au_adv_eps > 0 and au_view_on(cfg):
-            raise FlagError('--au_adv_eps is another view of the images the AU head learns on: '
-                             'use it without --au_noise and --au_blur')
         self.rank, self.world = distributed.STATE.rank, distributed.STATE.world
         self.is_main = self.rank == 0      # only rank 0 writes logs, samples and checkpoints
         torch.manual_seed(cfg.seed)
@@ -318,22 +314,18 @@ class Solver:
 
     def critic_step(self, x_real, aus_org, x_fake, gen):
         """The critic's loss (losses.critic_loss): realism of real and fake images, the AU regression of
-        the real ones, and the regulariser, WGAN-GP or R1; all from one critic pass."""
+        the real ones, and the regulariser, WGAN-GP or R1; all from one critic pass. With --d_augment the
+        realism head reads shifted copies and the AU head the unshifted real images (see critic_view)."""
         cfg = self.cfg
         self.D.requires_grad_(True)
         self.d_optim.zero_grad(set_to_none=True)
         r1 = adv_loss(cfg) == 'ns-r1'
-        explicit = not r1 and cfg.lambda_au_jac == 0 and explicit_gp_on(cfg, self.device)
-        p = self.critic_pass(critic_view(x_real, cfg, gen), critic_view(x_fake, cfg, gen), gen, r1, explicit,
-                             extra=lambda: self.au_head_views(x_real.detach(), aus_org, gen))
+        p = self.critic_pass(critic_view(x_real, cfg, gen), critic_view(x_fake, cfg, gen), gen, r1,
+                             explicit=not r1 and explicit_gp_on(cfg, self.device),
+                             extra=lambda: [x_real.detach()] if augmented(cfg) else [])
         au_pred_real = (p.extra[0] if p.extra else p.real)[1]
         loss, record = losses.critic_loss(p.real[0], p.fake[0], au_pred_real, aus_org, p.reg,
-                                          cfg.lambda_r1 if r1 else cfg.lambda_gp, critic_au_weight(cfg), adv_loss(cfg))
-        if cfg.lambda_au_jac > 0:   # at the interpolates (R1: the real images), where the generator's images live
-            jac = losses.au_jacobian_penalty((p.real if r1 else p.interpolates)[1], p.reg_at, gen)
-            loss = loss + cfg.lambda_au_jac * jac
-            record['D/au_jac'] = jac.detach()
-            record['D/loss'] = loss.detach().float()      # with the Jacobian penalty
+                                          cfg.lambda_r1 if r1 else cfg.lambda_gp, cfg.lambda_cls, adv_loss(cfg))
         self.apply_step(loss, self.d_optim, record)
         return record
 
@@ -363,31 +355,6 @@ class Solver:
                    else losses.gradient_penalty(outs[2][0], reg_at))
         return CriticPass(outs[0], outs[1], outs[2] if n_main == 3 else None, outs[n_main:], reg, reg_at)
 
-    def au_head_views(self, x_real, aus_org, gen):
-        """What the critic's AU head learns on, when not the real images its realism head reads: its own
-        view of them (--au_noise, --au_blur; see au_view), adversarially moved ones (--au_adv_eps), or
-        with --d_augment the unshifted ones (see critic_view)."""
-        cfg = self.cfg
-        if au_view_on(cfg):
-            return [au_view(x_real, cfg, gen)]
-        if cfg.au_adv_eps > 0:
-            return [self.adversarial_au_view(x_real, aus_org, gen)]
-        return [x_real] if augmented(cfg) else []
-
-    def adversarial_au_view(self, x_real, aus_real, gen):
-        """`x_real` moved within an L-inf ball of radius --au_adv_eps towards a larger error of the
-        critic's AU head: one signed-gradient step of 1.25 eps from a uniform random start, clipped
-        to the ball (fast adversarial training, Wong et al. 2020). The head learns on these, so
-        faint patterns cannot move its reading; its input gradient, which is what the generator
-        follows, then points towards visible shapes (Santurkar et al. 2019)."""
-        eps = self.cfg.au_adv_eps
-        delta = (torch.rand(x_real.shape, generator=gen, device=x_real.device) * 2 - 1) * eps
-        x = (x_real + delta).requires_grad_(True)
-        _, au_pred, _ = self.D(x)
-        grad, = torch.autograd.grad(losses.au_loss(au_pred, aus_real), x)
-        delta = (delta + 1.25 * eps * grad.sign()).clamp(-eps, eps)
-        return (x_real + delta).clamp(-1, 1).detach()
-
     def written_out_gradient_penalty(self, x_hat):
         """The WGAN-GP penalty at `x_hat` from the critic's input gradient written out (--explicit_gp)."""
         return losses.penalty_of_gradient(self.D.realism_input_gradient(x_hat.detach()))
@@ -397,9 +364,9 @@ class Solver:
         self.D.requires_grad_(False)
         self.g_optim.zero_grad(set_to_none=True)
         with self.autocast():
-            if au_view_on(cfg) or augmented(cfg):   # the realism head reads the shifted fakes, the AU head
-                b = x_fake.shape[0]                  # its own view of the unshifted ones
-                out_src, out_cls, _ = self.D(torch.cat([critic_view(x_fake, cfg, gen), au_view(x_fake, cfg, gen)]))
+            if augmented(cfg):   # the realism head reads the shifted fakes, the AU head the unshifted ones
+                b = x_fake.shape[0]
+                out_src, out_cls, _ = self.D(torch.cat([critic_view(x_fake, cfg, gen), x_fake]))
                 out_src, out_cls = out_src[:b], out_cls[b:]
             else:
                 out_src, out_cls, _ = self.D(x_fake)
@@ -414,10 +381,6 @@ class Solver:
                                              generator_au_weight(cfg, self.iteration), cfg.lambda_rec,
                                              cfg.lambda_sat, cfg.lambda_smooth,
                                              virtual, cfg.virtual_weight, adv_loss(cfg))
-        if cfg.lambda_color_tv > 0 and attn_fake is not None:
-            color_tv = (losses.color_tv_loss(color_fake, attn_fake) + losses.color_tv_loss(color_rec, attn_rec)) / 2
-            loss = loss + cfg.lambda_color_tv * color_tv
-            record['G/color_tv'] = color_tv.detach()
         if cfg.lambda_color_keep > 0 and attn_fake is not None:
             color_keep = (losses.color_keep_loss(color_fake, x_real, attn_fake)
                           + losses.color_keep_loss(color_rec, x_fake.detach(), attn_rec)) / 2
@@ -666,35 +629,6 @@ def adv_loss(cfg):
     return getattr(cfg, 'adv_loss', 'wgan-gp')
 
 
-def au_view_on(cfg):
-    return cfg.au_noise > 0 or getattr(cfg, 'au_blur', 0.0) > 0
-
-
-def au_view(x, cfg, gen):
-    """What the critic's AU head reads: real images when the critic learns, fakes when
-    the generator does. A regressor trained on clean images is fooled by faint
-    high-frequency patterns, and the generator learns to paint those instead of
-    expressions. --au_blur low-passes the view, so those frequencies get no AU gradient
-    at all; --au_noise adds N(0, std^2), averaging the gradient over the noise."""
-    if getattr(cfg, 'au_blur', 0.0) > 0:
-        x = gaussian_blur(x, cfg.au_blur)
-    if cfg.au_noise > 0:
-        x = x + cfg.au_noise * torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
-    return x
-
-
-def gaussian_blur(x, sigma):
-    """Separable gaussian blur of (B, C, H, W) images, radius 3 sigma, edges replicated."""
-    radius = max(int(math.ceil(3 * sigma)), 1)
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    x = F.pad(x, (radius, radius, radius, radius), mode='replicate')
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def generator_au_weight(cfg, it):
     """--lambda_cls, or with --lambda_cls_end >= 0 a linear ramp from it to that value over the run."""
     end = getattr(cfg, 'lambda_cls_end', -1.0)
@@ -715,20 +649,16 @@ def mask_extreme(attn_mean):
     return None
 
 
-def critic_au_weight(cfg):
-    """--lambda_cls_d, or --lambda_cls when it is negative (older configs have neither)."""
-    w = getattr(cfg, 'lambda_cls_d', -1.0)
-    return cfg.lambda_cls if w is None or w < 0 else w
-
-
-# The config entries that decide the shapes of the networks (or, as --g_color_head, --g_warp and
-# --g_condition, what a layer computes).
-SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample',
-              'g_color_head', 'g_warp', 'g_condition', 'd_label_trunk', 'd_local_head')
+# The config entries that decide the shapes of the networks (or, as --g_warp and --g_condition, what a
+# layer computes).
+SHAPE_KEYS = ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num', 'd_repeat_num', 'g_upsample', 'g_warp',
+              'g_condition', 'd_local_head')
 
 
 def check_compatible(ckpt, cfg, label_names, path):
+    """Refuse to resume from a checkpoint of another network, conditions or removed option, naming them."""
     saved = ckpt.get('config', {})
+    check_removed_options(saved, path, resuming=True)
     problems = [f'--{k}: checkpoint {saved[k]}, now {getattr(cfg, k)}'
                 for k in SHAPE_KEYS if k in saved and saved[k] != getattr(cfg, k)]
     if 'label_names' in ckpt and list(ckpt['label_names']) != list(label_names):

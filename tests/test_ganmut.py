@@ -527,18 +527,3 @@ def test_linear_info_target_keeps_graph_to_axes():
                                            lambda_cls=0.0, lambda_g_strength=0.0, lambda_g_info=1.0)
     loss.backward()
     assert space.raw_axes.grad.abs().sum() > 1e-1
-
-
-@pytest.mark.parametrize('flag, value, reason', [('--g_condition', 'relative', 'no source and target AUs'),
-                                                  ('--d_augment', 'translation', 'unaugmented')])
-def test_ganimation_only_options_are_refused_for_ganmut(flag, value, reason, tmp_path, capsys):
-    from tiny import TINY_MODEL
-
-    import main
-
-    # were the refusal gone, this would train one iteration of a tiny model in tmp_path and return 0
-    assert main.main(['--model', 'ganmut', flag, value, '--outputs_dir', str(tmp_path / 'run'), '--synthetic_dir',
-                      str(tmp_path / 'synth'), '--synthetic_images', '24', '--num_iters', '1'] + TINY_MODEL) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f'error: {flag} ') and reason in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / 'run').exists() and not (tmp_path / 'synth').exists()

@@ -264,3 +264,13 @@ def test_model_specific_defaults():
     m = parse('--parametrization', 'gaussian', '--lambda_cls', '2', '--regularization_type', 'R1')
     assert (m.model, m.lambda_cls, m.cycle_loss, m.regularization_type) == ('ganmut', 2.0, 'original', 'r1')
     assert parse('--model', 'ganmut', '--resume_iter', '7').resume_iters == '7'
+
+
+def test_in_test_mode_the_checkpoints_model_decides_which_flags_apply(trained, tmp_path, capsys):
+    """A GANimation-only flag with a GANmut checkpoint is refused, naming the checkpoint, not ignored."""
+    capsys.readouterr()
+    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_results_dir', str(tmp_path / 'r'),
+                    '--target_aus', 'AU12=4'])
+    err = capsys.readouterr().err
+    assert rc == 2 and '--target_aus is a GANimation option; it does not apply to GANmut (the model of' in err
+    assert 'iter_00000004.ckpt' in err and not (tmp_path / 'r').exists()

@@ -111,31 +111,6 @@ def test_lr_decay_window_longer_than_the_run_covers_the_whole_run():
     assert s.learning_rates(999)[1] == pytest.approx(2e-4 / 1000)
 
 
-def test_critic_au_weight_defaults_to_lambda_cls():
-    from types import SimpleNamespace
-
-    from solver import critic_au_weight
-    assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=-1.0)) == 160.0
-    assert critic_au_weight(SimpleNamespace(lambda_cls=160.0, lambda_cls_d=10.0)) == 10.0
-    assert critic_au_weight(SimpleNamespace(lambda_cls=160.0)) == 160.0     # configs of older runs
-
-
-def test_color_tv_is_zero_for_flat_colour_or_unused_colour_and_weighted_by_the_mask():
-    from losses import color_tv_loss
-    flat = torch.full((2, 3, 8, 8), 0.3)
-    noisy = torch.zeros(2, 3, 8, 8)
-    noisy[..., ::2] = 1.0                        # stripes: |dx| = 1 everywhere, dy = 0
-    half = torch.full((2, 1, 8, 8), 0.5)
-    assert color_tv_loss(flat, half).item() == 0.0
-    assert color_tv_loss(noisy, torch.ones(2, 1, 8, 8)).item() == 0.0      # A = 1: the colour is not used
-    assert color_tv_loss(noisy, half).item() == pytest.approx(0.5)         # mean |dx| * (1 - A)
-    attn = half.clone().requires_grad_(True)
-    color = noisy.clone().requires_grad_(True)
-    color_tv_loss(color, attn).backward()
-    assert attn.grad is None or attn.grad.abs().sum() == 0                 # smooths C, never pushes A
-    assert color.grad.abs().sum() > 0
-
-
 def test_color_keep_pulls_the_colour_head_to_the_input_where_the_mask_keeps_it():
     from losses import color_keep_loss
     x = torch.zeros(2, 3, 4, 4)
@@ -153,22 +128,6 @@ def test_color_keep_pulls_the_colour_head_to_the_input_where_the_mask_keeps_it()
     color_keep_loss(color, x, attn).backward()
     assert attn.grad is None or attn.grad.abs().sum() == 0            # shapes C, never pushes A
     assert (color.grad[..., :2] > 0).all() and (color.grad[..., 2:] == 0).all()
-
-
-def test_au_jacobian_penalty_of_a_linear_head_equals_the_hand_value():
-    from losses import au_jacobian_penalty
-    torch.manual_seed(0)
-    d, c, scale = 48, 5, 3.0
-    q, _ = torch.linalg.qr(torch.randn(d, c))    # orthonormal columns: ||W^T v|| = scale for unit v
-    w = scale * q.T
-    x = torch.randn(4, 3, 4, 4, requires_grad=True)
-    au_pred = x.flatten(1) @ w.T
-    pen = au_jacobian_penalty(au_pred, x, torch.Generator().manual_seed(1))
-    assert pen.item() == pytest.approx(scale ** 2, rel=1e-4)
-    w_nl = torch.randn(c, d, requires_grad=True)   # a nonlinear head: the penalty trains its weights
-    au_nl = torch.tanh(x.flatten(1) @ w_nl.T)
-    au_jacobian_penalty(au_nl, x).backward()
-    assert w_nl.grad is not None and w_nl.grad.abs().sum() > 0
 
 
 def test_generator_au_weight_ramps_linearly_to_lambda_cls_end():
@@ -199,24 +158,6 @@ def test_generator_weight_average_follows_with_a_ramped_decay():
     before = ema[0].weight.clone()
     update_ema(ema, G, 0.99, step=10 ** 6)        # late: b = 0.99
     assert torch.allclose(ema[0].weight, 0.99 * before + 0.01 * G[0].weight)
-
-
-def test_au_view_blurs_away_a_checkerboard_and_keeps_shapes():
-    from types import SimpleNamespace
-
-    from solver import au_view, au_view_on, gaussian_blur
-    checker = (torch.arange(16).view(1, -1) + torch.arange(16).view(-1, 1)) % 2 * 2.0 - 1   # period 2, +-1
-    x = checker.expand(1, 3, 16, 16).clone()
-    step = torch.zeros(1, 3, 16, 16)
-    step[..., 8:] = 1.0                                   # an edge: a shape the AU head must still see
-    blurred = gaussian_blur(torch.cat([x, step]), 1.0)
-    assert blurred[0, :, 4:12, 4:12].abs().max() < 0.05   # the pattern is gone (its energy x 0.02)
-    assert blurred[1].sum().item() == pytest.approx(step.sum().item(), rel=1e-5)   # mass kept
-    assert blurred[1, :, :, 2].max() < 1e-6 and blurred[1, :, :, 14].min() > 1 - 1e-6   # the edge stays
-    off = SimpleNamespace(au_noise=0.0, au_blur=0.0)
-    on = SimpleNamespace(au_noise=0.0, au_blur=1.0)
-    assert not au_view_on(off) and au_view_on(on)
-    assert torch.equal(au_view(step, on, None), gaussian_blur(step, 1.0))
 
 
 def test_non_saturating_losses_by_hand():
@@ -252,30 +193,6 @@ def test_r1_critic_step_regularises_the_real_images(tmp_path):
     assert records['wgan-gp']['D/gp'] != r1['D/gp']
     with pytest.raises(ValueError, match='--adv_loss'):
         tiny_solver(tmp_path, '--adv_loss', 'hinge')
-
-
-def test_adversarial_au_view_stays_in_its_ball_and_raises_the_au_error(tmp_path):
-    solver = tiny_solver(tmp_path, '--batch_size', '8', '--au_adv_eps', '0.05')
-    x, aus = next(solver.batches(0))
-    x_adv = solver.adversarial_au_view(x, aus, torch.Generator().manual_seed(0))
-    assert not x_adv.requires_grad
-    assert all(p.grad is None for p in solver.D.parameters())    # only an input gradient was taken
-    assert (x_adv - x).abs().max().item() <= 0.05 + 1e-6
-    assert x_adv.min().item() >= -1 and x_adv.max().item() <= 1
-    assert (x_adv - x).abs().mean().item() > 0.02                 # a full step, not a tiny one
-
-    def au_error(images):
-        with torch.no_grad():
-            return losses.au_loss(solver.D(images)[1], aus).item()
-    random_sign = 0.05 * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
-    moved, clean = au_error(x_adv), au_error(x)
-    assert moved > au_error((x + random_sign).clamp(-1, 1)) > 0
-    assert moved > clean
-    # the critic's AU head learns on the moved images: its recorded loss is theirs, not the clean one
-    record = solver.critic_step(x, aus, x.flip(0), torch.Generator().manual_seed(0))   # the same random start
-    assert record['D/au'] == pytest.approx(moved, rel=1e-4) and record['D/au'] != pytest.approx(clean, rel=1e-4)
-    with pytest.raises(ValueError, match='--au_adv_eps'):
-        tiny_solver(tmp_path, '--au_adv_eps', '0.05', '--au_blur', '1.0')
 
 
 def test_color_keep_term_joins_the_generator_loss_with_its_weight(tmp_path):

@@ -1,5 +1,6 @@
 """The entry point: the GANimation demo (the README's main command) with its settings and the flags
 that override them, and how --dataset finds the data (auto, a dataset folder)."""
+import argparse
 import json
 import os
 import shutil
@@ -115,3 +116,45 @@ def test_dataset_folder_is_searched_for_images_and_labels(tmp_path, synth):
         resolve('--dataset', str(folder))
     with pytest.raises(FlagError, match='no such folder'):
         resolve('--dataset', str(tmp_path / 'missing'))
+
+
+def a_value_for(flag):
+    """The command-line words that give `flag` a value it accepts (its default, or one of its type)."""
+    action = next(a for a in main.build_parser()._actions if a.dest == flag)
+    if isinstance(action, argparse._StoreTrueAction):
+        return [f'--{flag}']
+    if action.default is not None:
+        return [f'--{flag}', str(action.default)]
+    return [f'--{flag}', 'happy' if action.type is str else '0.5']
+
+
+@pytest.mark.parametrize('model_name, flag', [('ganmut', f) for f in main.GANIMATION_ONLY]
+                         + [('ganimation', f) for f in main.GANMUT_ONLY])
+def test_a_flag_of_the_other_model_is_refused_not_ignored(model_name, flag, tmp_path, capsys):
+    # were the refusal gone, this would train one iteration of a tiny model in tmp_path and return 0
+    rc = main.main(['--mode', 'train', '--model', model_name, '--outputs_dir', str(tmp_path / 'run'),
+                    '--synthetic_dir', str(tmp_path / 'synth'), '--synthetic_images', '24', '--num_iters', '1']
+                   + TINY_MODEL + a_value_for(flag))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f'error: --{flag} is a ') and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 'synth').exists()
+
+
+def test_every_flag_belongs_to_one_model_or_both():
+    flags = {a.dest for a in main.build_parser()._actions if a.option_strings and a.dest != 'help'}
+    assert set(main.GANIMATION_ONLY) <= flags and set(main.GANMUT_ONLY) <= flags
+    assert not set(main.GANIMATION_ONLY) & set(main.GANMUT_ONLY)
+
+
+def test_help_fits_150_lines_with_one_line_per_option(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main.main(['--help'])
+    assert stop.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 150, len(lines)
+    for action in main.build_parser()._actions:
+        flag = action.option_strings[-1]
+        shown = [line for line in lines if line.startswith(f'  {flag} ')]
+        assert len(shown) == 1 and action.help in shown[0], flag            # one line, with its help
+        if action.default not in (None, '', False, argparse.SUPPRESS):
+            assert shown[0].endswith(f'[{action.default}]'), flag            # and its default

@@ -83,25 +83,6 @@ def test_resize_decoder_has_the_same_shapes_and_no_transposed_convs():
         Generator(8, 4, 1, upsample='bilinear')
 
 
-def test_residual_colour_head_starts_as_the_identity_and_learns_an_edit():
-    torch.manual_seed(0)
-    G = Generator(conv_dim=8, c_dim=4, repeat_num=1, color_head='residual')
-    x = torch.rand(4, 3, 32, 32) * 1.6 - 0.8
-    c = torch.rand(4, 4)
-    y, attn, color = G(x, c)
-    assert torch.allclose(y, x, atol=1e-6) and torch.equal(color, x)
-    assert torch.allclose(attn, torch.full_like(attn, 0.5))
-    # one optimiser step towards a brighter image moves the output, and only through C = x + conv(h)
-    opt = torch.optim.Adam(G.parameters(), 1e-3)
-    (G(x, c)[0] - (x + 0.5)).abs().mean().backward()
-    assert G.attn[0].weight.grad.abs().max() == 0     # C - x = 0: the mask has nothing to choose yet
-    opt.step()
-    y2, _, color2 = G(x, c)
-    assert (y2 - x).mean() > 0 and torch.all((color2 >= -1) & (color2 <= 1))
-    with pytest.raises(ValueError, match='--g_color_head'):
-        Generator(8, 4, 1, color_head='sigmoid')
-
-
 def test_warp_image_moves_pixels_by_the_flow_in_pixels():
     x = torch.arange(2 * 3 * 8 * 10, dtype=torch.float32).view(2, 3, 8, 10)
     assert torch.allclose(warp_image(x, torch.zeros(2, 2, 8, 10)), x, atol=1e-4)   # zero flow: the identity
@@ -201,20 +182,6 @@ def test_local_head_scores_are_the_mean_of_both_heads(layer, features):
         assert expected[:, 1].abs().max() > 0
     with pytest.raises(ValueError, match='--d_local_head'):
         Discriminator(image_size=64, conv_dim=8, c_dim=5, repeat_num=5, local_head=5)
-
-
-def test_separate_label_trunk_keeps_the_realism_trunk_out_of_the_label_heads():
-    torch.manual_seed(0)
-    D = Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4, label_trunk='separate')
-    shared = Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4)
-    assert sum(p.numel() for p in D.parameters()) > sum(p.numel() for p in shared.parameters())
-    src, cls, _ = D(torch.randn(2, 3, 32, 32))
-    assert src.shape == (2, 1, 2, 2) and cls.shape == (2, 5)
-    cls.sum().backward()
-    assert all(p.grad is None for p in D.main.parameters())          # realism trunk untouched
-    assert all(p.grad is not None for p in D.label_main.parameters())
-    with pytest.raises(ValueError, match='d_label_trunk'):
-        Discriminator(image_size=32, conv_dim=8, c_dim=5, repeat_num=4, label_trunk='both')
 
 
 @pytest.mark.parametrize('size,d_repeat,memory_format,local_head', [

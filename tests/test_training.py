@@ -76,7 +76,6 @@ def test_resume_with_other_shapes_names_the_mismatch(synth_dir, tmp_path, capsys
 
 
 @pytest.mark.parametrize('flag, value, seed_value, built', [
-    ('--g_color_head', 'residual', 'tanh', lambda G, D: G.color_residual),
     ('--g_warp', '4', '0', lambda G, D: G.warp_cell == 4 and G.flow is not None),
     ('--d_local_head', '2', '0', lambda G, D: D.local is not None and D.local_layers == 2),
     ('--g_condition', 'relative', 'target', lambda G, D: G.relative and G.main[0].in_channels == 3 + 2 * G.c_dim),
@@ -258,3 +257,29 @@ def test_relative_condition_gets_the_source_aus_in_training_and_test_mode(synth_
     for i, (c, c_src) in enumerate(calls):     # one edit per face
         assert torch.allclose(c_src[0], read[i], atol=1e-4)
         assert c[0, names.index('AU12')] == 1.0
+
+
+@pytest.mark.parametrize('option, value, refused_in', [('g_color_head', 'residual', ('test', 'train')),
+                                                       ('d_label_trunk', 'separate', ('test', 'train')),
+                                                       ('au_noise', 0.05, ('train',)),
+                                                       ('lambda_cls_d', 2.0, ('train',))])
+def test_a_checkpoint_of_a_removed_option_is_refused_naming_it_and_the_last_commit(synth_dir, tmp_path, capsys,
+                                                                                  option, value, refused_in):
+    """A run trained with an option this code no longer has: an architecture option is refused everywhere
+    (this code would build another network), a loss option when training would resume from it."""
+    out = run(synth_dir, tmp_path / 'old', '--num_iters', '2', '--model_save_step', '2', '--sample_step', '100')
+    path = checkpoint.path_for(str(out / 'models'), 2)
+    ck = checkpoint.load(path)
+    ck['config'][option] = value
+    checkpoint.save({k: v for k, v in ck.items() if k != '_sha256'}, path)
+    capsys.readouterr()
+    for mode in ('test', 'train'):
+        extra = ['--resume_iters', 'latest', '--num_iters', '4'] + TINY if mode == 'train' else \
+            ['--test_num_faces', '1', '--test_results_dir', str(tmp_path / 'results')]
+        rc = main.main(['--mode', mode, '--dataset', 'synthetic', '--synthetic_dir', synth_dir,
+                        '--outputs_dir', str(out)] + extra)
+        err = capsys.readouterr().err
+        if mode in refused_in:
+            assert rc == 2 and f'--{option} {value}' in err and model.LAST_COMMIT_WITH_REMOVED_OPTIONS in err, err
+        else:
+            assert rc == 0, err
