@@ -1,4 +1,4 @@
-"""Label files and image datasets for the three label formats of SPEC section 3.
+"""Label files and image datasets for the three label formats (AU table, AU pickle, emotion CSV).
 
 - AU table (`.txt`): `<filename> <17 AU intensities>` per line, optional header lines.
 - AU dict (`.pkl`): `{image_id: array(17)}` with `train_ids.csv` / `test_ids.csv` beside it,

@@ -1,13 +1,13 @@
-"""GANimation losses as plain functions (SPEC section 4).
+"""GANimation losses as plain functions.
 
 Each `*_loss` returns (loss, record), where record maps term names to detached
 0-dim tensors for logging: reading them (`.item()`) would make the host wait for the
-device every step, so the solver sums them on the device and reads them at log steps. Conventions of the weights (SPEC section 8):
+device every step, so the solver sums them on the device and reads them at log steps. Conventions of the weights:
 
 - AU loss: `F.mse_loss` with its default mean over the batch *and* the AUs, on AUs
   scaled to [0, 1]. lambda_cls = 160 here equals the official code's 4000 with a
   loss summed over a batch of 25.
-- Attention smoothness: the mean-based total variation of SPEC section 4,
+- Attention smoothness: the mean-based total variation,
   TV(A) = mean|A[..., :, 1:] - A[..., :, :-1]| + mean|A[..., 1:, :] - A[..., :-1, :]|,
   with lambda_smooth ~1e-4. A sum-based TV (official code, 1e-5) is tens of
   thousands of times larger per unit weight; do not mix the two.
@@ -29,7 +29,7 @@ def color_keep_loss(color, x, attn):
     where the mask keeps the input, C should be that input.
 
     Without it nothing shapes C where A is near 1, and C becomes an exaggerated pattern
-    that the soft mask lets through in faint doses (EVALUATION.md, session 18: 0.45 from
+    that the soft mask lets through in faint doses (docs/notebook.md: 0.45 from
     the truth in the pixels that change, against 0.14 for the unedited input). Pulled
     towards the face where it is unused, C is the face plus the edit where it is used.
     The weight is detached so the term shapes C and does not push the mask.
@@ -70,7 +70,7 @@ def penalty_of_gradient(grad):
 
 def critic_loss(out_real, out_fake, au_pred_real, aus_real, gp, lambda_gp, lambda_cls, adv='wgan-gp'):
     """Critic loss with the AU regression head trained on real images. `adv`:
-    'wgan-gp' (the seed): -mean D(x) + mean D(x_f) + lambda_gp * GP;
+    'wgan-gp' (the original code): -mean D(x) + mean D(x_f) + lambda_gp * GP;
     'ns-r1' (StarGAN v2, StyleGAN): softplus(-D(x)) + softplus(D(x_f)), means, + lambda_gp * R1,
     where `gp` then holds the R1 penalty of the real images."""
     loss_real, loss_fake = scored_as_real(out_real, adv), scored_as_fake(out_fake, adv)

@@ -1,4 +1,4 @@
-"""Networks: the attention generator and the PatchGAN critic (SPEC sections 4 and 5).
+"""Networks: the attention generator and the PatchGAN critic.
 
 Instance norm never keeps running statistics, so every image is normalised with
 its own statistics in training *and* at test time (models released with stored
@@ -39,14 +39,14 @@ class Generator(nn.Module):
     the tanh head is the output. forward() returns (y, A, C); A is None without
     attention.
 
-    `warp=k` (an option, not the SPEC's; k > 0): a third, zero-initialised head predicts a
+    `warp=k` (an option, not the paper's; k > 0): a third, zero-initialised head predicts a
     flow field in pixels, one vector per k x k cell, bilinearly upsampled; the input is
     resampled along it before the mask blends, y = A * warp(x) + (1 - A) * C. Moving
     pixels is how an expression changes a face (a mouth corner goes up, a brow goes
     down); a colour head must paint the moved feature and erase the old one instead.
     The generator still starts as the identity (zero flow).
 
-    `condition='relative'` (an option, not the SPEC's): the condition tiled over the image is
+    `condition='relative'` (an option, not the paper's): the condition tiled over the image is
     [target, target - source] (2 * c_dim channels), and forward() needs the source's AUs
     `c_src`. Where an AU does not change its difference is 0, so the generator is told what
     to leave alone instead of having to read the source's AUs from its pixels first
@@ -73,7 +73,7 @@ class Generator(nn.Module):
             ch *= 2
         layers += [ResidualBlock(ch) for _ in range(repeat_num)]
         for _ in range(2):
-            if upsample == 'transposed':   # SPEC section 4
+            if upsample == 'transposed':   # the paper's decoder
                 up = [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False)]
             else:   # nearest-neighbour resize, then a conv: no checkerboard pattern (Odena et al., 2016)
                 up = [nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch // 2, 3, 1, 1, bias=False)]

@@ -253,7 +253,7 @@ class Solver:
 
     def learning_rates(self, it):
         """Linear decay to zero over the last num_iters_decay iterations, or over the whole run
-        when that window is longer than the run: a short run with the seed's window (100,000)
+        when that window is longer than the run: a short run with the original code's window (100,000)
         would otherwise start at a small fraction of --g_lr and --d_lr and hardly learn."""
         cfg = self.cfg
         decay = min(cfg.num_iters_decay, cfg.num_iters)
@@ -641,7 +641,7 @@ def generator_au_weight(cfg, it):
 def mask_extreme(attn_mean):
     """What a mean attention mask near 0 or 1 means, or None. Local edits keep most pixels: the
     demo's working masks average 0.98 (edits on brows, eyes and mouth), the copying runs of
-    EVALUATION.md 0.993-1.000, hence 0.99."""
+    docs/notebook.md 0.993-1.000, hence 0.99."""
     if attn_mean > 0.99:
         return 'near 1: the generator copies its input (try a larger --lambda_sat)'
     if attn_mean < 0.01:

@@ -7,7 +7,7 @@ every edit has a true target image.
     identity = sample_identity(7)
     img = render(identity, aus, 128)        # HxWx3 uint8, aus in [0, 5]
 
-Command line (writes the dataset in all three label formats of SPEC section 3):
+Command line (writes the dataset in all three label formats):
 
     python synthetic_faces.py --out data/synthetic --num_images 2000 --image_size 128 --seed 0
     python synthetic_faces.py --contact_sheet docs/contact_sheet.png
@@ -47,7 +47,7 @@ AU_INDEX = {name: i for i, name in enumerate(AU_NAMES)}
 NUM_AUS = len(AU_NAMES)
 
 EMOTIONS = ['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt']
-# EMFACS prototypes (SPEC section 6). AU16 of classic disgust is not in the
+# EMFACS prototypes. AU16 of classic disgust is not in the
 # OpenFace set; contempt is one-sided in FACS, symmetric here (an AU vector
 # has no side), with the dimpler dominating the smile.
 EMOTION_PROTOTYPES = {
@@ -217,7 +217,7 @@ def _aus01(aus) -> np.ndarray:
 
 
 def render(identity: Identity, aus, size: int = 128) -> np.ndarray:
-    """Draw `identity` with AU intensities `aus` (17 values in [0, 5], SPEC order).
+    """Draw `identity` with AU intensities `aus` (17 values in [0, 5], in AU_NAMES order).
 
     Returns an (size, size, 3) uint8 RGB array.
     """

@@ -1,4 +1,4 @@
-"""--mode bench: how fast training and test-mode inference run, measured (issue 7).
+"""--mode bench: how fast training and test-mode inference run, measured.
 
     python main.py --mode bench --image_size 64 --g_conv_dim 32 --d_conv_dim 32 \\
         --g_repeat_num 3 --d_repeat_num 5 --batch_size 16 --bench_compare

@@ -1,4 +1,4 @@
-"""Evaluation of GANmut (SPEC section 7, for the emotion space).
+"""Evaluation of GANmut.
 
 For held-out faces, every emotion is generated at its axis (linear, strength
 0.9) or mean (gaussian). Then:

@@ -1,7 +1,7 @@
 """Evaluation, kept apart from training: one runner for --mode eval and one training probe for --eval_step,
 each given the model's scorer (evaluation.au_scores.AUScorer for GANimation, evaluation.emotion_scores.
 EmotionScorer for GANmut; main.py chooses). A scorer is built from the data, the condition names, the image
-size, the number of pairs, the seed, the device and the autocast type; it scores (G, D, space) and knows
+size, the number of pairs, --seed, the device and the autocast type; it scores (G, D, space) and knows
 its table, its learning-curve entries and what the results record of the model.
 
     python main.py --mode eval --outputs_dir outputs/demo
@@ -83,7 +83,7 @@ def flatten(d, prefix=''):
 
 def curve_table(path, keys=('edit_error_reduction', 'model.l1', 'model.ssim', 'au_mae', 'au_mae_floor',
                             'attn_mean', 'model.rec_l1')):
-    """results/eval_curve.jsonl -> a Markdown table (for EVALUATION.md)."""
+    """results/eval_curve.jsonl -> a Markdown table (for docs/notebook.md)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     keys = [k for k in keys if any(k in r for r in rows)]
     lines = ['| iteration | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']

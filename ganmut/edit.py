@@ -1,4 +1,4 @@
-"""GANmut test mode: edit the emotion of faces (SPEC section 5, "Editing").
+"""GANmut test mode: edit the emotion of faces.
 
     python main.py --mode test --model ganmut --theta 40 --rho 0.8          # a code in polar form (linear)
     python main.py --mode test --model ganmut --x 0.3 --y -0.5              # a point of the plane (gaussian)

@@ -1,4 +1,4 @@
-"""GANmut's losses (SPEC section 5): plain functions returning (loss, record), like losses.py.
+"""GANmut's losses: plain functions returning (loss, record), like losses.py.
 
 Conventions:
 - every MSE / L1 is a mean over the batch and the components; cross-entropy
@@ -17,7 +17,7 @@ Cycle targets (`cycle_code_*`): the linear space can use either the
 "approximate" cycle (original emotion's axis times the critic's confidence on
 the real image; the default of this module) or the "original" cycle (the
 critic's regression of the real image's code); the gaussian space uses the
-"original" cycle (SPEC section 5).
+"original" cycle.
 """
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ def cycle_code_approximate(space, e_org, logits_real):
     probability of the real image's own emotion. Linear space: axis times
     confidence, neutral -> exactly the origin; gradient reaches the axes
     through the cycle. (For a GaussianSpace it interpolates from the neutral
-    mean; the SPEC's gaussian model uses the original cycle instead.)
+    mean; the gaussian model of GANmut's paper uses the original cycle instead.)
     """
     e_org = e_org.long()
     conf = F.softmax(logits_real.detach().float(), dim=1).gather(1, e_org.unsqueeze(1)).squeeze(1)

@@ -1,7 +1,7 @@
-"""Training of GANmut (SPEC section 5): the GANimation Solver with a learned emotion space.
+"""Training of GANmut: the GANimation Solver with a learned emotion space.
 
     python main.py --model ganmut --parametrization linear      # or gaussian; --emotion_dim 3
-    python main.py --model ganmut --dataset_root dataset --imgs_folder imgs   # the seed's layout
+    python main.py --model ganmut --dataset_root dataset --imgs_folder imgs   # the original GANmut layout
 
 The generator is conditioned on a code z (2-D, optionally 3-D) instead of AUs;
 the space that maps emotions to codes (`ganmut.LinearSpace` / `GaussianSpace`)
@@ -119,6 +119,8 @@ class GANmutSolver(Solver):
         self.space = ganmut.make_space(cfg.parametrization, self.c_dim, cfg.emotion_dim, neutral_index=0,
                                        names=self.label_names).to(self.device)
         use_matmul_for_small_convs(self.D, small_conv_matmul_on(cfg, self.device))
+        if getattr(cfg, 'compile', 'auto') == 'true':
+            raise FlagError('--compile true: GANmut\'s generator runs eagerly in this code (use auto or false)')
         self.G_train, self.G_ema = self.G, None   # no compile, no weight average for GANmut yet
         self.g_optim = make_adam(list(self.G.parameters()) + list(self.space.parameters()), cfg.g_lr, cfg,
                                  self.device)

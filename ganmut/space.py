@@ -1,4 +1,4 @@
-"""GANmut: the learned emotion spaces (SPEC section 5).
+"""GANmut: the learned emotion spaces.
 
 The generator is conditioned on a low-dimensional code `z` (2-D, optionally
 3-D) instead of an AU vector; the space that maps emotions to codes is learned
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from synthetic_faces import EMOTIONS as EMOTION_NAMES  # 0 neutral, 1 happy, ... as the emotion CSV (SPEC 3)
+from synthetic_faces import EMOTIONS as EMOTION_NAMES  # 0 neutral, 1 happy, ... as the emotion CSV (data_loader.read_emotion_csv)
 from utils.errors import FlagError
 
 PARAMETRIZATIONS = ('linear', 'gaussian')
@@ -85,7 +85,7 @@ class _EmotionSpace(nn.Module):
 
 
 class LinearSpace(_EmotionSpace):
-    """One learnable unit axis per non-neutral emotion (SPEC section 5, linear).
+    """One learnable unit axis per non-neutral emotion (linear).
 
     The raw axes are initialised near zero (N(0, init_std^2), torch's global
     RNG) and normalised to unit length whenever they are used, so their
@@ -169,7 +169,7 @@ class LinearSpace(_EmotionSpace):
 
 
 class GaussianSpace(_EmotionSpace):
-    """One learnable Gaussian per emotion (SPEC section 5, gaussian).
+    """One learnable Gaussian per emotion (gaussian).
 
     Mean mu_e = tanh(m_e), inside (-1, 1)^dim. Covariance:
     - 2-D: C_e = R(theta_e) diag(|a_e1|, |a_e2|) R(theta_e)^T + eps I;
@@ -246,7 +246,7 @@ class GaussianSpace(_EmotionSpace):
         """Training codes: the first min(E, B) are the emotions' means, the rest U[-1, 1]^dim.
 
         The means are *not* detached: the prediction loss on the mean-coded
-        fakes moves them (SPEC section 5). With B >= E the means come in
+        fakes moves them. With B >= E the means come in
         emotion order; with B < E a random subset (drawn with `gen`) is used,
         so that every emotion is trained over the batches.
         Returns {'code' (B, dim), 'emotion' (B,) long (-1 where the code is not

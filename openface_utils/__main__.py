@@ -4,7 +4,7 @@ Converts OpenFace output (per-image CSVs of FaceLandmarkImg, per-video CSVs of
 FeatureExtraction, with their `<name>_aligned/` folders) into a training folder
 (OUT/images, OUT/aus.txt, OUT/aus_openface.pkl, train_ids.csv, test_ids.csv) and AU
 sequences for test mode (OUT/sequences/<video>.txt). With --images and/or --videos it
-first runs OpenFace itself (the seed's command) into --openface_dir.
+first runs OpenFace itself (the original GANimation code's command) into --openface_dir.
 """
 import argparse
 import os

@@ -1,7 +1,7 @@
 """Gather OpenFace output into a dataset folder and AU sequences.
 
     OUT/images/<name>.jpg            aligned faces of the FaceLandmarkImg CSVs
-    OUT/aus.txt                      AU table: `<name> <17 intensities>` per line (SPEC order)
+    OUT/aus.txt                      AU table: `<name> <17 intensities>` per line (AU_NAMES order)
     OUT/aus_openface.pkl             {name without extension: float32 array(17)}
     OUT/train_ids.csv, test_ids.csv  the split, one image file name per line
     OUT/sequences/<video>.txt        a FeatureExtraction CSV as an AU sequence for test mode,

@@ -2,9 +2,9 @@
 FeatureExtraction (one file per video, a row per frame and face).
 
 Columns are found by name, in any order, with ", " or "," separators and any extra
-columns. The 17 AU intensities come from the `AUxx_r` columns, in the SPEC order.
+columns. The 17 AU intensities come from the `AUxx_r` columns, in the order of synthetic_faces.AU_NAMES.
 A row is dropped when `success` is 0 (FeatureExtraction: tracking failed), when its
-`confidence` is below the threshold (the seed used 0.88) or when an AU value is not
+`confidence` is below the threshold (the original GANimation code used 0.88) or when an AU value is not
 finite; the table counts why. Anything else that is wrong is an error naming the file,
 the line and the problem.
 """
@@ -40,7 +40,7 @@ class Row:
     frame: int | None         # FeatureExtraction: `frame` (1-based); None for images
     timestamp: float | None
     confidence: float
-    aus: np.ndarray           # (17,) float32 intensities in [0, 5], SPEC order
+    aus: np.ndarray           # (17,) float32 intensities in [0, 5], in AU_NAMES order
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""Run the OpenFace binaries with the GANimation seed's settings, when they are installed.
+"""Run the OpenFace binaries with the original GANimation code's settings, when they are installed.
 
-Images (the seed's command):
+Images (the original GANimation code's command):
     FaceLandmarkImg -fdir IMAGES -out_dir DIR -aus -simalign -au_static -nobadaligned -simsize 128
                     -format_aligned jpg -nomask
-Videos (one call per file; the dynamic AU models with per-person calibration, SPEC section 8):
+Videos (one call per file; the dynamic AU models with per-person calibration):
     FeatureExtraction -f VIDEO -out_dir DIR -aus -simalign -nobadaligned -simsize 128 -format_aligned jpg -nomask
 
 OpenFace is a C++ toolkit, not a pip package. The binaries are looked for in --openface_bin,

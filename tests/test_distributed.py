@@ -1,4 +1,4 @@
-"""torch.distributed training (issue 8) on CPU with 2 gloo processes launched by torchrun."""
+"""torch.distributed training on CPU with 2 gloo processes launched by torchrun."""
 import json
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""GANmut spaces, cycle codes, regularisers and losses (SPEC section 5), on tiny tensors."""
+"""GANmut spaces, cycle codes, regularisers and losses, on tiny tensors."""
 import math
 
 import numpy as np

@@ -1,5 +1,5 @@
 """GANmut end to end (tiny models, 32 px): training of both spaces writes checkpoints, samples
-and the plane map; resume; test-mode edits; eval; the seed's flags; the emotion CSV loader."""
+and the plane map; resume; test-mode edits; eval; the original GANmut flags; the emotion CSV loader."""
 import json
 import os
 from types import SimpleNamespace
@@ -254,7 +254,7 @@ def test_model_specific_defaults():
         return cfg
     g = parse()
     assert g.model == 'ganimation' and g.lambda_cls == 160.0 and g.c_dim == 17
-    # GANimation's measured defaults (main.py, EVALUATION.md session 11), not the seed's
+    # GANimation's measured defaults (main.py, docs/training.md), not the original code's
     assert (g.lambda_smooth, g.n_critic, g.g_lr, g.d_lr, g.lambda_cls_end) == (1.0, 1, 2e-4, 2e-4, 20.0)
     m = parse('--model', 'ganmut')
     assert (m.lambda_cls, m.c_dim, m.n_critic, m.model_save_step, m.cycle_loss) == (1.0, 7, 5, 2000, 'approximate')

@@ -101,7 +101,7 @@ def test_linear_lr_decay():
 
 
 def test_lr_decay_window_longer_than_the_run_covers_the_whole_run():
-    # the seed's window (100,000) with a short run: full rates at the start, not 1% of them
+    # the original code's window (100,000) with a short run: full rates at the start, not 1% of them
     class C:
         num_iters, num_iters_decay, g_lr, d_lr = 1000, 100000, 1e-4, 2e-4
     s = Solver.__new__(Solver)

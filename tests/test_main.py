@@ -158,3 +158,11 @@ def test_help_fits_150_lines_with_one_line_per_option(capsys):
         assert len(shown) == 1 and action.help in shown[0], flag            # one line, with its help
         if action.default not in (None, '', False, argparse.SUPPRESS):
             assert shown[0].endswith(f'[{action.default}]'), flag            # and its default
+
+
+def test_compile_true_is_refused_for_ganmut_whose_generator_runs_eagerly(tmp_path, capsys):
+    rc = main.main(['--mode', 'train', '--model', 'ganmut', '--compile', 'true', '--outputs_dir', str(tmp_path / 'run'),
+                    '--synthetic_dir', str(tmp_path / 'synth'), '--synthetic_images', '24', '--num_iters', '1']
+                   + TINY_MODEL)
+    assert rc == 2 and capsys.readouterr().err.startswith('error: --compile true: GANmut')
+    assert not (tmp_path / 'run' / 'models').exists()

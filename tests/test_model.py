@@ -134,7 +134,7 @@ def test_warp_generator_starts_as_the_seed_generator_and_learns_to_move_pixels(c
 
 def test_relative_generator_reads_target_and_target_minus_source():
     """--g_condition relative: the tiled condition is [c, c - c_src]; with the weights of the
-    difference channels zeroed it is the seed generator, and the source's AUs change the output."""
+    difference channels zeroed it is the target-conditioned generator, and the source's AUs change the output."""
     torch.manual_seed(0)
     G = Generator(conv_dim=8, c_dim=4, repeat_num=1, condition='relative')
     seed_G = Generator(conv_dim=8, c_dim=4, repeat_num=1)

@@ -1,4 +1,4 @@
-"""Never lose a run, refuse bad input clearly (issue 9): kill -9 and resume, SIGTERM,
+"""Never lose a run, refuse bad input clearly: kill -9 and resume, SIGTERM,
 corrupt checkpoints, non-finite losses, bad data in every form, and the label parsers
 under arbitrary input."""
 import json

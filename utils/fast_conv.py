@@ -1,7 +1,7 @@
 """The CPU fast path of the critic's small convolutions: oneDNN runs convolutions with a tiny output (the
 critic's last layers and heads) slowly, so on the CPU they run as one matrix product over the unfolded
 input (SmallOutputConv2d, switched by --small_conv_matmul), and the written-out gradient penalty
-(--explicit_gp) takes their input gradient the same way (conv_input_grad). BENCHMARKS.md has the figures."""
+(--explicit_gp) takes their input gradient the same way (conv_input_grad). docs/benchmarks.md has the figures."""
 import weakref
 
 import torch

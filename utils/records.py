@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-# The run's folders, and the GANmut seed's flags that put one elsewhere.
+# The run's folders, and the original GANmut code's flags that put one elsewhere.
 RUN_FOLDERS = {'logs': 'log_dir', 'models': 'model_save_dir', 'samples': 'sample_dir', 'results': 'result_dir'}
 
 
@@ -27,8 +27,8 @@ def mode_folder(cfg, kind):
 
 
 def config_folder(cfg):
-    """Where config.json and runs.jsonl go: the run folder, or beside the checkpoints when the GANmut
-    seed's --model_save_dir puts them elsewhere."""
+    """Where config.json and runs.jsonl go: the run folder, or beside the checkpoints when the original
+    GANmut code's --model_save_dir puts them elsewhere."""
     return getattr(cfg, 'model_save_dir', '') or cfg.outputs_dir
 
 

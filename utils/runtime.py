@@ -1,5 +1,5 @@
 """Runtime switches: the device, bf16 autocast, torch.compile and the CPU fast paths, each `auto` choice
-made from what was measured on that kind of machine (BENCHMARKS.md)."""
+made from what was measured on that kind of machine (docs/benchmarks.md)."""
 import os
 import shutil
 import sys

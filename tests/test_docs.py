@@ -1,0 +1,40 @@
+"""The README fits a newcomer's first read, its links and the docs' links lead somewhere, and the code and
+docs state facts or point to files in the repository, not to a specification, numbered issues or work
+periods outside it (the lab notebook, docs/notebook.md, keeps its dated entries)."""
+import glob
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTSIDE_REFERENCES = re.compile(r'\bSPEC\b|(?i:\bsessions? \d|\bissues? \d|\bthe seed\b|\bseed\'s\b)')
+
+
+def text_files():
+    docs = [p for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')) if not p.endswith('notebook.md')]
+    code = [p for p in glob.glob(os.path.join(ROOT, '**', '*.py'), recursive=True)
+            if '.venv' not in p and not p.endswith('test_docs.py')]
+    return [os.path.join(ROOT, 'README.md'), os.path.join(ROOT, 'data', 'README.md')] + docs + code
+
+
+def test_the_readme_fits_250_lines():
+    lines = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read().splitlines()
+    assert len(lines) <= 250, len(lines)
+
+
+def test_no_references_outside_the_repository():
+    found = []
+    for path in text_files():
+        for n, line in enumerate(open(path, encoding='utf-8'), 1):
+            if OUTSIDE_REFERENCES.search(line):
+                found.append(f'{os.path.relpath(path, ROOT)}:{n}: {line.strip()[:100]}')
+    assert OUTSIDE_REFERENCES.search('as in SPEC section 4') and not OUTSIDE_REFERENCES.search('--seed 0')
+    assert not found, '\n'.join(found)
+
+
+def test_relative_links_of_the_readme_and_docs_exist():
+    missing = []
+    for path in [os.path.join(ROOT, 'README.md')] + glob.glob(os.path.join(ROOT, 'docs', '*.md')):
+        for target in re.findall(r'\]\(([^)#\s]+)[^)]*\)', open(path, encoding='utf-8').read()):
+            if '://' not in target and not os.path.exists(os.path.join(os.path.dirname(path), target)):
+                missing.append(f'{os.path.relpath(path, ROOT)}: {target}')
+    assert not missing, missing
