@@ -200,12 +200,18 @@ GANMUT_DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, 
                    eval_pairs=280, outputs_dir='outputs/demo_ganmut')
 
 
+def shows_default(action):
+    """Whether --help shows the option's default: not for switches, empty strings and unset values."""
+    return not (action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                or action.default == '')
+
+
 class OneLineHelp(argparse.RawDescriptionHelpFormatter):
     """--help with one line per option: the flag, its choices, what it does and its default."""
 
     def _format_action(self, action):
         flag = action.option_strings[-1] + (' {' + ','.join(map(str, action.choices)) + '}' if action.choices else '')
-        default = '' if action.default in (None, '', False, argparse.SUPPRESS) else f' [{action.default}]'
+        default = f' [{action.default}]' if shows_default(action) else ''
         return f'  {flag:<28} {action.help}{default}\n'
 
 

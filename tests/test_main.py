@@ -156,8 +156,12 @@ def test_help_fits_150_lines_with_one_line_per_option(capsys):
         flag = action.option_strings[-1]
         shown = [line for line in lines if line.startswith(f'  {flag} ')]
         assert len(shown) == 1 and action.help in shown[0], flag            # one line, with its help
-        if action.default not in (None, '', False, argparse.SUPPRESS):
+        if main.shows_default(action):
             assert shown[0].endswith(f'[{action.default}]'), flag            # and its default
+    line = {w.split()[0]: w for w in lines if w.startswith('  --')}
+    assert line['--seed'].endswith('[0]') and line['--eval_step'].endswith('[0]')      # zero is a default too
+    assert line['--lambda_cls'].endswith('[160.0]') and line['--mode'].endswith('[train]')
+    assert not line['--virtual'].endswith(']') and not line['--image_dir'].endswith(']')   # switch, empty
 
 
 def test_compile_true_is_refused_for_ganmut_whose_generator_runs_eagerly(tmp_path, capsys):
