@@ -174,7 +174,8 @@ CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench'], '--model': ['ga
            '--parametrization': ['linear', 'gaussian'], '--attention': ['true', 'false'],
            '--regularization_type': ['gp', 'R1', 'r1'], '--cycle_loss': ['approximate', 'original'],
            '--info_moves_space': ['true', 'false']}
-GANMUT_FLAGS = [f for title, flags in FLAG_GROUPS[-2:] for f in flags]
+# GANmut's own options and the original GANmut code's names: the last two groups
+GANMUT_FLAGS = [f for title, flags in FLAG_GROUPS if title.startswith(('GANmut', "the original GANmut")) for f in flags]
 
 # The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode): ~11-13 minutes on 2 cores with
 # AMX, ~25 with AVX-512 BF16 only. It keeps the default losses and optimiser settings above but two, which edit

@@ -260,6 +260,13 @@ class Solver:
         frac = 1.0 if it < cfg.num_iters - decay or decay <= 0 else (cfg.num_iters - it) / decay
         return cfg.g_lr * frac, cfg.d_lr * frac
 
+    def set_learning_rates(self, it):
+        g_lr, d_lr = self.learning_rates(it)
+        for group in self.g_optim.param_groups:
+            group['lr'] = g_lr
+        for group in self.d_optim.param_groups:
+            group['lr'] = d_lr
+
     # ----------------------------------------------------------------- data
     def batches(self, start):
         """Yields (x_real float NCHW on device, aus_org) for iterations start..num_iters-1."""
@@ -291,12 +298,8 @@ class Solver:
     def train_step(self, it, x_real, aus_org):
         cfg = self.cfg
         gen = self.iteration_generator(it)
-        g_lr, d_lr = self.learning_rates(it)
         self.iteration = it
-        for group in self.g_optim.param_groups:
-            group['lr'] = g_lr
-        for group in self.d_optim.param_groups:
-            group['lr'] = d_lr
+        self.set_learning_rates(it)
         x_real = random_flip(x_real, gen)
         aus_trg = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
         g_step = (it + 1) % cfg.n_critic == 0

@@ -128,13 +128,6 @@ class GANmutSolver(Solver):
 
     # ----------------------------------------------------------------- one iteration
 
-    def set_learning_rates(self, it):
-        g_lr, d_lr = self.learning_rates(it)
-        for group in self.g_optim.param_groups:
-            group['lr'] = g_lr
-        for group in self.d_optim.param_groups:
-            group['lr'] = d_lr
-
     def sample_targets(self, batch_size, gen):
         """Training codes: linear: uniform target emotions, LinearSpace.sample (strengths,
         noise, the first n_r codes random directions); gaussian: the means, then uniform codes."""

@@ -12,7 +12,7 @@ OUTSIDE_REFERENCES = re.compile(r'\bSPEC\b|(?i:\bsessions? \d|\bissues? \d|\bthe
 def text_files():
     docs = [p for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')) if not p.endswith('notebook.md')]
     code = [p for p in glob.glob(os.path.join(ROOT, '**', '*.py'), recursive=True)
-            if '.venv' not in p and not p.endswith('test_docs.py')]
+            if '.venv' not in p]
     return [os.path.join(ROOT, 'README.md'), os.path.join(ROOT, 'data', 'README.md')] + docs + code
 
 
@@ -27,7 +27,8 @@ def test_no_references_outside_the_repository():
         for n, line in enumerate(open(path, encoding='utf-8'), 1):
             if OUTSIDE_REFERENCES.search(line):
                 found.append(f'{os.path.relpath(path, ROOT)}:{n}: {line.strip()[:100]}')
-    assert OUTSIDE_REFERENCES.search('as in SPEC section 4') and not OUTSIDE_REFERENCES.search('--seed 0')
+    spec_citation = 'as in ' + 'SP' + 'EC section 4'     # written apart, so this file passes its own check
+    assert OUTSIDE_REFERENCES.search(spec_citation) and not OUTSIDE_REFERENCES.search('--seed 0')
     assert not found, '\n'.join(found)
 
 
