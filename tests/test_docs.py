@@ -1,6 +1,6 @@
 """The README fits a newcomer's first read, its links and the docs' links lead somewhere, and the code and
 docs state facts or point to files in the repository, not to a specification, numbered issues or work
-periods outside it (the lab notebook, docs/notebook.md, keeps its dated entries)."""
+periods outside it; the lab notebook (docs/notebook.md) dates its entries and refers to them by date and topic."""
 import glob
 import os
 import re
@@ -10,7 +10,7 @@ OUTSIDE_REFERENCES = re.compile(r'\bSPEC\b|(?i:\bsessions? \d|\bissues? \d|\bthe
 
 
 def text_files():
-    docs = [p for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')) if not p.endswith('notebook.md')]
+    docs = glob.glob(os.path.join(ROOT, 'docs', '*.md'))
     code = [p for p in glob.glob(os.path.join(ROOT, '**', '*.py'), recursive=True)
             if '.venv' not in p]
     return [os.path.join(ROOT, 'README.md'), os.path.join(ROOT, 'data', 'README.md')] + docs + code
