@@ -98,7 +98,11 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
             tx, ty = px(ax, ay)
             d.ellipse([tx - r, ty - r, tx + r, ty + r], fill=colour)
             norm = math.hypot(ax, ay) or 1.0
-            vis.place_text(d, px(ax + 0.13 * ax / norm, ay + 0.13 * ay / norm), name, small, colour, avoid=taken)
+            # the label just past the axis's end, on the side away from the origin (never over its own line)
+            anchor = ('r' if ax < -0.3 * norm else 'l' if ax > 0.3 * norm else 'm') + \
+                     ('b' if ay > 0.3 * norm else 't' if ay < -0.3 * norm else 'm')
+            vis.place_text(d, px(ax + 0.05 * ax / norm, ay + 0.05 * ay / norm), name, small, colour, anchor,
+                           avoid=taken)
         if neutral is not None:
             ox, oy = px(0, 0)
             d.ellipse([ox - r, oy - r, ox + r, oy + r], fill=NEUTRAL_COLOUR)

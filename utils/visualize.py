@@ -53,7 +53,8 @@ def font(size=11):
 
 
 def place_text(draw, xy, text, fnt, fill=(0, 0, 0), anchor='mm', avoid=None):
-    """Text placed by its bounding box: anchor m (centre), l (left) or r (right), then m / t / b.
+    """Text placed by its bounding box: anchor m (centre), l (left) or r (right), then m / t / b,
+    moved inside the image where it would stick out (a label at the plot's edge stays whole).
     `avoid`: a list of boxes already taken; the text moves down (then up) until it overlaps
     none of them, and its box is added."""
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=fnt)
@@ -61,6 +62,8 @@ def place_text(draw, xy, text, fnt, fill=(0, 0, 0), anchor='mm', avoid=None):
     x, y = xy
     x = x - w / 2 if anchor[0] == 'm' else (x - w if anchor[0] == 'r' else x)
     y = y - h / 2 if anchor[1] == 'm' else (y - h if anchor[1] == 'b' else y)
+    width, height = draw.im.size
+    x, y = min(max(x, 0), width - w), min(max(y, 0), height - h)
     if avoid is not None:
         def free(yy):
             return all(x + w < a[0] or x > a[2] or yy + h < a[1] or yy > a[3] for a in avoid)
