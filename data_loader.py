@@ -26,6 +26,7 @@ from PIL import Image
 import synthetic_faces as sf
 from synthetic_faces import AU_NAMES
 from utils.errors import DataError, FlagError
+from utils.text import read_lines
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 AU_MAX = 5.0
@@ -102,30 +103,29 @@ def read_au_table(path, num_aus=None):
     """
     bad = BAD_DATA
     names, rows, au_names, seen = [], [], None, {}
-    with open(path, 'r', encoding='utf-8', errors='replace') as f:
-        for lineno, raw in enumerate(f, 1):
-            toks = raw.split()
-            if not toks:
+    for lineno, raw in enumerate(read_lines(path, 'AU table'), 1):
+        toks = raw.split()
+        if not toks:
+            continue
+        if not rows:   # still in the header zone
+            if len(toks) == 1 and toks[0].isdigit():
                 continue
-            if not rows:   # still in the header zone
-                if len(toks) == 1 and toks[0].isdigit():
-                    continue
-                if not any(_is_float(t) for t in toks[1:]) and not _is_float(toks[0]):
-                    header = [t for t in toks if t.upper().startswith('AU')]
-                    if header:
-                        au_names = [t.upper().replace('_R', '') for t in header]
-                    continue
-            expected = len(au_names) if au_names else (num_aus or len(AU_NAMES))
-            problem = _au_row_problem(toks, expected, raw)
-            if problem:
-                bad(path, problem[1], lineno, problem[0])
+            if not any(_is_float(t) for t in toks[1:]) and not _is_float(toks[0]):
+                header = [t for t in toks if t.upper().startswith('AU')]
+                if header:
+                    au_names = [t.upper().replace('_R', '') for t in header]
                 continue
-            if toks[0] in seen:
-                bad(path, f'duplicate name {toks[0]!r} (first on line {seen[toks[0]]})', lineno, 'duplicate name')
-                continue
-            seen[toks[0]] = lineno
-            names.append(toks[0])
-            rows.append(np.clip(np.asarray([float(t) for t in toks[1:]]), 0, AU_MAX))
+        expected = len(au_names) if au_names else (num_aus or len(AU_NAMES))
+        problem = _au_row_problem(toks, expected, raw)
+        if problem:
+            bad(path, problem[1], lineno, problem[0])
+            continue
+        if toks[0] in seen:
+            bad(path, f'duplicate name {toks[0]!r} (first on line {seen[toks[0]]})', lineno, 'duplicate name')
+            continue
+        seen[toks[0]] = lineno
+        names.append(toks[0])
+        rows.append(np.clip(np.asarray([float(t) for t in toks[1:]]), 0, AU_MAX))
     if not rows:
         raise DataError(path, 'no valid label rows found')
     return names, (au_names or list(AU_NAMES[:len(rows[0])])), np.stack(rows).astype(np.float32)
@@ -210,8 +210,7 @@ def read_au_pickle(path, num_aus=None):
 
 def read_id_list(path):
     """One image file name per line (train_ids.csv / test_ids.csv)."""
-    with open(path, encoding='utf-8') as f:
-        return [line.strip().split(',')[0] for line in f if line.strip()]
+    return [line.strip().split(',')[0].strip() for line in read_lines(path, 'list of image names') if line.strip()]
 
 
 # --------------------------------------------------------------------------- emotion CSV
@@ -221,39 +220,38 @@ def read_emotion_csv(path, c_dim):
     (AffectNet's 8 None, 9 Uncertain, 10 No-Face and classes past c_dim are dropped).
     Returns (image base names, class indices int64)."""
     names, labels = [], []
-    with open(path, newline='', encoding='utf-8-sig') as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(path, 'the file is empty')
-        header = [h.strip() for h in header]
-        if 'subDirectory_filePath' not in header or 'expression' not in header:
-            raise DataError(path, f'header must name subDirectory_filePath and expression, found {header}', 1)
-        i_path, i_expr = header.index('subDirectory_filePath'), header.index('expression')
-        seen = {}
-        for lineno, row in enumerate(reader, 2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                BAD_DATA(path, f'expected {len(header)} columns, found {len(row)}', lineno,
-                         'row with a wrong number of values')
-                continue
-            try:
-                value = float(row[i_expr])
-                expr = int(value)
-                if expr != value:
-                    raise ValueError
-            except (ValueError, OverflowError):
-                BAD_DATA(path, f'expression {row[i_expr]!r} is not an integer', lineno, 'expression not an integer')
-                continue
-            name = os.path.basename(row[i_path].strip().replace('\\', '/'))
-            if name in seen:
-                BAD_DATA(path, f'duplicate image {name!r} (first on line {seen[name]})', lineno, 'duplicate name')
-                continue
-            seen[name] = lineno
-            if 0 <= expr < c_dim:
-                names.append(name)
-                labels.append(expr)
+    reader = csv.reader(read_lines(path, 'emotion CSV'))
+    header = next(reader, None)
+    if header is None:
+        raise DataError(path, 'the file is empty')
+    header = [h.strip() for h in header]
+    if 'subDirectory_filePath' not in header or 'expression' not in header:
+        raise DataError(path, f'header must name subDirectory_filePath and expression, found {header}', 1)
+    i_path, i_expr = header.index('subDirectory_filePath'), header.index('expression')
+    seen = {}
+    for lineno, row in enumerate(reader, 2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            BAD_DATA(path, f'expected {len(header)} columns, found {len(row)}', lineno,
+                     'row with a wrong number of values')
+            continue
+        try:
+            value = float(row[i_expr])
+            expr = int(value)
+            if expr != value:
+                raise ValueError
+        except (ValueError, OverflowError):
+            BAD_DATA(path, f'expression {row[i_expr]!r} is not an integer', lineno, 'expression not an integer')
+            continue
+        name = os.path.basename(row[i_path].strip().replace('\\', '/'))
+        if name in seen:
+            BAD_DATA(path, f'duplicate image {name!r} (first on line {seen[name]})', lineno, 'duplicate name')
+            continue
+        seen[name] = lineno
+        if 0 <= expr < c_dim:
+            names.append(name)
+            labels.append(expr)
     if not names:
         raise DataError(path, f'no rows with an expression in [0, {c_dim})')
     return names, np.asarray(labels, dtype=np.int64)
@@ -261,13 +259,15 @@ def read_emotion_csv(path, c_dim):
 
 def emotion_csv_names(path):
     """Base names of every row of an emotion CSV, whatever the class ([] if the file is not one)."""
-    with open(path, newline='', encoding='utf-8-sig', errors='replace') as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if 'subDirectory_filePath' not in header:
-            return []
-        i = header.index('subDirectory_filePath')
-        return [os.path.basename(r[i].strip().replace('\\', '/')) for r in reader if len(r) > i and r[i].strip()]
+    try:
+        reader = csv.reader(read_lines(path, 'emotion CSV'))
+    except DataError:          # another kind of file beside the labels
+        return []
+    header = [h.strip() for h in next(reader, [])]
+    if 'subDirectory_filePath' not in header:
+        return []
+    i = header.index('subDirectory_filePath')
+    return [os.path.basename(r[i].strip().replace('\\', '/')) for r in reader if len(r) > i and r[i].strip()]
 
 
 # --------------------------------------------------------------------------- images

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import functools
 import os
+import re
 import sys
 
 from utils.errors import FlagError
@@ -22,9 +23,66 @@ from utils.errors import FlagError
 #   3,000-iteration run (-0.09 against -0.16 at the end). With all five, the 128 px paper architecture (batch 25)
 #   reached edit_error_reduction -0.48 after 850 iterations against -1.06 with the original values, and +0.37
 #   after 8,500.
-# Every option: (flag, default, one-line help). The type is the default's; a default of None takes its type
-# from KINDS, False makes a switch. Groups in the order --help shows them: what a run is first, then the
-# extras. Defaults that differ from the original GANimation code's, and why, are in docs/training.md.
+class Range:
+    """The valid values of a numeric flag: finite, lo <= v <= hi (an end excluded with lo_open / hi_open),
+    a power of two if `power_of_two`, or one of `also` (a sentinel such as -1 for "off")."""
+
+    def __init__(self, lo=None, hi=None, lo_open=False, hi_open=False, power_of_two=False, also=()):
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        self.power_of_two, self.also = power_of_two, tuple(also)
+
+    def holds(self, v):
+        if v in self.also:
+            return True
+        if v != v or v in (float('inf'), float('-inf')):
+            return False
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below and (not self.power_of_two or (v > 0 and int(v) & (int(v) - 1) == 0))
+
+    def describe(self, kind):
+        """E.g. 'an integer >= 1', 'a number in [0, 1)', '-1 or a number >= 0', 'a power of two >= 32'."""
+        noun = 'a power of two' if self.power_of_two else ('an integer' if kind is int else 'a finite number')
+        lo, hi = (f'{v:g}' if isinstance(v, float) else str(v) for v in (self.lo, self.hi))
+        if self.lo is not None and self.hi is not None:
+            where = f'in {"(" if self.lo_open else "["}{lo}, {hi}{")" if self.hi_open else "]"}'
+        elif self.lo is not None:
+            where = f'{">" if self.lo_open else ">="} {lo}'
+        elif self.hi is not None:
+            where = f'{"<" if self.hi_open else "<="} {hi}'
+        else:
+            where = ''
+        also = ''.join(f'{a} or ' for a in self.also)
+        return f'{also}{noun} {where}'.strip()
+
+
+class Pattern:
+    """The valid values of a text flag with a format: a full match of `regex`."""
+
+    def __init__(self, regex, words):
+        self.regex, self.words = re.compile(regex), words
+
+    def holds(self, text):
+        return self.regex.fullmatch(text) is not None
+
+    def describe(self, kind):
+        return self.words
+
+
+# The ranges of the numeric flags (each numeric flag names one: build_parser refuses a flag without).
+COUNT = Range(1)                   # sizes, steps and counts where 0 makes no sense
+OFF_OR_COUNT = Range(0)            # 0 means off or none
+WEIGHT = Range(0)                  # loss weights: finite, non-negative
+RATE = Range(0, lo_open=True)      # learning rates, frame rates
+FRACTION = Range(0, 1)             # shares and probabilities
+DECAY = Range(0, 1, hi_open=True)  # Adam betas, moving-average decay
+DEVICE = Pattern(r'auto|cpu|cuda(:\d+)?', 'auto, cpu, cuda or cuda:N')
+RESUME_POINT = Pattern(r'(?i:|none|auto|latest)|\d+', 'an iteration N, latest, auto or none')
+
+# Every option: (flag, default, one-line help[, valid range]). The type is the default's; a default of None takes
+# its type from KINDS, False makes a switch; a numeric option's range is checked when the command line is parsed.
+# Groups in the order --help shows them: what a run is first, then the extras. Defaults that differ from the
+# original GANimation code's, and why, are in docs/training.md.
 FLAG_GROUPS = [
     ('mode and model', [
         ('--mode', 'train', 'train; test: animate or edit faces; eval: score against the truth; demo; bench'),
@@ -36,51 +94,53 @@ FLAG_GROUPS = [
         ('--attr_path', '', 'labels: AU table .txt, AU dict .pkl, or emotion .csv (GANmut)'),
         ('--aus', '', 'train on these AUs only, e.g. AU01,AU12,AU25'),
         ('--synthetic_dir', 'data/synthetic', 'where the built-in synthetic faces are written'),
-        ('--synthetic_images', 4000, 'how many synthetic faces to generate'),
+        ('--synthetic_images', 4000, 'how many synthetic faces to generate', Range(2)),
         ('--on_bad_data', 'error', 'a bad image or label row: error (naming file and line) or skip'),
     ]),
     ('model size', [
-        ('--c_dim', 17, 'AUs (GANimation) or emotion classes (GANmut); the labels decide for GANimation'),
-        ('--image_size', 128, 'image side in pixels: a power of two, >= 32'),
-        ('--g_conv_dim', 64, 'channels of the first generator conv'),
-        ('--d_conv_dim', 64, 'channels of the first critic conv'),
-        ('--g_repeat_num', 6, 'residual blocks in the generator'),
-        ('--d_repeat_num', 6, 'stride-2 convs in the critic (image_size >= 2 ** d_repeat_num)'),
+        ('--c_dim', 17, 'AUs (GANimation) or emotion classes (GANmut); the labels decide for GANimation', COUNT),
+        ('--image_size', 128, 'image side in pixels: a power of two, >= 32', Range(32, power_of_two=True)),
+        ('--g_conv_dim', 64, 'channels of the first generator conv', COUNT),
+        ('--d_conv_dim', 64, 'channels of the first critic conv', COUNT),
+        ('--g_repeat_num', 6, 'residual blocks in the generator', OFF_OR_COUNT),
+        ('--d_repeat_num', 6, 'stride-2 convs in the critic (image_size >= 2 ** d_repeat_num)', COUNT),
     ]),
     ('optimisation', [
-        ('--batch_size', 16, 'images per batch and process'),
-        ('--num_iters', 200000, 'critic iterations'),
-        ('--num_iters_decay', 100000, 'learning rates decay linearly to 0 over these last iterations'),
-        ('--n_critic', 1, 'critic updates per generator update'),
-        ('--g_lr', 2e-4, 'generator learning rate'),
-        ('--d_lr', 2e-4, 'critic learning rate'),
-        ('--beta1', 0.5, 'Adam beta1'),
-        ('--beta2', 0.999, 'Adam beta2'),
+        ('--batch_size', 16, 'images per batch and process', COUNT),
+        ('--num_iters', 200000, 'critic iterations', COUNT),
+        ('--num_iters_decay', 100000, 'learning rates decay linearly to 0 over these last iterations', OFF_OR_COUNT),
+        ('--n_critic', 1, 'critic updates per generator update', COUNT),
+        ('--g_lr', 2e-4, 'generator learning rate', RATE),
+        ('--d_lr', 2e-4, 'critic learning rate', RATE),
+        ('--beta1', 0.5, 'Adam beta1', DECAY),
+        ('--beta2', 0.999, 'Adam beta2', DECAY),
     ]),
     ('loss weights', [
-        ('--lambda_cls', 160.0, 'condition weight: AU regression (mean over batch and AUs) or emotion CE'),
-        ('--lambda_cls_end', 20.0, 'GANimation: the generator\'s AU weight at the end, ramped linearly (-1: constant)'),
-        ('--lambda_rec', 10.0, 'cycle-consistency weight'),
-        ('--lambda_gp', 10.0, 'GANimation: gradient-penalty weight (--adv_loss wgan-gp)'),
-        ('--lambda_sat', 0.1, 'attention saturation weight: mean(A)'),
-        ('--lambda_smooth', 1.0, 'attention smoothness weight: mean-based total variation of A'),
+        ('--lambda_cls', 160.0, 'condition weight: AU regression (mean over batch and AUs) or emotion CE', WEIGHT),
+        ('--lambda_cls_end', 20.0, 'GANimation: the generator\'s AU weight at the end, ramped linearly (-1: constant)',
+         Range(0, also=[-1])),
+        ('--lambda_rec', 10.0, 'cycle-consistency weight', WEIGHT),
+        ('--lambda_gp', 10.0, 'GANimation: gradient-penalty weight (--adv_loss wgan-gp)', WEIGHT),
+        ('--lambda_sat', 0.1, 'attention saturation weight: mean(A)', WEIGHT),
+        ('--lambda_smooth', 1.0, 'attention smoothness weight: mean-based total variation of A', WEIGHT),
     ]),
     ('run folder', [
         ('--outputs_dir', 'outputs/ganimation', 'the run folder: config.json, logs/, models/, samples/, results/'),
-        ('--resume_iters', '', 'resume from iteration N, latest, or auto (latest if there is one, else start)'),
-        ('--keep_checkpoints', 3, 'keep the newest N checkpoints'),
+        ('--resume_iters', '', 'resume from iteration N, latest, or auto (latest if there is one, else start)',
+         RESUME_POINT),
+        ('--keep_checkpoints', 3, 'keep the newest N checkpoints', COUNT),
     ]),
     ('cadence', [
-        ('--log_step', 10, 'log the losses every N iterations'),
-        ('--sample_step', 1000, 'save a sample grid every N iterations'),
-        ('--model_save_step', 5000, 'save a checkpoint every N iterations'),
-        ('--eval_step', 0, 'score --eval_step_pairs pairs every N iterations (0: never)'),
-        ('--eval_step_pairs', 96, 'pairs scored during training'),
-        ('--eval_pairs', 512, 'pairs scored by --mode eval'),
+        ('--log_step', 10, 'log the losses every N iterations', COUNT),
+        ('--sample_step', 1000, 'save a sample grid every N iterations', COUNT),
+        ('--model_save_step', 5000, 'save a checkpoint every N iterations', COUNT),
+        ('--eval_step', 0, 'score --eval_step_pairs pairs every N iterations (0: never)', OFF_OR_COUNT),
+        ('--eval_step_pairs', 96, 'pairs scored during training', COUNT),
+        ('--eval_pairs', 512, 'pairs scored by --mode eval', COUNT),
     ]),
     ('device and seed', [
-        ('--device', 'auto', 'auto, cpu, cuda or cuda:N'),
-        ('--seed', 0, 'seed of the weights, batch order, flips and targets'),
+        ('--device', 'auto', 'auto, cpu, cuda or cuda:N', DEVICE),
+        ('--seed', 0, 'seed of the weights, batch order, flips and targets', Range(0, 2 ** 32 - 1)),
     ]),
     ('test mode and editing', [
         ('--test_images_dir', '', 'aligned face crops (a folder or one file), or photos (--detect_faces, --face_box)'),
@@ -89,31 +149,32 @@ FLAG_GROUPS = [
         ('--target_aus', '', 'GANimation: one edit on top of each face\'s AUs, e.g. AU12=4,AU25=2'),
         ('--test_models_dir', '', 'checkpoint folder (default: <outputs_dir>/models); the newest is used'),
         ('--test_results_dir', '', 'results folder (default: <outputs_dir>/results)'),
-        ('--test_num_faces', 6, 'held-out faces to edit when no --test_images_dir is given'),
-        ('--test_batch_size', 64, 'frames per generator batch'),
-        ('--grid_columns', 12, 'frames per row of the result grid'),
-        ('--fps', 10, 'frames per second of the GIFs'),
-        ('--interpolate', 0, 'GANimation: frames added between consecutive rows of the AU sequence'),
-        ('--smooth', 0.0, 'GANimation: gaussian smoothing of the AU curves, std in frames (0: off)'),
+        ('--test_num_faces', 6, 'held-out faces to edit when no --test_images_dir is given', COUNT),
+        ('--test_batch_size', 64, 'frames per generator batch', COUNT),
+        ('--grid_columns', 12, 'frames per row of the result grid', COUNT),
+        ('--fps', 10, 'frames per second of the GIFs', COUNT),
+        ('--interpolate', 0, 'GANimation: frames added between consecutive rows of the AU sequence', OFF_OR_COUNT),
+        ('--smooth', 0.0, 'GANimation: gaussian smoothing of the AU curves, std in frames (0: off)', WEIGHT),
         ('--mp4', 'auto', 'also write MP4s: auto (with imageio-ffmpeg), true, false'),
         ('--detect_faces', 'false', 'true: photos; find each face (OpenCV), crop, edit, paste back'),
         ('--face_box', '', 'face boxes by hand, x,y,w,h in pixels (several: x,y,w,h;x,y,w,h)'),
-        ('--face_margin', 0.15, 'photo crop: face box * (1 + 2 margin); python -m editing.photos --calibrate DIR'),
+        ('--face_margin', 0.15, 'photo crop: face box * (1 + 2 margin); python -m editing.photos --calibrate DIR',
+         Range(0, 2)),
     ]),
     ('training extras', [
         ('--adv_loss', 'wgan-gp', 'GANimation: wgan-gp, or ns-r1 (non-saturating loss, R1 on real images)'),
-        ('--lambda_r1', 1.0, 'GANimation: R1 weight (--adv_loss ns-r1)'),
+        ('--lambda_r1', 1.0, 'GANimation: R1 weight (--adv_loss ns-r1)', WEIGHT),
         ('--virtual', False, 'GANimation: virtual cycle-consistency (Kaneko et al.)'),
-        ('--virtual_weight', 0.5, 'GANimation: share of the virtual cycle in the cycle term'),
-        ('--target_noise', 0.1, 'GANimation: uniform noise on the drawn target AUs ([0, 1] units)'),
-        ('--g_ema_beta', 0.0, 'GANimation: keep a moving average of G with this decay per step (0: off)'),
-        ('--lambda_color_keep', 0.0, 'GANimation: L1 of the colour head to the input where the mask keeps it'),
+        ('--virtual_weight', 0.5, 'GANimation: share of the virtual cycle in the cycle term', FRACTION),
+        ('--target_noise', 0.1, 'GANimation: uniform noise on the drawn target AUs ([0, 1] units)', FRACTION),
+        ('--g_ema_beta', 0.0, 'GANimation: keep a moving average of G with this decay per step (0: off)', DECAY),
+        ('--lambda_color_keep', 0.0, 'GANimation: L1 of the colour head to the input where the mask keeps it', WEIGHT),
         ('--d_augment', 'none', 'GANimation: none, or translation (DiffAugment) of what the realism head reads'),
-        ('--d_local_head', 0, 'a second realism head on the critic\'s layer N (0: off)'),
+        ('--d_local_head', 0, 'a second realism head on the critic\'s layer N (0: off)', OFF_OR_COUNT),
         ('--g_upsample', 'transposed', 'generator decoder: transposed convs, or resize (nearest + conv)'),
-        ('--g_warp', 0, 'a flow head moving the input\'s pixels, one vector per k x k pixels (0: off)'),
+        ('--g_warp', 0, 'a flow head moving the input\'s pixels, one vector per k x k pixels (0: off)', OFF_OR_COUNT),
         ('--g_condition', 'target', 'GANimation: target AUs, or relative ([target, target - source])'),
-        ('--nonfinite_patience', 5, 'skip non-finite steps; stop after this many iterations in a row'),
+        ('--nonfinite_patience', 5, 'skip non-finite steps; stop after this many iterations in a row', COUNT),
     ]),
     ('speed switches (auto: what was measured faster on this kind of machine)', [
         ('--amp', 'auto', 'bf16 autocast: auto (CUDA, CPUs with AMX or AVX-512 BF16), bf16, off'),
@@ -123,36 +184,36 @@ FLAG_GROUPS = [
         ('--explicit_gp', 'auto', 'gradient penalty written out, no double backward: auto (CPU), true, false'),
         ('--fused_adam', 'auto', 'auto (fused), foreach, false (the per-parameter loop)'),
         ('--data_cache', 'true', 'decode images once into a uint8 cache beside the data'),
-        ('--num_workers', 2, 'data loader workers (--data_cache false)'),
+        ('--num_workers', 2, 'data loader workers (--data_cache false)', OFF_OR_COUNT),
         ('--deterministic', False, 'deterministic kernels: a resumed run matches bit for bit'),
         ('--bench_compare', False, '--mode bench: also time the plain path (fp32, eager, NCHW)'),
-        ('--bench_iters', 30, '--mode bench: timed training iterations'),
-        ('--bench_warmup', 5, '--mode bench: untimed iterations first'),
-        ('--bench_infer_repeats', 10, '--mode bench: timed inference batches'),
+        ('--bench_iters', 30, '--mode bench: timed training iterations', COUNT),
+        ('--bench_warmup', 5, '--mode bench: untimed iterations first', OFF_OR_COUNT),
+        ('--bench_infer_repeats', 10, '--mode bench: timed inference batches', COUNT),
     ]),
     ('GANmut (--model ganmut; shared flags take GANMUT_DEFAULTS unless given)', [
         ('--parametrization', 'linear', 'emotion space: linear (an axis per emotion) or gaussian'),
-        ('--emotion_dim', 2, 'dimensions of the emotion code (2 or 3)'),
+        ('--emotion_dim', 2, 'dimensions of the emotion code (2 or 3)', Range(2, 3)),
         ('--attention', 'true', 'attention generator (true) or the plain one (false)'),
         ('--regularization_type', 'gp', 'critic regulariser: gp (interpolates) or R1 (real images)'),
         ('--cycle_loss', 'approximate', 'cycle code: approximate or original (gaussian: original unless given)'),
-        ('--lambda_reg', 10.0, 'critic regulariser weight'),
-        ('--lambda_g_strength', 1.0, 'linear: weight of MSE(max softmax of the fake, strength)'),
-        ('--lambda_g_info', 1.0, 'linear: generator code-regression weight'),
-        ('--lambda_d_info', 1.0, 'linear: critic code-regression weight'),
-        ('--lambda_expr', 1.0, 'gaussian: critic code-regression weight'),
-        ('--lambda_prediction', 0.5, 'gaussian: weight of the CE of the mean-coded fakes'),
-        ('--n_r', 5, 'linear: codes per batch replaced by random directions'),
+        ('--lambda_reg', 10.0, 'critic regulariser weight', WEIGHT),
+        ('--lambda_g_strength', 1.0, 'linear: weight of MSE(max softmax of the fake, strength)', WEIGHT),
+        ('--lambda_g_info', 1.0, 'linear: generator code-regression weight', WEIGHT),
+        ('--lambda_d_info', 1.0, 'linear: critic code-regression weight', WEIGHT),
+        ('--lambda_expr', 1.0, 'gaussian: critic code-regression weight', WEIGHT),
+        ('--lambda_prediction', 0.5, 'gaussian: weight of the CE of the mean-coded fakes', WEIGHT),
+        ('--n_r', 5, 'linear: codes per batch replaced by random directions', OFF_OR_COUNT),
         ('--info_moves_space', 'false', 'linear: the generator\'s info term also moves the axes'),
-        ('--theta', None, 'edit: angle of the code in degrees, z = rho (cos theta, sin theta)'),
-        ('--rho', None, 'edit: radius of the code (default 1, a linear axis\'s full strength)'),
-        ('--x', None, 'edit: first coordinate of the code, in [-1, 1]'),
-        ('--y', None, 'edit: second coordinate of the code'),
-        ('--z', None, 'edit: third coordinate of a 3-D code (default 0)'),
+        ('--theta', None, 'edit: angle of the code in degrees, z = rho (cos theta, sin theta)', Range()),
+        ('--rho', None, 'edit: radius of the code (default 1, a linear axis\'s full strength)', Range(0, 1.5)),
+        ('--x', None, 'edit: first coordinate of the code, in [-1, 1]', Range(-1, 1)),
+        ('--y', None, 'edit: second coordinate of the code', Range(-1, 1)),
+        ('--z', None, 'edit: third coordinate of a 3-D code (default 0)', Range(-1, 1)),
         ('--emotion', None, 'edit: an emotion by name (neutral, happy, sad, ...)'),
-        ('--intensity', None, 'edit: intensity of --emotion, 0 (neutral) to 1 (default)'),
+        ('--intensity', None, 'edit: intensity of --emotion, 0 (neutral) to 1 (default)', FRACTION),
         ('--emotion_wheel', False, 'test mode: a GIF per face once around the plane'),
-        ('--wheel_frames', 48, 'frames of --emotion_wheel'),
+        ('--wheel_frames', 48, 'frames of --emotion_wheel', Range(2)),
     ]),
     ('the original GANmut code\'s names', [
         ('--dataset_root', '', 'GANmut: images in <dataset_root>/<imgs_folder>, labels training.csv'),
@@ -161,7 +222,7 @@ FLAG_GROUPS = [
         ('--log_dir', '', 'TensorBoard folder (default <outputs_dir>/logs)'),
         ('--model_save_dir', '', 'checkpoint folder (default <outputs_dir>/models; test and eval read it)'),
         ('--result_dir', '', 'results folder (default <outputs_dir>/results)'),
-        ('--resume_iter', '', 'the same as --resume_iters'),
+        ('--resume_iter', '', 'the same as --resume_iters', RESUME_POINT),
     ]),
 ]
 KINDS = {'--theta': float, '--rho': float, '--x': float, '--y': float, '--z': float, '--emotion': str,
@@ -173,7 +234,10 @@ CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench'], '--model': ['ga
            '--fused_adam': ['auto', 'foreach', 'false'], '--data_cache': ['true', 'false'],
            '--parametrization': ['linear', 'gaussian'], '--attention': ['true', 'false'],
            '--regularization_type': ['gp', 'R1', 'r1'], '--cycle_loss': ['approximate', 'original'],
-           '--info_moves_space': ['true', 'false']}
+           '--info_moves_space': ['true', 'false'], '--detect_faces': ['true', 'false'],
+           '--mp4': ['auto', 'true', 'false'], '--on_bad_data': ['error', 'skip'], '--adv_loss': ['wgan-gp', 'ns-r1'],
+           '--d_augment': ['none', 'translation'], '--g_upsample': ['transposed', 'resize'],
+           '--g_condition': ['target', 'relative']}
 # GANmut's own options and the original GANmut code's names: the last two groups
 GANMUT_FLAGS = [f for title, flags in FLAG_GROUPS if title.startswith(('GANmut', "the original GANmut")) for f in flags]
 
@@ -216,16 +280,46 @@ class OneLineHelp(argparse.RawDescriptionHelpFormatter):
         return f'  {flag:<28} {action.help}{default}\n'
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are the project's one-line FlagError (main prints it; exit status 2)."""
+
+    def error(self, message):
+        flag, _, problem = message.partition(': ')
+        if flag.startswith('argument '):
+            flag = flag[len('argument '):].split('/')[-1]
+            message = f'{flag} {problem}' if ': must be ' in problem else f'{flag}: {problem}'
+        raise FlagError(f'{message} (python main.py --help lists the options)')
+
+
+def in_range(flag, kind, valid):
+    """argparse type of a flag with a Range or Pattern: the value converted, or an error naming it and `valid`."""
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not valid.holds(value):
+            raise argparse.ArgumentTypeError(f'{text}: must be {valid.describe(kind)}')
+        return value
+    convert.__name__ = kind.__name__      # argparse names the type in some messages
+    convert.kind, convert.valid = kind, valid
+    return convert
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=OneLineHelp, add_help=False,
-                                usage='python main.py [--mode MODE] [--model MODEL] [--option VALUE ...]')
+    p = Parser(description=__doc__, formatter_class=OneLineHelp, add_help=False,
+               usage='python main.py [--mode MODE] [--model MODEL] [--option VALUE ...]')
     for title, flags in FLAG_GROUPS:
         g = p.add_argument_group(title)
-        for flag, default, help_text in flags:
+        for flag, default, help_text, *valid in flags:
+            kind = KINDS.get(flag) or type(default)
             if default is False:
                 g.add_argument(flag, action='store_true', help=help_text)
+            elif kind in (int, float) or valid:
+                if not valid:
+                    raise TypeError(f'{flag}: a numeric option needs its valid Range in FLAG_GROUPS')
+                g.add_argument(flag, type=in_range(flag, kind, valid[0]), default=default, help=help_text)
             else:
-                kind = KINDS.get(flag) or type(default)
                 g.add_argument(flag, type=kind, default=default, help=help_text, choices=CHOICES.get(flag))
     p._action_groups[2].add_argument('-h', '--help', action='help', help='this list, and stop')
     return p
@@ -274,6 +368,37 @@ def setup_ganmut(cfg, given):
             raise FlagError('give either --dataset_root (with --imgs_folder) or --image_dir and --attr_path')
         cfg.image_dir = os.path.join(cfg.dataset_root, cfg.imgs_folder)
         cfg.attr_path = os.path.join(cfg.dataset_root, 'training.csv')
+
+
+# Files and folders a user names, and what is expected there (checked before a run reads or writes anything).
+INPUT_PATHS = {
+    'dataset_root': ('folder', 'a GANmut dataset: <dataset_root>/<imgs_folder>/ and training.csv'),
+    'dataset': ('folder', 'a dataset folder (images/ and a label file), or auto or synthetic'),
+    'image_dir': ('folder', 'the training images'),
+    'attr_path': ('file', 'the labels: an AU table .txt, an AU dict .pkl or an emotion .csv'),
+    'test_images_dir': ('file or folder', 'the faces to edit: one image, or a folder of images'),
+    'test_attributes_path': ('file', 'an AU sequence: an AU table .txt or an OpenFace .csv'),
+    'test_reference_dir': ('folder', 'the reference frames of the AU sequence'),
+    'test_models_dir': ('folder', 'the checkpoints (iter_*.ckpt) to test'),
+}
+
+
+def check_inputs(cfg):
+    """Every file or folder named on the command line exists and is of the right kind; the run's options fit
+    together. Raises MissingInput or FlagError naming the flag, the path and what was expected there."""
+    from model import check_critic
+    from utils.errors import MissingInput
+    for name, (kind, expected) in INPUT_PATHS.items():
+        path = getattr(cfg, name)
+        if not path or (name == 'dataset' and path in ('auto', 'synthetic')):
+            continue
+        if not os.path.exists(path):
+            raise MissingInput(f'--{name} {path}: no such {kind}; expected {expected}')
+        if (kind == 'folder') != os.path.isdir(path) and kind != 'file or folder':
+            raise MissingInput(f'--{name} {path}: {"a file" if kind == "folder" else "a folder"}, not a {kind}; '
+                               f'expected {expected}')
+    if cfg.mode in ('train', 'demo', 'bench'):
+        check_critic(cfg.image_size, cfg.d_repeat_num, cfg.d_local_head)
 
 
 def explicit_flags(parser, argv):
@@ -326,7 +451,11 @@ def test_and_eval(cfg, given):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    cfg = parser.parse_args(argv)
+    try:
+        cfg = parser.parse_args(argv)        # every numeric flag within its Range, before anything else
+    except FlagError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     cfg.argv = list(argv)          # the command line, for the run record (records.run_record)
     import data_loader  # after parsing: --help needs no torch
     from utils import distributed
@@ -340,6 +469,7 @@ def main(argv=None):
                     setattr(cfg, k, v)
             if 'dataset' not in given and not cfg.image_dir:
                 cfg.dataset = 'synthetic'
+        check_inputs(cfg)
         data_loader.set_bad_data_policy(cfg.on_bad_data)
         if cfg.mode == 'bench':
             from evaluation import bench

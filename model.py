@@ -180,10 +180,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, image_size=128, conv_dim=64, c_dim=17, repeat_num=6, code_dim=0, local_head=0):
         super().__init__()
-        check_sizes(image_size, repeat_num)
-        if not 0 <= local_head < repeat_num:
-            raise FlagError(f'--d_local_head must be 0 (off) or a critic layer from 1 to {repeat_num - 1} '
-                             f'(--d_repeat_num {repeat_num}), got {local_head}')
+        check_critic(image_size, repeat_num, local_head)
         self.main, ch = _patch_trunk(conv_dim, repeat_num)
         k = image_size // 2 ** repeat_num
         self.src = SmallOutputConv2d(ch, 1, 3, 1, 1, bias=False)
@@ -265,13 +262,17 @@ def _patch_trunk(conv_dim, repeat_num):
     return nn.Sequential(*layers), ch
 
 
-def check_sizes(image_size, d_repeat_num):
+def check_critic(image_size, d_repeat_num, d_local_head=0):
+    """The critic's options fit together (main checks them before a run reads or writes anything)."""
     if image_size < 8 or image_size & (image_size - 1):
         raise FlagError(f'--image_size must be a power of two (32, 64, 128, ...), got {image_size}')
     if image_size < 2 ** d_repeat_num:
         best = int(math.log2(image_size))
         raise FlagError(f'--d_repeat_num {d_repeat_num} halves the image {d_repeat_num} times, which needs '
                          f'--image_size >= {2 ** d_repeat_num}; for {image_size} px use --d_repeat_num <= {best}')
+    if not 0 <= d_local_head < d_repeat_num:
+        raise FlagError(f'--d_local_head must be 0 (off) or a critic layer from 1 to {d_repeat_num - 1} '
+                         f'(--d_repeat_num {d_repeat_num}), got {d_local_head}')
 
 
 def init_weights(module):

@@ -268,13 +268,15 @@ def photo_mode(cfg):
     return detect == 'true' or bool(_flag(cfg, 'face_box', ''))
 
 
-def image_files(path):
-    """Image files of a folder (sorted), or the one file `path`."""
+def image_files(path, flag='--test_images_dir'):
+    """Image files of a folder (sorted), or the one file `path`; `flag`: what named it, for the errors."""
     if os.path.isfile(path):
         return [path]
+    if not os.path.isdir(path):
+        raise MissingInput(f'{flag} {path}: no such file or folder; expected one image, or a folder of images')
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(dl.IMAGE_EXTENSIONS))
     if not files:
-        raise MissingInput(f'--test_images_dir {path}: no image files ({", ".join(dl.IMAGE_EXTENSIONS)})')
+        raise MissingInput(f'{flag} {path}: no image files ({", ".join(dl.IMAGE_EXTENSIONS)})')
     return [os.path.join(path, f) for f in files]
 
 
@@ -402,7 +404,7 @@ def animated_photos(faces, frames, refs=None, max_side=ANIMATION_MAX_SIDE):
 def calibrate(image_dir, limit=200):
     """Run the detector on training crops; the median box side (share of the crop side) and
     centre give the --face_margin that reproduces their framing."""
-    files = image_files(image_dir)[:limit]
+    files = image_files(image_dir, '--calibrate')[:limit]
     rows = []
     for path in files:
         pixels = load_photo(path)

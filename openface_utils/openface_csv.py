@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_loader import DataError
+from utils.text import read_lines
 
 AU_NAMES = ['AU01', 'AU02', 'AU04', 'AU05', 'AU06', 'AU07', 'AU09', 'AU10', 'AU12',
             'AU14', 'AU15', 'AU17', 'AU20', 'AU23', 'AU25', 'AU26', 'AU45']
@@ -67,61 +68,56 @@ def _number(path, line, name, text):
 
 def read_openface_csv(path, min_confidence=MIN_CONFIDENCE):
     """Parse one OpenFace CSV into an OpenFaceTable (kept rows and the reasons for the others)."""
+    reader = csv.reader(read_lines(path, 'OpenFace CSV'), skipinitialspace=True)
     try:
-        f = open(path, newline='', encoding='utf-8-sig')
-    except OSError as e:
-        raise DataError(path, f'cannot open: {e.strerror or e}') from None
-    with f:
-        reader = csv.reader(f, skipinitialspace=True)
-        try:
-            header = next(reader, None)
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(path, f'not a readable CSV: {e}', 1) from None
-        if header is None or not any(h.strip() for h in header):
-            raise DataError(path, 'the file is empty (no header line)', 1)
-        header = [h.strip() for h in header]
-        col = {}
-        for i, h in enumerate(header):
-            col.setdefault(h, i)
-        if 'frame' in col:
-            layout, id_col = VIDEO, 'face_id'
-        elif 'face' in col or 'face_id' in col:
-            layout, id_col = IMAGE, ('face' if 'face' in col else 'face_id')
+        header = next(reader, None)
+    except csv.Error as e:
+        raise DataError(path, f'not a readable CSV: {e}', 1) from None
+    if header is None or not any(h.strip() for h in header):
+        raise DataError(path, 'the file is empty (no header line)', 1)
+    header = [h.strip() for h in header]
+    col = {}
+    for i, h in enumerate(header):
+        col.setdefault(h, i)
+    if 'frame' in col:
+        layout, id_col = VIDEO, 'face_id'
+    elif 'face' in col or 'face_id' in col:
+        layout, id_col = IMAGE, ('face' if 'face' in col else 'face_id')
+    else:
+        raise DataError(path, 'not an OpenFace CSV: the header has neither `face` (FaceLandmarkImg) nor '
+                              f'`frame` (FeatureExtraction); it starts {", ".join(header[:6])}', 1)
+    if 'confidence' not in col:
+        raise DataError(path, 'the header has no `confidence` column', 1)
+    missing = [f'{a}_r' for a in AU_NAMES if f'{a}_r' not in col]
+    if missing:
+        hint = (' (only presence columns *_c: intensities need OpenFace\'s -aus output)'
+                if all(f'{m[:-2]}_c' in col for m in missing) else '')
+        raise DataError(path, f'missing AU intensity column(s) {", ".join(missing)}{hint}', 1)
+    au_cols = [col[f'{a}_r'] for a in AU_NAMES]
+    table = OpenFaceTable(path, layout, min_confidence=min_confidence)
+    for line, row in enumerate(reader, 2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(path, f'expected {len(header)} columns as in the header, found {len(row)}', line)
+        table.total += 1
+        get = (lambda name: _number(path, line, name, row[col[name]]))
+        face = int(get(id_col)) if id_col in col else 0
+        frame = int(get('frame')) if layout == VIDEO else None
+        timestamp = get('timestamp') if 'timestamp' in col else None
+        confidence = get('confidence')
+        aus = np.array([_number(path, line, header[c], row[c]) for c in au_cols], dtype=np.float64)
+        if 'success' in col and get('success') == 0:
+            table.dropped['success'] += 1
+        elif not (confidence >= min_confidence):      # NaN counts as low
+            table.dropped['confidence'] += 1
+        elif not np.all(np.isfinite(aus)):
+            table.dropped['nonfinite'] += 1
         else:
-            raise DataError(path, 'not an OpenFace CSV: the header has neither `face` (FaceLandmarkImg) nor '
-                                  f'`frame` (FeatureExtraction); it starts {", ".join(header[:6])}', 1)
-        if 'confidence' not in col:
-            raise DataError(path, 'the header has no `confidence` column', 1)
-        missing = [f'{a}_r' for a in AU_NAMES if f'{a}_r' not in col]
-        if missing:
-            hint = (' (only presence columns *_c: intensities need OpenFace\'s -aus output)'
-                    if all(f'{m[:-2]}_c' in col for m in missing) else '')
-            raise DataError(path, f'missing AU intensity column(s) {", ".join(missing)}{hint}', 1)
-        au_cols = [col[f'{a}_r'] for a in AU_NAMES]
-        table = OpenFaceTable(path, layout, min_confidence=min_confidence)
-        for line, row in enumerate(reader, 2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(path, f'expected {len(header)} columns as in the header, found {len(row)}', line)
-            table.total += 1
-            get = (lambda name: _number(path, line, name, row[col[name]]))
-            face = int(get(id_col)) if id_col in col else 0
-            frame = int(get('frame')) if layout == VIDEO else None
-            timestamp = get('timestamp') if 'timestamp' in col else None
-            confidence = get('confidence')
-            aus = np.array([_number(path, line, header[c], row[c]) for c in au_cols], dtype=np.float64)
-            if 'success' in col and get('success') == 0:
-                table.dropped['success'] += 1
-            elif not (confidence >= min_confidence):      # NaN counts as low
-                table.dropped['confidence'] += 1
-            elif not np.all(np.isfinite(aus)):
-                table.dropped['nonfinite'] += 1
-            else:
-                out = (aus < -1e-3) | (aus > AU_MAX + 1e-3)
-                table.clipped += int(out.sum())
-                table.rows.append(Row(line, face, frame, timestamp, confidence,
-                                      np.clip(aus, 0, AU_MAX).astype(np.float32)))
+            out = (aus < -1e-3) | (aus > AU_MAX + 1e-3)
+            table.clipped += int(out.sum())
+            table.rows.append(Row(line, face, frame, timestamp, confidence,
+                                  np.clip(aus, 0, AU_MAX).astype(np.float32)))
     return table
 
 
