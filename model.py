@@ -5,26 +5,30 @@ its own statistics in training *and* at test time (models released with stored
 statistics and run in eval mode produced ruined faces).
 """
 import math
+import os
+import re
 
 import torch
 import torch.nn as nn
 
+import released
+from synthetic_faces import AU_NAMES
 from utils import checkpoint
 from utils.errors import CheckpointError, FlagError
 from utils.fast_conv import SmallOutputConv2d, conv_input_grad
 from utils.runtime import resolve_flag
 
 
-def _norm(ch):
-    return nn.InstanceNorm2d(ch, affine=True, track_running_stats=False)
+def _norm(ch, affine=True):
+    return nn.InstanceNorm2d(ch, affine=affine, track_running_stats=False)
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, ch):
+    def __init__(self, ch, bias=False, affine=True):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(ch, ch, 3, 1, 1, bias=False), _norm(ch), nn.ReLU(inplace=True),
-            nn.Conv2d(ch, ch, 3, 1, 1, bias=False), _norm(ch))
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=bias), _norm(ch, affine), nn.ReLU(inplace=True),
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=bias), _norm(ch, affine))
 
     def forward(self, x):
         return x + self.body(x)
@@ -51,11 +55,17 @@ class Generator(nn.Module):
     `c_src`. Where an AU does not change its difference is 0, so the generator is told what
     to leave alone instead of having to read the source's AUs from its pixels first
     (relative attributes, as in RelGAN, Wu et al. 2019).
+
+    The variants of released generators (released.py): `conv_bias` (biases on the body's
+    convolutions, not the heads'), `norm_affine=False` (instance norm without scale and shift), and
+    `channels='bgr'` (a model trained on BGR images: forward() still takes and returns RGB).
     """
 
     def __init__(self, conv_dim=64, c_dim=17, repeat_num=6, attention=True, upsample='transposed', warp=0,
-                 condition='target'):
+                 condition='target', conv_bias=False, norm_affine=True, channels='rgb'):
         super().__init__()
+        if channels not in ('rgb', 'bgr'):
+            raise ValueError(f'channels must be rgb or bgr, got {channels!r}')
         if upsample not in ('transposed', 'resize'):
             raise FlagError(f'--g_upsample must be transposed or resize, got {upsample!r}')
         if warp < 0 or (warp and not attention):
@@ -63,21 +73,23 @@ class Generator(nn.Module):
                              f'got {warp}{"" if attention else " without attention"}')
         if condition not in ('target', 'relative'):
             raise FlagError(f'--g_condition must be target or relative, got {condition!r}')
-        self.c_dim, self.attention = c_dim, attention
+        self.c_dim, self.attention, self.bgr = c_dim, attention, channels == 'bgr'
         self.warp_cell, self.relative = warp, condition == 'relative'
         cond_channels = c_dim * (2 if self.relative else 1)
-        layers = [nn.Conv2d(3 + cond_channels, conv_dim, 7, 1, 3, bias=False), _norm(conv_dim), nn.ReLU(inplace=True)]
+        bias, affine = conv_bias, norm_affine
+        layers = [nn.Conv2d(3 + cond_channels, conv_dim, 7, 1, 3, bias=bias), _norm(conv_dim, affine),
+                  nn.ReLU(inplace=True)]
         ch = conv_dim
         for _ in range(2):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm(ch * 2), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=bias), _norm(ch * 2, affine), nn.ReLU(inplace=True)]
             ch *= 2
-        layers += [ResidualBlock(ch) for _ in range(repeat_num)]
+        layers += [ResidualBlock(ch, bias, affine) for _ in range(repeat_num)]
         for _ in range(2):
             if upsample == 'transposed':   # the paper's decoder
-                up = [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False)]
+                up = [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=bias)]
             else:   # nearest-neighbour resize, then a conv: no checkerboard pattern (Odena et al., 2016)
-                up = [nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch // 2, 3, 1, 1, bias=False)]
-            layers += up + [_norm(ch // 2), nn.ReLU(inplace=True)]
+                up = [nn.Upsample(scale_factor=2, mode='nearest'), nn.Conv2d(ch, ch // 2, 3, 1, 1, bias=bias)]
+            layers += up + [_norm(ch // 2, affine), nn.ReLU(inplace=True)]
             ch //= 2
         self.main = nn.Sequential(*layers)
         self.color = nn.Sequential(nn.Conv2d(ch, 3, 7, 1, 3, bias=False), nn.Tanh())
@@ -96,15 +108,18 @@ class Generator(nn.Module):
             if c_src is None:
                 raise ValueError('a generator with --g_condition relative needs the source image\'s AUs')
             c = torch.cat([c, c - c_src], 1)
+        if self.bgr:
+            x = x.flip(1)
         c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
         h = self.main(torch.cat([x, c_map], dim=1))
         color = self.color(h)
         if self.attn is None:
-            return color, None, color
+            return (color.flip(1), None, color.flip(1)) if self.bgr else (color, None, color)
         attn = self.attn(h)
         if self.flow is not None:
             x = warp_image(x, smooth_flow(self.flow(h), self.warp_cell))
-        return attn * x + (1 - attn) * color, attn, color
+        y = attn * x + (1 - attn) * color
+        return (y.flip(1), attn, color.flip(1)) if self.bgr else (y, attn, color)
 
 
 def smooth_flow(flow_px, cell):
@@ -134,7 +149,9 @@ def generator_options(config):
     """The Generator's keyword options from a run's config (a dict: vars(cfg) or a checkpoint's
     'config'); configs saved before an option existed get its default."""
     return dict(upsample=config.get('g_upsample', 'transposed'),
-                warp=config.get('g_warp', 0), condition=config.get('g_condition', 'target'))
+                warp=config.get('g_warp', 0), condition=config.get('g_condition', 'target'),
+                conv_bias=config.get('g_conv_bias', False), norm_affine=config.get('g_norm_affine', True),
+                channels=config.get('g_channels', 'rgb'))
 
 
 # Options removed after they were measured not to help (docs/notebook.md, "Removed options"): the value
@@ -296,8 +313,8 @@ def count_parameters(module):
 class Trained:
     """A checkpoint read once: which model made it (`model`: ganimation or ganmut), its config, its
     condition names, its iteration, and its networks on demand. Test, eval and demo modes read the
-    newest checkpoint of a run once and choose the model from it; the next issues load released
-    weights through it too."""
+    newest checkpoint of a run once and choose the model from it. A generator released by another
+    implementation (released.py) is read into the same form, with its critic when one lies beside it."""
 
     def __init__(self, path, ckpt):
         self.path, self.ckpt = path, ckpt
@@ -305,11 +322,50 @@ class Trained:
         self.label_names = list(ckpt['label_names'])
         self.model = ckpt.get('model', self.config.get('model', 'ganimation'))
         self.iteration = int(ckpt['iteration'])
+        self.released = self.config.get('released_format')
         check_removed_options(self.config, path)
 
     @classmethod
     def newest(cls, models_dir, which='latest'):
+        """The newest checkpoint of a run folder; or a released generator file, or the newest in a folder."""
+        if os.path.isfile(models_dir):
+            state = released.read_state(models_dir)
+            if 'config' in state and 'G' in state:          # a checkpoint of this code, named as a file
+                return cls(models_dir, checkpoint.load(models_dir))
+            return cls.from_released(models_dir, state)
+        if os.path.isdir(models_dir) and not checkpoint.list_checkpoints(models_dir):
+            found = released.generator_file(models_dir)
+            if found:
+                return cls.from_released(found)
         return cls(*checkpoint.load_newest(models_dir, which))
+
+    @classmethod
+    def from_released(cls, path, state=None):
+        """A released generator file (and the critic beside it) as a checkpoint of this code."""
+        state = released.read_state(path) if state is None else state
+        fmt_name = released.recognise(state, path)
+        fmt = released.FORMATS[fmt_name]
+        config = released.generator_config(state, fmt_name)
+        ganmut = fmt['model'] == 'ganmut'
+        names = released.EMOTIONS if ganmut else list(AU_NAMES[:config['c_dim']])
+        G = Generator(config['g_conv_dim'], config['emotion_dim'] if ganmut else config['c_dim'],
+                      config['g_repeat_num'], attention=not ganmut, **generator_options(config))
+        ckpt = dict(config=config, label_names=names, model=fmt['model'], iteration=0,
+                    G=released.convert(state, fmt['rules'], G, path, fmt.get('space_keys', ())))
+        if ganmut:
+            ckpt['space'] = released.space_state(state, fmt_name)
+        critic = released.critic_path(path, fmt_name)
+        if critic:
+            d_state = released.read_state(critic)
+            d_fmt = released.CRITIC_FORMATS[released.recognise(d_state, critic, released.CRITIC_FORMATS, 'critic')]
+            trunk = 'main' if 'main.0.weight' in d_state else 'model'
+            convs = [k for k in d_state if re.fullmatch(trunk + r'\.\d+\.weight', k)]
+            au_head = d_state['conv2.weight' if 'conv2.weight' in d_state else 'aus_top.weight']
+            config.update(d_conv_dim=int(d_state[f'{trunk}.0.weight'].shape[0]), d_repeat_num=len(convs),
+                          image_size=int(au_head.shape[-1]) * 2 ** len(convs), released_critic=critic)
+            D = Discriminator(config['image_size'], config['d_conv_dim'], len(names), config['d_repeat_num'])
+            ckpt['D'] = released.convert(d_state, d_fmt['rules'], D, critic)
+        return cls(path, ckpt)
 
     def load(self, key, module):
         """`module` with the checkpoint's weights under `key`, checked name by name and shape by shape."""
@@ -319,15 +375,19 @@ class Trained:
 
     def networks(self, device):
         """G (the weight average when training kept one) and D in eval mode, built from the checkpoint's
-        own config: conditioned on the AUs (GANimation) or on a point of the emotion space (GANmut)."""
+        own config: conditioned on the AUs (GANimation) or on a point of the emotion space (GANmut).
+        D is None for a released generator without its critic."""
         c, ganmut = self.config, self.model == 'ganmut'
         G = Generator(c['g_conv_dim'], c['emotion_dim'] if ganmut else len(self.label_names), c['g_repeat_num'],
                       attention=resolve_flag(c.get('attention', 'true'), True) if ganmut else True,
                       **generator_options(c))
+        g_key = 'G_ema' if 'G_ema' in self.ckpt else 'G'
+        G = self.load(g_key, G).to(device).eval()
+        if 'D' not in self.ckpt:
+            return G, None
         D = Discriminator(c['image_size'], c['d_conv_dim'], len(self.label_names), c['d_repeat_num'],
                           code_dim=c['emotion_dim'] if ganmut else 0, **critic_options(c))
-        g_key = 'G_ema' if 'G_ema' in self.ckpt else 'G'
-        return self.load(g_key, G).to(device).eval(), self.load('D', D).to(device).eval()
+        return G, self.load('D', D).to(device).eval()
 
 
 @torch.no_grad()
