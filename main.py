@@ -379,7 +379,7 @@ INPUT_PATHS = {
     'test_images_dir': ('file or folder', 'the faces to edit: one image, or a folder of images'),
     'test_attributes_path': ('file', 'an AU sequence: an AU table .txt or an OpenFace .csv'),
     'test_reference_dir': ('folder', 'the reference frames of the AU sequence'),
-    'test_models_dir': ('folder', 'the checkpoints (iter_*.ckpt) to test'),
+    'test_models_dir': ('file or folder', 'checkpoints (iter_*.ckpt), or a released generator file (docs/released.md)'),
 }
 
 
@@ -442,6 +442,9 @@ def test_and_eval(cfg, given):
     trained = Trained.newest(mode_folder(cfg, 'models'))
     if cfg.mode != 'demo':
         refuse_the_other_models_flags(given, trained.model, f'the model of {trained.path}')
+        made = trained.config.get('parametrization')
+        if 'parametrization' in given and cfg.parametrization != made:
+            raise FlagError(f'--parametrization {cfg.parametrization}: {trained.path} holds a {made} space')
     if cfg.mode in ('test', 'demo'):
         (edit if trained.model == 'ganmut' else animate).run(cfg, trained)
     if cfg.mode in ('eval', 'demo'):

@@ -16,7 +16,7 @@ from synthetic_faces import AU_NAMES
 from utils import checkpoint
 from utils.errors import CheckpointError, FlagError
 from utils.fast_conv import SmallOutputConv2d, conv_input_grad
-from utils.runtime import resolve_flag
+from utils.runtime import resolve_amp, resolve_flag
 
 
 def _norm(ch, affine=True):
@@ -366,6 +366,13 @@ class Trained:
             D = Discriminator(config['image_size'], config['d_conv_dim'], len(names), config['d_repeat_num'])
             ckpt['D'] = released.convert(d_state, d_fmt['rules'], D, critic)
         return cls(path, ckpt)
+
+    def amp_dtype(self, amp_flag, device):
+        """The autocast dtype of test and eval modes: --amp's choice, but a released generator runs in fp32
+        unless --amp bf16 is asked (bf16 moves its pixels by up to 25 levels from its authors' images)."""
+        if self.released and amp_flag == 'auto':
+            return None
+        return resolve_amp(amp_flag, device)
 
     def load(self, key, module):
         """`module` with the checkpoint's weights under `key`, checked name by name and shape by shape."""

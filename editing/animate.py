@@ -24,7 +24,7 @@ from solver import images_to_float
 from utils import visualize as vis
 from utils.errors import FlagError, MissingInput
 from utils.records import mode_folder
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import resolve_device
 
 
 def parse_target_aus(text, label_names):
@@ -196,7 +196,7 @@ def run(cfg, trained):
     """Test mode with the GANimation checkpoint `trained` (model.Trained): an AU sequence animated on
     every face, or with --target_aus an explicit edit."""
     device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
+    amp = trained.amp_dtype(cfg.amp, device)
     out_dir = mode_folder(cfg, 'results')
     G, D = trained.networks(device)
     ckpt_cfg, label_names, path = trained.config, trained.label_names, trained.path
@@ -261,9 +261,15 @@ def save_edits(G, x_all, faces, conds, out_dir, device, amp, aus_own=None):
 
 
 def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
-    """Start from each face's own AUs (read by the critic's AU head), set the given ones."""
+    """Start from each face's own AUs (read by the critic's AU head), set the given ones. A released
+    generator without its critic starts the AUs not named from 0 (a neutral face), and says so."""
     targets = parse_target_aus(cfg.target_aus, label_names)
-    own = critic_reading(D, x_all, device)
+    if D is None:
+        own = torch.zeros(x_all.shape[0], len(label_names))
+        print('no critic beside this generator to read the faces\' own AUs: the AUs not named in --target_aus '
+              'start from 0 (neutral); put the critic file beside it to start from each face\'s own')
+    else:
+        own = critic_reading(D, x_all, device)
     cond = own * 5
     for idx, v in targets.items():
         cond[:, idx] = v

@@ -13,7 +13,7 @@ import os
 from utils import visualize as vis
 from utils.errors import MissingInput
 from utils.records import mode_folder
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import resolve_device
 
 
 def data_of_checkpoint(cfg, ckpt_cfg):
@@ -30,7 +30,7 @@ def run(cfg, trained, scorer_class):
     """--mode eval: score the checkpoint `trained` (model.Trained); table on the console, JSON and a
     comparison grid in the results folder."""
     device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
+    amp = trained.amp_dtype(cfg.amp, device)
     G, D, space = scorer_class.networks(trained, device)
     image_dir, attr_path = data_of_checkpoint(cfg, trained.config)
     size = trained.config['image_size']

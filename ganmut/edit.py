@@ -32,7 +32,7 @@ from solver import images_to_float
 from utils import visualize as vis
 from utils.errors import FlagError
 from utils.records import mode_folder
-from utils.runtime import resolve_amp, resolve_device
+from utils.runtime import resolve_device
 
 
 def held_out_emotion_faces(image_dir, attr_path, size):
@@ -108,7 +108,7 @@ def run(cfg, trained):
     """Test mode with the GANmut checkpoint `trained` (model.Trained): the edit of the flags, the
     emotion wheel, or every emotion and the plane map."""
     device = resolve_device(cfg.device)
-    amp = resolve_amp(cfg.amp, device)
+    amp = trained.amp_dtype(cfg.amp, device)
     out_dir = mode_folder(cfg, 'results')
     G, _ = trained.networks(device)
     space = ganmut.load_space(trained, device)

@@ -161,8 +161,8 @@ def test_a_missing_file_or_folder_names_the_flag_the_path_and_what_was_expected(
 def test_a_file_where_a_folder_is_expected_and_the_reverse(tmp_path, capsys):
     a_file = tmp_path / 'aus.txt'
     a_file.write_text('x')
-    status, err, left = run_main(['--mode', 'test', '--test_models_dir', str(a_file)], tmp_path, capsys)
-    assert status == 2 and 'a file, not a folder' in err and '--test_models_dir' in err
+    status, err, left = run_main(['--mode', 'train', '--image_dir', str(a_file)], tmp_path, capsys)
+    assert status == 2 and 'a file, not a folder' in err and '--image_dir' in err
     status, err, left = run_main(['--mode', 'test', '--test_attributes_path', str(tmp_path)], tmp_path, capsys)
     assert status == 2 and 'a folder, not a file' in err and '--test_attributes_path' in err
 

@@ -271,3 +271,107 @@ def test_the_newest_released_generator_of_a_folder_is_taken(tmp_path):
     trained = model.Trained.newest(str(tmp_path))
     assert trained.path.endswith('30_net_gen.pth')
     np.testing.assert_array_equal(trained.ckpt['G']['color.0.weight'].flatten()[:3].numpy(), [30, 30, 30])
+
+
+# --------------------------------------------------------------------------- through test mode, in uint8
+
+def face_png(path, seed=6):
+    """A 128 px face-sized image (test mode reads it without resizing) and its float input in [-1, 1]."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    pixels[..., 2] //= 3                                   # blue unlike red, so that a channel swap shows
+    Image.fromarray(pixels).save(path)
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def to_uint8(y):
+    return ((y.clamp(-1, 1) + 1) / 2 * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+def read_png(path):
+    from PIL import Image
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def run_test_mode(argv, tmp_path):
+    import main
+    assert main.main(['--mode', 'test', '--outputs_dir', str(tmp_path / 'o')] + argv) == 0
+    return tmp_path / 'o' / 'results'
+
+
+def test_a_released_ganimation_file_animates_a_face_as_its_authors_code_does(tmp_path):
+    sd = vipermu_generator()
+    torch.save(sd, tmp_path / '1-37-G.ckpt')
+    x = face_png(tmp_path / 'face.png')
+    aus = torch.tensor([[0.0] * 17, [1.5, 0, 2.0] + [0.5] * 9 + [4.0] + [0.0] * 4])
+    header = 'name ' + ' '.join(model.AU_NAMES)
+    rows = [f'f{i}.png ' + ' '.join(f'{v:.2f}' for v in row.tolist()) for i, row in enumerate(aus)]
+    (tmp_path / 'seq.txt').write_text('\n'.join([header] + rows) + '\n')
+    results = run_test_mode(['--test_models_dir', str(tmp_path / '1-37-G.ckpt'), '--test_images_dir',
+                             str(tmp_path / 'face.png'), '--test_attributes_path', str(tmp_path / 'seq.txt'),
+                             '--mp4', 'false'], tmp_path)
+    for t in range(2):
+        with torch.no_grad():
+            theirs = to_uint8(ganimation_forward(sd, x, aus[t:t + 1], 'im_reg.0.weight', 'im_att.0.weight'))
+        ours = read_png(results / 'face' / f'frame_{t:04d}.png')
+        assert np.abs(ours.astype(int) - theirs.astype(int)).mean() <= 1.0
+        assert np.abs(ours.astype(int) - to_uint8(x).astype(int)).mean() > 5     # an edit, not the input
+
+
+@pytest.mark.parametrize('space, edit, code', [
+    ('linear', ['--theta', '30', '--rho', '0.6'], [0.6 * math.cos(math.radians(30)), 0.6 * math.sin(math.radians(30))]),
+    ('gaussian', ['--x', '0.5', '--y', '-0.3', '--model', 'ganmut'], [0.5, -0.3]),
+])
+def test_a_released_ganmut_file_edits_a_face_as_its_authors_code_does(space, edit, code, tmp_path):
+    sd = ganmut_generator(space)
+    torch.save(sd, tmp_path / '1000000-G.ckpt')
+    x = face_png(tmp_path / 'face.png')
+    results = run_test_mode(['--test_models_dir', str(tmp_path / '1000000-G.ckpt'), '--test_images_dir',
+                             str(tmp_path / 'face.png')] + edit, tmp_path)
+    with torch.no_grad():
+        theirs = to_uint8(ganmut_forward(sd, x, torch.tensor([code])).flip(1))
+    ours = read_png(results / 'face_edited.png')
+    assert np.abs(ours.astype(int) - theirs.astype(int)).mean() <= 1.0
+
+
+def test_target_aus_without_a_released_critic_start_from_neutral_and_say_so(tmp_path, capsys):
+    sd = replicate_generator()
+    torch.save(sd, tmp_path / '30_net_gen.pth')
+    x = face_png(tmp_path / 'face.png')
+    results = run_test_mode(['--test_models_dir', str(tmp_path), '--test_images_dir', str(tmp_path / 'face.png'),
+                             '--target_aus', 'AU12=4,AU25=2'], tmp_path)
+    assert 'start from 0 (neutral)' in capsys.readouterr().out
+    aus = torch.zeros(1, 17)
+    aus[0, model.AU_NAMES.index('AU12')], aus[0, model.AU_NAMES.index('AU25')] = 4, 2
+    with torch.no_grad():
+        theirs = to_uint8(ganimation_forward(sd, x, aus, 'color_top.0.weight', 'au_top.0.weight',
+                                             prefix='model', block='conv_block', bias=True, norm=False))
+    assert np.abs(read_png(results / 'face_edited.png').astype(int) - theirs.astype(int)).mean() <= 1.0
+
+
+def test_a_photo_framed_by_hand_is_edited_with_a_released_generator(tmp_path):
+    from PIL import Image
+    torch.save(official_generator(), tmp_path / 'net_epoch_30_id_G.pth')
+    photo = np.random.default_rng(7).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / 'photo.png')
+    results = run_test_mode(['--test_models_dir', str(tmp_path / 'net_epoch_30_id_G.pth'), '--test_images_dir',
+                             str(tmp_path / 'photo.png'), '--face_box', '60,40,100,100', '--target_aus', 'AU12=5'],
+                            tmp_path)
+    edited = read_png(results / 'photo_edited.png')
+    assert edited.shape == photo.shape
+    outside = np.ones(photo.shape[:2], bool)
+    outside[10:170, 30:190] = False           # the crop box: the face box with the default margin, and more
+    np.testing.assert_array_equal(edited[outside], photo[outside])
+    assert np.abs(edited.astype(int) - photo.astype(int)).mean() > 1
+
+
+def test_a_parametrization_that_contradicts_the_released_file_is_refused(tmp_path, capsys):
+    import main
+    torch.save(ganmut_generator('linear'), tmp_path / '1000000-G.ckpt')
+    face_png(tmp_path / 'face.png')
+    status = main.main(['--mode', 'test', '--outputs_dir', str(tmp_path / 'o'), '--test_models_dir',
+                        str(tmp_path / '1000000-G.ckpt'), '--test_images_dir', str(tmp_path / 'face.png'),
+                        '--parametrization', 'gaussian', '--x', '0.2'])
+    assert status == 2
+    assert 'error: --parametrization gaussian: ' in capsys.readouterr().err
