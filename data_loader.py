@@ -172,12 +172,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path):
+    """A label pickle through the restricted unpickler. Python 2 pickles (the original GANimation code's
+    aus_openface.pkl) store text and numpy arrays' bytes as 8-bit strings: they are read as latin-1, which
+    numpy needs for the arrays, and string keys are turned back into the UTF-8 text they were."""
     with open(path, 'rb') as f:
         data = f.read()
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding='latin1').load()
     except Exception as e:   # corrupt file or forbidden object
         raise DataError(path, f'cannot load label pickle: {e}') from None
+    return {_python2_text(k): v for k, v in obj.items()} if isinstance(obj, dict) else obj
+
+
+def _python2_text(key):
+    """A Python 2 string read as latin-1, as the UTF-8 text it held (unchanged if it was not UTF-8)."""
+    if not isinstance(key, str):
+        return key
+    try:
+        return key.encode('latin1').decode('utf-8')
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return key
 
 
 def read_au_pickle(path, num_aus=None):

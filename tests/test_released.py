@@ -375,3 +375,34 @@ def test_a_parametrization_that_contradicts_the_released_file_is_refused(tmp_pat
                         '--parametrization', 'gaussian', '--x', '0.2'])
     assert status == 2
     assert 'error: --parametrization gaussian: ' in capsys.readouterr().err
+
+
+def python2_au_pickle(name_utf8, values):
+    """The bytes Python 2 writes for {name: float64 array} with protocol 2: 8-bit strings (SHORT_BINSTRING,
+    BINSTRING) for the name, numpy's type codes and the array's bytes, as in the original code's
+    aus_openface.pkl."""
+    import struct
+
+    def short(b):
+        return b'U' + bytes([len(b)]) + b
+    out = b'\x80\x02}q\x00(' + short(name_utf8)
+    out += (b'cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85q\x03' + short(b'b')
+            + b'\x87q\x04Rq\x05(K\x01K' + bytes([len(values)]) + b'\x85q\x06cnumpy\ndtype\nq\x07' + short(b'f8')
+            + b'K\x00K\x01\x87q\x08Rq\t(K\x03' + short(b'<')
+            + b'NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\nb\x89')
+    data = np.asarray(values, '<f8').tobytes()
+    return out + b'T' + struct.pack('<I', len(data)) + data + b'tq\x0bbu.'
+
+
+def test_the_original_codes_python2_label_pickles_load(tmp_path):
+    import pickle
+
+    import data_loader as dl
+    values = np.arange(17) / 4
+    raw = python2_au_pickle('café.jpg'.encode('utf-8'), values)
+    with pytest.raises(UnicodeDecodeError, match="'ascii' codec can't decode"):
+        pickle.loads(raw)                         # what Python 3 does by default
+    (tmp_path / 'aus_openface.pkl').write_bytes(raw)
+    names, au_names, aus = dl.read_au_pickle(str(tmp_path / 'aus_openface.pkl'))
+    assert names == ['café.jpg'] and len(au_names) == 17
+    np.testing.assert_allclose(aus[0], values)
