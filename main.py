@@ -175,6 +175,7 @@ FLAG_GROUPS = [
         ('--g_warp', 0, 'a flow head moving the input\'s pixels, one vector per k x k pixels (0: off)', OFF_OR_COUNT),
         ('--g_condition', 'target', 'GANimation: target AUs, or relative ([target, target - source])'),
         ('--nonfinite_patience', 5, 'skip non-finite steps; stop after this many iterations in a row', COUNT),
+        ('--init_from', '', 'start from these weights: a released generator file (and its critic) or a checkpoint'),
     ]),
     ('speed switches (auto: what was measured faster on this kind of machine)', [
         ('--amp', 'auto', 'bf16 autocast: auto (CUDA, CPUs with AMX or AVX-512 BF16), bf16, off'),
@@ -379,6 +380,7 @@ INPUT_PATHS = {
     'test_images_dir': ('file or folder', 'the faces to edit: one image, or a folder of images'),
     'test_attributes_path': ('file', 'an AU sequence: an AU table .txt or an OpenFace .csv'),
     'test_reference_dir': ('folder', 'the reference frames of the AU sequence'),
+    'init_from': ('file', 'a released generator file, or a checkpoint of this code (docs/released.md)'),
     'test_models_dir': ('file or folder', 'checkpoints (iter_*.ckpt), or a released generator file (docs/released.md)'),
 }
 
@@ -399,6 +401,29 @@ def check_inputs(cfg):
                                f'expected {expected}')
     if cfg.mode in ('train', 'demo', 'bench'):
         check_critic(cfg.image_size, cfg.d_repeat_num, cfg.d_local_head)
+
+
+# What a file given to --init_from decides: the networks' shapes and variants (released.py's formats set the
+# conv biases, the norm and the channel order, which have no flags).
+ARCHITECTURE = ('image_size', 'g_conv_dim', 'g_repeat_num', 'g_upsample', 'g_warp', 'g_condition', 'g_conv_bias',
+                'g_norm_affine', 'g_channels', 'd_conv_dim', 'd_repeat_num', 'd_local_head', 'emotion_dim',
+                'parametrization', 'attention')
+
+
+def architecture_of(cfg, given):
+    """--init_from: the run takes the file's architecture; a flag given with another value is refused."""
+    from model import Trained
+    trained = Trained.newest(cfg.init_from)
+    if trained.model != cfg.model:
+        raise FlagError(f'--init_from {cfg.init_from}: a {trained.model} model; this run trains {cfg.model} '
+                        f'(--model {trained.model})')
+    for key in ARCHITECTURE:
+        if key not in trained.config or (key.startswith('d_') and 'D' not in trained.ckpt):
+            continue
+        value = trained.config[key]
+        if key in given and getattr(cfg, key) != value:
+            raise FlagError(f'--{key} {getattr(cfg, key)}: --init_from {cfg.init_from} has {key} {value}')
+        setattr(cfg, key, value)
 
 
 def explicit_flags(parser, argv):
@@ -473,6 +498,8 @@ def main(argv=None):
             if 'dataset' not in given and not cfg.image_dir:
                 cfg.dataset = 'synthetic'
         check_inputs(cfg)
+        if cfg.init_from and cfg.mode in ('train', 'demo'):
+            architecture_of(cfg, given)
         data_loader.set_bad_data_policy(cfg.on_bad_data)
         if cfg.mode == 'bench':
             from evaluation import bench

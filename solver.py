@@ -24,7 +24,7 @@ import losses
 import synthetic_faces as sf
 from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
                          worker_ignores_stop_signals)
-from model import Discriminator, Generator, check_removed_options, critic_options, generator_options
+from model import Discriminator, Generator, Trained, check_removed_options, critic_options, generator_options
 from utils import checkpoint, distributed
 from utils import visualize as vis
 from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
@@ -164,6 +164,8 @@ class Solver:
         self.is_main = self.rank == 0      # only rank 0 writes logs, samples and checkpoints
         torch.manual_seed(cfg.seed)
         self.build_networks()
+        if getattr(cfg, 'init_from', ''):
+            self.start_from(cfg.init_from)
         distributed.broadcast_modules(m for _, m in self.saved_modules())
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
         self.dirs = {kind: run_folder(cfg, kind) for kind in RUN_FOLDERS}
@@ -574,6 +576,21 @@ class Solver:
         if self.nonfinite_in_a_row == 0:
             self.last_good_checkpoint = path
         return path
+
+    def start_from(self, path):
+        """--init_from: the weights of a released generator (and its critic, when one lies beside it; the
+        GANmut emotion space) or of a checkpoint of this code; the optimisers start fresh. A resumed run
+        then overwrites them with its own checkpoint's."""
+        trained = Trained.newest(path)
+        loaded = []
+        for key, module in self.saved_modules():
+            source = 'G' if key == 'G_ema' else key
+            if source in trained.ckpt:
+                trained.load(source, module)
+                loaded.append(key)
+        if self.is_main:
+            print(f'--init_from {trained.path}: {", ".join(loaded)} from '
+                  f'{trained.released or "a checkpoint of this code"}; fresh optimisers')
 
     def saved_modules(self):
         """(checkpoint key, module) of what a checkpoint restores besides the optimisers."""

@@ -32,32 +32,35 @@ def _norm(sd, name, ch, gen, statistics=True):
         sd[name + '.num_batches_tracked'] = torch.tensor(1234)
 
 
-def stargan_body(prefix='main', block='main', in_ch=20, bias=False, norm=True, statistics=True, seed=0):
-    """The 128 px StarGAN body: 7x7 conv, two 4x4 stride-2 convs, six residual blocks, two 4x4 transposed
-    convs; with `norm` affine instance norms after each conv (layer numbers as nn.Sequential gives them)."""
+def stargan_body(prefix='main', block='main', in_ch=20, bias=False, norm=True, statistics=True, seed=0, dim=64,
+                 blocks=6):
+    """The StarGAN body (128 px release: dim 64, six blocks): 7x7 conv, two 4x4 stride-2 convs, the residual
+    blocks, two 4x4 transposed convs; with `norm` affine instance norms after each conv (layer numbers as
+    nn.Sequential gives them)."""
     gen = torch.Generator().manual_seed(seed)
     sd = {}
-    _conv(sd, f'{prefix}.0', (64, in_ch, 7, 7), bias, gen)
-    _conv(sd, f'{prefix}.3', (128, 64, 4, 4), bias, gen)
-    _conv(sd, f'{prefix}.6', (256, 128, 4, 4), bias, gen)
-    for i in G_BLOCKS:
-        _conv(sd, f'{prefix}.{i}.{block}.0', (256, 256, 3, 3), bias, gen)
-        _conv(sd, f'{prefix}.{i}.{block}.3', (256, 256, 3, 3), bias, gen)
-    _conv(sd, f'{prefix}.15', (256, 128, 4, 4), bias, gen, transposed=True)
-    _conv(sd, f'{prefix}.18', (128, 64, 4, 4), bias, gen, transposed=True)
+    _conv(sd, f'{prefix}.0', (dim, in_ch, 7, 7), bias, gen)
+    _conv(sd, f'{prefix}.3', (2 * dim, dim, 4, 4), bias, gen)
+    _conv(sd, f'{prefix}.6', (4 * dim, 2 * dim, 4, 4), bias, gen)
+    for i in range(9, 9 + blocks):
+        _conv(sd, f'{prefix}.{i}.{block}.0', (4 * dim, 4 * dim, 3, 3), bias, gen)
+        _conv(sd, f'{prefix}.{i}.{block}.3', (4 * dim, 4 * dim, 3, 3), bias, gen)
+    up1, up2 = 9 + blocks, 12 + blocks
+    _conv(sd, f'{prefix}.{up1}', (4 * dim, 2 * dim, 4, 4), bias, gen, transposed=True)
+    _conv(sd, f'{prefix}.{up2}', (2 * dim, dim, 4, 4), bias, gen, transposed=True)
     if norm:
-        for layer, ch in [(1, 64), (4, 128), (7, 256), (16, 128), (19, 64)]:
+        for layer, ch in [(1, dim), (4, 2 * dim), (7, 4 * dim), (up1 + 1, 2 * dim), (up2 + 1, dim)]:
             _norm(sd, f'{prefix}.{layer}', ch, gen, statistics)
-        for i in G_BLOCKS:
-            _norm(sd, f'{prefix}.{i}.{block}.1', 256, gen, statistics)
-            _norm(sd, f'{prefix}.{i}.{block}.4', 256, gen, statistics)
+        for i in range(9, 9 + blocks):
+            _norm(sd, f'{prefix}.{i}.{block}.1', 4 * dim, gen, statistics)
+            _norm(sd, f'{prefix}.{i}.{block}.4', 4 * dim, gen, statistics)
     return sd, gen
 
 
-def vipermu_generator():
-    sd, gen = stargan_body()
-    _conv(sd, 'im_reg.0', (3, 64, 7, 7), gen=gen)
-    _conv(sd, 'im_att.0', (1, 64, 7, 7), gen=gen)
+def vipermu_generator(dim=64, blocks=6):
+    sd, gen = stargan_body(dim=dim, blocks=blocks)
+    _conv(sd, 'im_reg.0', (3, dim, 7, 7), gen=gen)
+    _conv(sd, 'im_att.0', (1, dim, 7, 7), gen=gen)
     for i in range(1, 5):        # the same tensors again under the shared debug submodules
         sd[f'debug{i}.0.weight'] = sd['main.0.weight']
     return sd
@@ -92,16 +95,16 @@ def ganmut_generator(space):
     return sd
 
 
-def critic(prefix='main', src='conv1', cls='conv2', seed=4, conv_dim=16):
+def critic(prefix='main', src='conv1', cls='conv2', seed=4, conv_dim=16, layers=6, k=2):
     """The released critics' keys; 16 channels in the first layer instead of their 64 (44 M weights), which
     the loader reads from the file as it reads every size."""
     gen = torch.Generator().manual_seed(seed)
     sd, ch, cin = {}, conv_dim, 3
-    for n in range(6):
+    for n in range(layers):
         _conv(sd, f'{prefix}.{2 * n}', (ch, cin, 4, 4), True, gen)
         cin, ch = ch, ch * 2
     sd[f'{src}.weight'] = torch.randn(1, cin, 3, 3, generator=gen) * 0.05
-    sd[f'{cls}.weight'] = torch.randn(17, cin, 2, 2, generator=gen) * 0.05
+    sd[f'{cls}.weight'] = torch.randn(17, cin, k, k, generator=gen) * 0.05
     return sd
 
 
@@ -406,3 +409,28 @@ def test_the_original_codes_python2_label_pickles_load(tmp_path):
     names, au_names, aus = dl.read_au_pickle(str(tmp_path / 'aus_openface.pkl'))
     assert names == ['café.jpg'] and len(au_names) == 17
     np.testing.assert_allclose(aus[0], values)
+
+
+def test_init_from_starts_training_from_a_released_generator_and_critic(tmp_path, capsys):
+    """A small file in the vipermu format (the loader reads every size from the weights): 2 iterations at a
+    learning rate of 1e-12 leave the weights where the file put them, and the run records where they came
+    from."""
+    import json
+
+    import main
+    from utils import checkpoint
+    g_state, d_state = vipermu_generator(dim=8, blocks=1), critic(conv_dim=8, layers=3, k=4)     # 32 px
+    torch.save(g_state, tmp_path / '7-37-G.ckpt')
+    torch.save(d_state, tmp_path / '7-37-D.ckpt')
+    out = tmp_path / 'run'
+    assert main.main(['--init_from', str(tmp_path / '7-37-G.ckpt'), '--synthetic_dir', str(tmp_path / 's'),
+                      '--synthetic_images', '24', '--outputs_dir', str(out), '--num_iters', '2', '--batch_size', '2',
+                      '--g_lr', '1e-12', '--d_lr', '1e-12', '--num_workers', '0', '--model_save_step', '2',
+                      '--compile', 'false']) == 0
+    assert 'G, D from vipermu; fresh optimisers' in capsys.readouterr().out
+    config = json.load(open(out / 'config.json'))
+    assert config['init_from'] == str(tmp_path / '7-37-G.ckpt') and config['image_size'] == 32
+    saved = checkpoint.load(str(out / 'models' / 'iter_00000002.ckpt'))
+    torch.testing.assert_close(saved['G']['attn.0.weight'], g_state['im_att.0.weight'], atol=1e-6, rtol=0)
+    torch.testing.assert_close(saved['D']['cls.weight'], d_state['conv2.weight'], atol=1e-6, rtol=0)
+    assert main.main(['--mode', 'test', '--outputs_dir', str(out), '--test_num_faces', '1']) == 0   # and test mode
