@@ -10,14 +10,21 @@ its table, its learning-curve entries and what the results record of the model.
 import json
 import os
 
+from data_loader import resolve_data
 from utils import visualize as vis
 from utils.errors import MissingInput
 from utils.records import mode_folder
 from utils.runtime import resolve_device
 
 
-def data_of_checkpoint(cfg, ckpt_cfg):
-    """(image_dir, attr_path) of the data to evaluate on: the flags when given, else the checkpoint's."""
+def data_of_checkpoint(cfg, trained):
+    """(image_dir, attr_path) of the data to evaluate on: the flags when given, else the checkpoint's. A
+    released model has no record of its data: the flags' data (--dataset; the synthetic faces at the
+    model's image size by default)."""
+    ckpt_cfg = trained.config
+    if trained.released and not (cfg.image_dir or cfg.attr_path):
+        cfg.image_size = ckpt_cfg['image_size']
+        print(f'released model: evaluated on {resolve_data(cfg, "emotion" if trained.model == "ganmut" else "au")}')
     image_dir = cfg.image_dir or ckpt_cfg.get('image_dir')
     attr_path = cfg.attr_path or ckpt_cfg.get('attr_path')
     if not image_dir or not attr_path or not os.path.exists(attr_path):
@@ -32,7 +39,7 @@ def run(cfg, trained, scorer_class):
     device = resolve_device(cfg.device)
     amp = trained.amp_dtype(cfg.amp, device)
     G, D, space = scorer_class.networks(trained, device)
-    image_dir, attr_path = data_of_checkpoint(cfg, trained.config)
+    image_dir, attr_path = data_of_checkpoint(cfg, trained)
     size = trained.config['image_size']
     scorer = scorer_class(image_dir, attr_path, trained.label_names, size, cfg.eval_pairs, cfg.seed, device, amp)
     res, draw_grid = scorer.score(G, D, space)

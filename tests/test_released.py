@@ -434,3 +434,22 @@ def test_init_from_starts_training_from_a_released_generator_and_critic(tmp_path
     torch.testing.assert_close(saved['G']['attn.0.weight'], g_state['im_att.0.weight'], atol=1e-6, rtol=0)
     torch.testing.assert_close(saved['D']['cls.weight'], d_state['conv2.weight'], atol=1e-6, rtol=0)
     assert main.main(['--mode', 'test', '--outputs_dir', str(out), '--test_num_faces', '1']) == 0   # and test mode
+
+
+def test_eval_mode_scores_a_released_model_on_the_flags_data(tmp_path, monkeypatch, capsys):
+    """A released file records no data: eval mode scores it on the flags' data (the synthetic faces at the
+    model's 128 px by default), with the same figures as for a run of this code."""
+    import json
+
+    import main
+    from tiny import quick_reader
+    quick_reader(monkeypatch)
+    torch.save(ganmut_generator('gaussian'), tmp_path / '1800000-G.ckpt')
+    out = tmp_path / 'o'
+    assert main.main(['--mode', 'eval', '--test_models_dir', str(tmp_path / '1800000-G.ckpt'), '--outputs_dir',
+                      str(out), '--synthetic_dir', str(tmp_path / 's'), '--synthetic_images', '40',
+                      '--eval_pairs', '7']) == 0
+    assert 'released model: evaluated on built-in synthetic faces' in capsys.readouterr().out
+    result = json.load(open(out / 'results' / 'eval_00000000.json'))
+    assert result['image_size'] == 128 and result['parametrization'] == 'gaussian'
+    assert 0 <= result['emotion_accuracy'] <= 1 and result['model']['l1'] > 0
