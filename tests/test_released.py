@@ -303,20 +303,23 @@ def run_test_mode(argv, tmp_path):
     return tmp_path / 'o' / 'results'
 
 
-def test_a_released_ganimation_file_animates_a_face_as_its_authors_code_does(tmp_path):
-    sd = vipermu_generator()
-    torch.save(sd, tmp_path / '1-37-G.ckpt')
+@pytest.mark.parametrize('fmt', sorted(GANIMATION_FORMATS))
+def test_a_released_ganimation_file_animates_a_face_as_its_authors_code_does(fmt, tmp_path):
+    name, make, body, colour, attention = GANIMATION_FORMATS[fmt]
+    sd = make()
+    plain = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in sd.items()}
+    torch.save(sd, tmp_path / name)
     x = face_png(tmp_path / 'face.png')
     aus = torch.tensor([[0.0] * 17, [1.5, 0, 2.0] + [0.5] * 9 + [4.0] + [0.0] * 4])
     header = 'name ' + ' '.join(model.AU_NAMES)
     rows = [f'f{i}.png ' + ' '.join(f'{v:.2f}' for v in row.tolist()) for i, row in enumerate(aus)]
     (tmp_path / 'seq.txt').write_text('\n'.join([header] + rows) + '\n')
-    results = run_test_mode(['--test_models_dir', str(tmp_path / '1-37-G.ckpt'), '--test_images_dir',
+    results = run_test_mode(['--test_models_dir', str(tmp_path / name), '--test_images_dir',
                              str(tmp_path / 'face.png'), '--test_attributes_path', str(tmp_path / 'seq.txt'),
                              '--mp4', 'false'], tmp_path)
     for t in range(2):
         with torch.no_grad():
-            theirs = to_uint8(ganimation_forward(sd, x, aus[t:t + 1], 'im_reg.0.weight', 'im_att.0.weight'))
+            theirs = to_uint8(ganimation_forward(plain, x, aus[t:t + 1], colour, attention, **body))
         ours = read_png(results / 'face' / f'frame_{t:04d}.png')
         assert np.abs(ours.astype(int) - theirs.astype(int)).mean() <= 1.0
         assert np.abs(ours.astype(int) - to_uint8(x).astype(int)).mean() > 5     # an edit, not the input
