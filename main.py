@@ -147,7 +147,7 @@ FLAG_GROUPS = [
         ('--test_attributes_path', '', 'GANimation: the AU sequence, an AU table .txt or an OpenFace .csv'),
         ('--test_reference_dir', '', 'GANimation: the sequence\'s reference frames (default: beside it)'),
         ('--target_aus', '', 'GANimation: one edit on top of each face\'s AUs, e.g. AU12=4,AU25=2'),
-        ('--test_models_dir', '', 'checkpoint folder (default: <outputs_dir>/models); the newest is used'),
+        ('--test_models_dir', '', 'checkpoints (default: <outputs_dir>/models; the newest), or a released model file'),
         ('--test_results_dir', '', 'results folder (default: <outputs_dir>/results)'),
         ('--test_num_faces', 6, 'held-out faces to edit when no --test_images_dir is given', COUNT),
         ('--test_batch_size', 64, 'frames per generator batch', COUNT),
