@@ -280,3 +280,27 @@ def test_mp4_beside_the_gif(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', None)
     with pytest.raises(ValueError, match='requirements-extras.txt'):
         animate.save_animation(frames, str(tmp_path / 'b.gif'), 5, 'true')
+
+
+def test_a_released_generator_edits_the_face_it_finds_in_a_real_photo(tmp_path):
+    """A generator file in the replicate format (tests/test_released.py writes it from the format's facts):
+    the detector finds the face of a real photo, the crop goes through the 128 px released model, and only
+    the crop's square changes."""
+    pytest.importorskip('cv2')
+    import torch
+    from test_released import replicate_generator
+    torch.save(replicate_generator(), tmp_path / '30_net_gen.pth')
+    photo = astronaut()
+    Image.fromarray(photo).save(tmp_path / 'astronaut.png')
+    res = tmp_path / 'res'
+    rc = main.main(['--mode', 'test', '--test_models_dir', str(tmp_path / '30_net_gen.pth'), '--test_images_dir',
+                    str(tmp_path / 'astronaut.png'), '--detect_faces', 'true', '--target_aus', 'AU12=5',
+                    '--outputs_dir', str(tmp_path / 'o'), '--test_results_dir', str(res)])
+    assert rc == 0
+    out = np.asarray(Image.open(res / 'astronaut_edited.png'))
+    squares = [faces.crop_square(b, 0.15) for b in faces.detect_faces(photo)]
+    assert len(squares) == 1
+    keep = outside(photo.shape[:2], squares)
+    assert out.shape == photo.shape and np.array_equal(out[keep], photo[keep])
+    x0, y0, s = squares[0]
+    assert np.abs(out[y0:y0 + s, x0:x0 + s].astype(int) - photo[y0:y0 + s, x0:x0 + s]).mean() > 1
