@@ -292,7 +292,7 @@ class Parser(argparse.ArgumentParser):
         raise FlagError(f'{message} (python main.py --help lists the options)')
 
 
-def in_range(flag, kind, valid):
+def in_range(kind, valid):
     """argparse type of a flag with a Range or Pattern: the value converted, or an error naming it and `valid`."""
     def convert(text):
         try:
@@ -319,7 +319,7 @@ def build_parser():
             elif kind in (int, float) or valid:
                 if not valid:
                     raise TypeError(f'{flag}: a numeric option needs its valid Range in FLAG_GROUPS')
-                g.add_argument(flag, type=in_range(flag, kind, valid[0]), default=default, help=help_text)
+                g.add_argument(flag, type=in_range(kind, valid[0]), default=default, help=help_text)
             else:
                 g.add_argument(flag, type=kind, default=default, help=help_text, choices=CHOICES.get(flag))
     p._action_groups[2].add_argument('-h', '--help', action='help', help='this list, and stop')

@@ -6,7 +6,6 @@ statistics and run in eval mode produced ruined faces).
 """
 import math
 import os
-import re
 
 import torch
 import torch.nn as nn
@@ -357,14 +356,10 @@ class Trained:
         critic = released.critic_path(path, fmt_name)
         if critic:
             d_state = released.read_state(critic)
-            d_fmt = released.CRITIC_FORMATS[released.recognise(d_state, critic, released.CRITIC_FORMATS, 'critic')]
-            trunk = 'main' if 'main.0.weight' in d_state else 'model'
-            convs = [k for k in d_state if re.fullmatch(trunk + r'\.\d+\.weight', k)]
-            au_head = d_state['conv2.weight' if 'conv2.weight' in d_state else 'aus_top.weight']
-            config.update(d_conv_dim=int(d_state[f'{trunk}.0.weight'].shape[0]), d_repeat_num=len(convs),
-                          image_size=int(au_head.shape[-1]) * 2 ** len(convs), released_critic=critic)
+            d_fmt = released.recognise(d_state, critic, released.CRITIC_FORMATS, 'critic')
+            config.update(released.critic_config(d_state, d_fmt), released_critic=critic)
             D = Discriminator(config['image_size'], config['d_conv_dim'], len(names), config['d_repeat_num'])
-            ckpt['D'] = released.convert(d_state, d_fmt['rules'], D, critic)
+            ckpt['D'] = released.convert(d_state, released.CRITIC_FORMATS[d_fmt]['rules'], D, critic)
         return cls(path, ckpt)
 
     def amp_dtype(self, amp_flag, device):

@@ -48,9 +48,11 @@ FORMATS = {
                             space_keys=('mu.', 'covariance_'), channels='bgr'),
 }
 CRITIC_FORMATS = {
-    'vipermu': dict(signature=('conv1.weight', 'conv2.weight'), rules=[('conv1.', 'src.'), ('conv2.', 'cls.')]),
+    'vipermu': dict(signature=('conv1.weight', 'conv2.weight'), rules=[('conv1.', 'src.'), ('conv2.', 'cls.')],
+                    trunk='main', au_head='conv2.weight'),
     'replicate': dict(signature=('dis_top.weight', 'aus_top.weight'),
-                      rules=[('model.', 'main.'), ('dis_top.', 'src.'), ('aus_top.', 'cls.')]),
+                      rules=[('model.', 'main.'), ('dis_top.', 'src.'), ('aus_top.', 'cls.')],
+                      trunk='model', au_head='aus_top.weight'),
 }
 CRITIC_FORMATS['official'] = CRITIC_FORMATS['vipermu']
 # Generator files of each format, for a folder given instead of a file.
@@ -133,6 +135,15 @@ def generator_config(state, fmt_name):
     else:
         config.update(c_dim=int(first.shape[1]) - 3)
     return config
+
+
+def critic_config(state, fmt_name):
+    """The critic's sizes (model.py's config names) read from its weights: the trunk's stride-2 convs, the
+    first one's width, and the image size the AU head's kernel implies."""
+    fmt = CRITIC_FORMATS[fmt_name]
+    convs = [k for k in state if re.fullmatch(fmt['trunk'] + r'\.\d+\.weight', k)]
+    return dict(d_conv_dim=int(state[fmt['trunk'] + '.0.weight'].shape[0]), d_repeat_num=len(convs),
+                image_size=int(state[fmt['au_head']].shape[-1]) * 2 ** len(convs))
 
 
 def space_state(state, fmt_name):
