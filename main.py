@@ -396,7 +396,7 @@ def check_inputs(cfg):
             continue
         if not os.path.exists(path):
             raise MissingInput(f'--{name} {path}: no such {kind}; expected {expected}')
-        if (kind == 'folder') != os.path.isdir(path) and kind != 'file or folder':
+        if kind == 'folder' and not os.path.isdir(path) or kind == 'file' and os.path.isdir(path):
             raise MissingInput(f'--{name} {path}: {"a file" if kind == "folder" else "a folder"}, not a {kind}; '
                                f'expected {expected}')
     if cfg.mode in ('train', 'demo', 'bench'):
