@@ -156,10 +156,11 @@ FLAG_GROUPS = [
         ('--interpolate', 0, 'GANimation: frames added between consecutive rows of the AU sequence', OFF_OR_COUNT),
         ('--smooth', 0.0, 'GANimation: gaussian smoothing of the AU curves, std in frames (0: off)', WEIGHT),
         ('--mp4', 'auto', 'also write MP4s: auto (with imageio-ffmpeg), true, false'),
-        ('--detect_faces', 'false', 'true: photos; find each face (OpenCV), crop, edit, paste back'),
+        ('--detect_faces', 'false', 'true: photos; find each face and its landmarks, align, edit, paste back'),
+        ('--face_framing', 'auto', 'how the training crops frame a face: auto (test: the checkpoint\'s), '
+                                   'synthetic, openface, box, a folder of crops or a --calibrate file'),
         ('--face_box', '', 'face boxes by hand, x,y,w,h in pixels (several: x,y,w,h;x,y,w,h)'),
-        ('--face_margin', 0.15, 'photo crop: face box * (1 + 2 margin); python -m editing.photos --calibrate DIR',
-         Range(0, 2)),
+        ('--face_margin', 0.15, '--face_box crop: box * (1 + 2 margin)', Range(0, 2)),
     ]),
     ('training extras', [
         ('--adv_loss', 'wgan-gp', 'GANimation: wgan-gp, or ns-r1 (non-saturating loss, R1 on real images)'),
@@ -476,6 +477,17 @@ def test_and_eval(cfg, given):
         runner.run(cfg, trained, scorer_of(trained.model))
 
 
+def check_face_flags(cfg, given):
+    """--face_framing read now (a folder of crops is measured, and training records the numbers);
+    --face_margin only frames --face_box boxes."""
+    if 'face_margin' in given and not cfg.face_box:
+        raise FlagError('--face_margin frames boxes given by --face_box; detected faces are framed by '
+                        '--face_framing')
+    if cfg.face_framing != 'auto':
+        from editing import photos
+        cfg.face_framing = photos.framing_of_flag(cfg.face_framing).spec()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -498,6 +510,7 @@ def main(argv=None):
             if 'dataset' not in given and not cfg.image_dir:
                 cfg.dataset = 'synthetic'
         check_inputs(cfg)
+        check_face_flags(cfg, given)
         if cfg.init_from and cfg.mode in ('train', 'demo'):
             architecture_of(cfg, given)
         data_loader.set_bad_data_policy(cfg.on_bad_data)

@@ -8,12 +8,14 @@ official code's PyTorch 0.3 instance norm did so even in eval mode), and so does
 
 The formats (facts from their authors' code):
 
-| format | generator file | critic beside it | body | heads |
-|---|---|---|---|---|
-| vipermu | `<a>-<b>-G.ckpt` | `-D.ckpt` | `main.*` | `im_reg` colour, `im_att` attention |
-| official | `net_epoch_<N>_id_G.pth` | `_id_D.pth` | `main.*` | `img_reg` colour, `attetion_reg` attention |
-| replicate | `<epoch>_net_gen.pth` | `_net_dis.pth` | `model.*`, conv biases, no norm parameters | `color_top`, `au_top` |
-| ganmut_linear / ganmut_gaussian | `<iteration>-G.ckpt` | none | `main.0..19`, BGR | `main.21` (tanh), no attention |
+| format | generator file | critic beside it | body | heads | training crops |
+|---|---|---|---|---|---|
+| vipermu | `<a>-<b>-G.ckpt` | `-D.ckpt` | `main.*` | `im_reg` colour, `im_att` attention | OpenFace `-simalign -simsize 128` |
+| official | `net_epoch_<N>_id_G.pth` | `_id_D.pth` | `main.*` | `img_reg` colour, `attetion_reg` attention | `face_recognition` box |
+| replicate | `<epoch>_net_gen.pth` | `_net_dis.pth` | `model.*`, conv biases, no norm parameters | `color_top`, `au_top` | box, as the official code |
+| ganmut_linear / ganmut_gaussian | `<iteration>-G.ckpt` | none | `main.0..19`, BGR | `main.21` (tanh), no attention | dlib's box |
+
+The training crops give the framing (editing/framing.py: `openface` or `box`) photos are cut with.
 
 GANimation formats take 128 px RGB in [-1, 1] and the 17 AUs of synthetic_faces.AU_NAMES divided by 5; GANmut
 takes a 2-D code, and its emotion space (`axes` or `mu` / `covariance_*`) maps onto ganmut/space.py's.
@@ -32,20 +34,20 @@ RESIDUAL_MAIN = ('main.{n}.main.', 'main.{n}.body.')
 FORMATS = {
     'vipermu': dict(signature=('im_reg.0.weight', 'im_att.0.weight'), model='ganimation',
                     rules=[RESIDUAL_MAIN, ('main.', 'main.'), ('im_reg.', 'color.'), ('im_att.', 'attn.')],
-                    critic=('-G.ckpt', '-D.ckpt')),
+                    critic=('-G.ckpt', '-D.ckpt'), framing='openface'),
     'official': dict(signature=('img_reg.0.weight', 'attetion_reg.0.weight'), model='ganimation',
                      rules=[RESIDUAL_MAIN, ('main.', 'main.'), ('img_reg.', 'color.'), ('attetion_reg.', 'attn.')],
-                     critic=('_id_G.pth', '_id_D.pth')),
+                     critic=('_id_G.pth', '_id_D.pth'), framing='box'),
     'replicate': dict(signature=('color_top.0.weight', 'au_top.0.weight'), model='ganimation',
                       rules=[('model.{n}.conv_block.', 'main.{n}.body.'), ('model.', 'main.'),
                              ('color_top.', 'color.'), ('au_top.', 'attn.')],
-                      critic=('_net_gen.pth', '_net_dis.pth'), conv_bias=True, norm_affine=False),
+                      critic=('_net_gen.pth', '_net_dis.pth'), conv_bias=True, norm_affine=False, framing='box'),
     'ganmut_linear': dict(signature=('axes.weight', 'main.21.weight'), model='ganmut',
                           rules=[RESIDUAL_MAIN, ('main.21.', 'color.0.'), ('main.', 'main.')],
-                          space_keys=('axes.',), channels='bgr'),
+                          space_keys=('axes.',), channels='bgr', framing='box'),
     'ganmut_gaussian': dict(signature=('mu.weight', 'covariance_axes.weight', 'main.21.weight'), model='ganmut',
                             rules=[RESIDUAL_MAIN, ('main.21.', 'color.0.'), ('main.', 'main.')],
-                            space_keys=('mu.', 'covariance_'), channels='bgr'),
+                            space_keys=('mu.', 'covariance_'), channels='bgr', framing='box'),
 }
 CRITIC_FORMATS = {
     'vipermu': dict(signature=('conv1.weight', 'conv2.weight'), rules=[('conv1.', 'src.'), ('conv2.', 'cls.')],
@@ -128,7 +130,7 @@ def generator_config(state, fmt_name):
               if m}
     config = dict(model=fmt['model'], image_size=128, g_conv_dim=int(first.shape[0]), g_repeat_num=len(blocks),
                   g_conv_bias=fmt.get('conv_bias', False), g_norm_affine=fmt.get('norm_affine', True),
-                  g_channels=fmt.get('channels', 'rgb'), released_format=fmt_name)
+                  g_channels=fmt.get('channels', 'rgb'), released_format=fmt_name, face_framing=fmt['framing'])
     if fmt['model'] == 'ganmut':
         config.update(emotion_dim=int(first.shape[1]) - 3, attention='false',
                       parametrization='linear' if fmt_name == 'ganmut_linear' else 'gaussian')

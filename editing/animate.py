@@ -18,6 +18,7 @@ import torch
 
 import data_loader as dl
 import synthetic_faces as sf
+from editing import framing
 from editing import photos as face_crops
 from model import critic_reading
 from solver import images_to_float
@@ -151,7 +152,7 @@ def faces_to_edit(cfg, ckpt_cfg, size, held_out=held_out_au_faces):
     attr_path, size)`: their dataset)."""
     if cfg.test_images_dir:
         if face_crops.photo_mode(cfg):   # photos: detect or --face_box, crop with the training framing
-            return face_crops.photo_faces(cfg, size)
+            return face_crops.photo_faces(cfg, size, framing.of_model(cfg, ckpt_cfg))
         files = face_crops.image_files(cfg.test_images_dir)   # a folder of aligned crops, or one file
         for f in files:
             face_crops.note_unaligned(f, size)

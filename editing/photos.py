@@ -1,27 +1,19 @@
-"""Faces in photos: detection, crops with the training framing, feathered paste-back.
+"""Faces in photos: found with five landmarks, cut out with the model's framing, pasted back.
 
 Test mode edits aligned face crops. A photo that is not such a crop is handled here:
 
-1. find the faces: OpenCV's Haar cascade `haarcascade_frontalface_default.xml`, whose
-   weights ship inside the `opencv-python-headless` wheel (an optional dependency,
-   requirements-extras.txt), or boxes given by hand (`--face_box x,y,w,h`);
-2. crop each face with the framing the model was trained on: a square centred on the face
-   box, of side `box * (1 + 2 * margin)` (`--face_margin`, default 0.15), resized to the
-   model's size. The default was measured, not guessed: on the synthetic faces the same
-   detector's box covers 0.77 of the crop side (median over 46 faces at 128 px, 0.80 at
-   256 px) and is centred within 1 % of the side, so crop = box / 0.77 = box * 1.3.
-   For a model trained on other crops (CelebA or OpenFace's aligned faces), measure it:
-   `python -m editing.photos --calibrate data/celeba/images` prints the margin that matches;
-3. paste each edit back into the full-resolution photo. The edited crop is resized to
-   the crop box, and the photo's own fine detail (photo - resized input crop) is added
-   back where the model changed little: fully where the change is 0, not at all where
-   it reaches `DETAIL_TAU` grey levels (so an opened mouth shows the model's mouth, not
-   a ghost of the old lips, and an unchanged cheek keeps the photo's resolution). The
-   result is blended in with a feathered weight (1 inside, falling smoothly to 0 over the
-   outer `FEATHER` of the box): no pixel outside the crop boxes changes at all, and
-   where the boxes of a group photo overlap, the changes are averaged by their weights.
+1. find the faces and their five landmarks (editing/landmarks.py: RetinaFace, an optional
+   dependency), or take boxes given by hand (`--face_box x,y,w,h`);
+2. cut each face out with the framing the model was trained on (editing/framing.py): the
+   similarity transform that puts the landmarks where the training crops had them, so a rolled
+   face is upright in its crop. The landmarks are measured in the photo, then twice again in an
+   upright crop of the face, where the detector sees the face as it was trained to (a face
+   rolled by 20 degrees then gives the crop of the upright face). A box given by hand is framed
+   as a square of side box * (1 + 2 * --face_margin);
+3. paste each edit back through the inverse transform, feathered at the crop's edge: no pixel
+   outside the crops changes at all.
 
-Without OpenCV, aligned crops and `--face_box` still work; asking for detection says what
+Without the detector, aligned crops and `--face_box` still work; asking for detection says what
 to install.
 """
 from __future__ import annotations
@@ -32,19 +24,20 @@ import sys
 from collections import OrderedDict
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageOps
 
 import data_loader as dl
+from editing import framing as fr
+from editing import landmarks
 from utils.errors import FlagError, MissingInput, UserError
 
-DEFAULT_MARGIN = 0.15      # crop side = detector box * (1 + 2 * margin), see the module docstring
-FEATHER = 0.12             # share of the crop side over which the pasted change fades out
-DETAIL_TAU = 24.0          # change (grey levels, at the model's size) from which the photo's detail is dropped
+DEFAULT_MARGIN = 0.15      # --face_box: crop side = box * (1 + 2 * margin)
 ANIMATION_MAX_SIDE = 1024  # animated photos (GIF/MP4) are scaled down to this longer side; stills are not
-CASCADE = 'haarcascade_frontalface_default.xml'
-EXTRAS_HINT = ('pip install -r requirements-extras.txt (it installs opencv-python-headless<5, whose '
-               'Haar cascades ship inside the wheel)')
+REFINE_CONTEXT = 2.0       # the second look: an upright crop this many times the framing's side ...
+REFINE_SIDE = 320          # ... at this many pixels (faces of 80-160 px: the detector's best range)
+REFINE_PASSES = 2          # looks after the first: a face rolled 20-25 degrees gives the upright face's
+                           # crop within 1-2 px at 128 px (median; 3-9 px after one look, docs/photos_and_videos.md)
+CALIBRATION_SIDE = 256     # training crops are brought to this size before detection (small crops, small faces)
 
 
 class Photo:
@@ -61,13 +54,13 @@ class Photo:
 class Face(tuple):
     """(name, crop) as test mode unpacks it, plus where the crop came from.
 
-    `photo` is None for an aligned crop; for a face found in a photo it is the Photo,
-    `box` the face box (x, y, w, h) and `square` the crop box (x0, y0, side) in photo pixels
-    (it may reach past the photo's border; those pixels are padded by edge replication)."""
+    `photo` is None for an aligned crop; for a face found in a photo it is the Photo, `matrix` the
+    (2, 3) transform photo -> crop pixels, `points` the five landmarks in the photo (None for a box
+    given by hand) and `box` the detector's or the given box (x, y, w, h)."""
 
-    def __new__(cls, name, crop, photo=None, box=None, square=None):
+    def __new__(cls, name, crop, photo=None, matrix=None, points=None, box=None):
         self = super().__new__(cls, (name, crop))
-        self.photo, self.box, self.square = photo, box, square
+        self.photo, self.matrix, self.points, self.box = photo, matrix, points, box
         return self
 
     @property
@@ -79,55 +72,7 @@ class Face(tuple):
         return self[1]
 
 
-# --------------------------------------------------------------------------- detection
-
-def have_detector():
-    import importlib.util
-    return importlib.util.find_spec('cv2') is not None
-
-
-def _cv2(why):
-    try:
-        import cv2
-    except ImportError:
-        raise UserError(f'{why} needs OpenCV, an optional dependency: {EXTRAS_HINT}; '
-                         f'or give the face box by hand with --face_box x,y,w,h') from None
-    return cv2
-
-
-_CASCADES = {}
-
-
-def detect_faces(pixels, min_face=None, why='--detect_faces true'):
-    """(H, W, 3) uint8 RGB -> face boxes [(x, y, w, h)], left to right.
-
-    Haar cascade on the equalised grey image; `min_face`: smallest face side in pixels
-    (default: 1/20 of the shorter image side, at least 24). Boxes mostly inside a larger
-    box are dropped."""
-    cv2 = _cv2(why)
-    path = os.path.join(cv2.data.haarcascades, CASCADE)
-    if path not in _CASCADES:
-        cascade = cv2.CascadeClassifier(path)
-        if cascade.empty():
-            raise UserError(f'cannot load the face detector {path}; reinstall: {EXTRAS_HINT}')
-        _CASCADES[path] = cascade
-    grey = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY))
-    side = min_face or max(24, min(pixels.shape[:2]) // 20)
-    found = _CASCADES[path].detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
-    boxes = sorted((tuple(int(v) for v in b) for b in np.asarray(found).reshape(-1, 4)), key=lambda b: -b[2] * b[3])
-    kept = []
-    for b in boxes:   # largest first; drop boxes mostly covered by a kept one
-        if all(_overlap(b, k) < 0.5 for k in kept):
-            kept.append(b)
-    return sorted(kept, key=lambda b: (b[0], b[1]))
-
-
-def _overlap(a, b):
-    """Intersection area over the area of the smaller box."""
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    return ix * iy / max(1, min(a[2] * a[3], b[2] * b[3]))
-
+# --------------------------------------------------------------------------- finding and framing faces
 
 def parse_face_boxes(text):
     """'x,y,w,h' or 'x,y,w,h;x,y,w,h' -> [(x, y, w, h)] in pixels of the photo."""
@@ -146,91 +91,31 @@ def parse_face_boxes(text):
     return boxes
 
 
-# --------------------------------------------------------------------------- framing, crop, paste
-
-def crop_square(box, margin=DEFAULT_MARGIN):
-    """Face box (x, y, w, h) -> crop box (x0, y0, side): a square centred on the face box,
-    of side max(w, h) * (1 + 2 * margin)."""
-    x, y, w, h = box
-    side = max(2, int(round(max(w, h) * (1 + 2 * margin))))
-    cx, cy = x + w / 2, y + h / 2
-    return int(round(cx - side / 2)), int(round(cy - side / 2)), side
-
-
-def _clip(square, width, height):
-    """Visible part of a crop box: photo slice bounds and crop slice bounds."""
-    x0, y0, side = square
-    px0, py0 = max(0, x0), max(0, y0)
-    px1, py1 = min(width, x0 + side), min(height, y0 + side)
-    if px1 <= px0 or py1 <= py0:
-        return None
-    return (py0, py1, px0, px1), (py0 - y0, py1 - y0, px0 - x0, px1 - x0)
+def refine(pixels, points, framing, why='--detect_faces true'):
+    """The five landmarks measured again in an upright crop of the face (REFINE_CONTEXT times the
+    framing, REFINE_SIDE px): the detector is most precise on upright faces of that size. Returns
+    the landmarks in photo pixels (the first ones when the second look finds no face there)."""
+    expected = ((framing.array - 0.5) / REFINE_CONTEXT + 0.5) * REFINE_SIDE
+    matrix = fr.similarity(points, expected)
+    found = landmarks.detect(fr.warp_crop(pixels, matrix, REFINE_SIDE), why=why)
+    if not found:
+        return points
+    best = min(found, key=lambda d: np.linalg.norm(d.points - expected, axis=1).mean())
+    eyes = np.linalg.norm(expected[1] - expected[0])
+    if np.linalg.norm(best.points - expected, axis=1).mean() > 0.5 * eyes:   # another face
+        return points
+    return fr.apply(fr.invert(matrix), best.points)
 
 
-def crop(pixels, square, size):
-    """Cut the crop box out of the photo (edge pixels repeated past the border), resize to size."""
-    h, w = pixels.shape[:2]
-    x0, y0, side = square
-    if _clip(square, w, h) is None:
-        raise FlagError(f'--face_box: the crop box {square} lies outside the {w}x{h} photo')
-    ys = np.clip(np.arange(y0, y0 + side), 0, h - 1)
-    xs = np.clip(np.arange(x0, x0 + side), 0, w - 1)
-    patch = pixels[ys][:, xs]
-    im = Image.fromarray(np.ascontiguousarray(patch))
-    if side != size:
-        im = im.resize((size, size), Image.BICUBIC if side < size else Image.LANCZOS)
-    return np.asarray(im, dtype=np.uint8).copy()
-
-
-def feather_weights(side, feather=FEATHER):
-    """(side, side) float32: 1 in the middle, a smoothstep to 0 over the outer `feather`
-    share of the side, exactly 0 on the border pixels."""
-    band = max(1.0, feather * side)
-    d = np.minimum(np.arange(side), np.arange(side)[::-1]).astype(np.float32)   # pixels to the nearest edge
-    t = np.clip(d / band, 0, 1)
-    ramp = t * t * (3 - 2 * t)
-    return np.minimum(ramp[:, None], ramp[None, :])
-
-
-def _resize_float(arr, side):
-    """(S, S, C) float -> (side, side, C), bilinear."""
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
-    if t.shape[-1] != side:
-        t = torch.nn.functional.interpolate(t, size=(side, side), mode='bilinear', align_corners=False,
-                                            antialias=t.shape[-1] > side)
-    return t[0].permute(1, 2, 0).numpy()
-
-
-def paste(pixels, edits, feather=FEATHER):
-    """Paste edited crops back into a photo.
-
-    pixels: (H, W, 3) uint8; edits: [(square, input crop, edited crop)], crops (S, S, 3) uint8
-    at the model's size. Returns a new (H, W, 3) uint8 photo; pixels outside every crop box,
-    and pixels the feathered weight leaves at 0, are exactly those of `pixels`.
-
-    In the box: edited crop (resized) + (1 - alpha) * the photo's detail, alpha = |change| /
-    DETAIL_TAU clipped to [0, 1], i.e. the photo plus the resized change minus alpha * detail."""
-    h, w = pixels.shape[:2]
-    acc = np.zeros((h, w, 3), np.float32)
-    wsum = np.zeros((h, w), np.float32)
-    for square, before, after in edits:
-        clip = _clip(square, w, h)
-        if clip is None:
-            continue
-        (py0, py1, px0, px1), (cy0, cy1, cx0, cx1) = clip
-        side = square[2]
-        b, a = before.astype(np.float32), after.astype(np.float32)
-        alpha = np.clip(np.abs(a - b).max(-1, keepdims=True) / DETAIL_TAU, 0, 1)
-        up = _resize_float(np.concatenate([a - b, b, alpha], -1), side)[cy0:cy1, cx0:cx1]
-        detail = pixels[py0:py1, px0:px1].astype(np.float32) - up[..., 3:6]
-        change = up[..., :3] - up[..., 6:7] * detail
-        weight = feather_weights(side, feather)
-        acc[py0:py1, px0:px1] += weight[cy0:cy1, cx0:cx1, None] * change
-        wsum[py0:py1, px0:px1] += weight[cy0:cy1, cx0:cx1]
-    out = pixels.copy()
-    touched = wsum > 0
-    change = acc[touched] / np.maximum(wsum[touched], 1.0)[:, None]
-    out[touched] = np.clip(np.round(pixels[touched].astype(np.float32) + change), 0, 255).astype(np.uint8)
+def find_faces(pixels, framing, size, why='--detect_faces true'):
+    """[(Detection, matrix photo -> crop)] of every face in the photo, left to right."""
+    out = []
+    for det in landmarks.detect(pixels, why=why):
+        points = det.points
+        for _ in range(REFINE_PASSES):
+            points = refine(pixels, points, framing, why)
+        det.points = points
+        out.append((det, fr.to_crop(points, framing, size)))
     return out
 
 
@@ -280,37 +165,44 @@ def image_files(path, flag='--test_images_dir'):
     return [os.path.join(path, f) for f in files]
 
 
-def photo_faces(cfg, size):
-    """[Face] of every face in the --test_images_dir photos: found by the detector
-    (--detect_faces true) or given by --face_box, cropped with --face_margin."""
+def photo_faces(cfg, size, framing):
+    """[Face] of every face in the --test_images_dir photos: found by the detector (--detect_faces
+    true) and cut out with `framing` (a framing.Framing), or given by --face_box, with --face_margin."""
     margin = float(_flag(cfg, 'face_margin', DEFAULT_MARGIN))
     if not 0 <= margin <= 2:
         raise FlagError(f'--face_margin {margin:g}: use a value in [0, 2] (crop side = box * (1 + 2 * margin))')
     boxes_given = parse_face_boxes(cfg.face_box) if _flag(cfg, 'face_box', '') else None
     if boxes_given is None:
-        _cv2('--detect_faces true')   # say what to install before reading anything
+        landmarks._session('--detect_faces true')   # say what to install before reading anything
     out = []
     for path in image_files(cfg.test_images_dir):
         pixels = load_photo(path)
         stem = os.path.splitext(os.path.basename(path))[0]
         photo = Photo(stem, path, pixels)
+        h, w = pixels.shape[:2]
         if boxes_given is not None:
-            boxes = boxes_given
-            h, w = pixels.shape[:2]
-            for x, y, bw, bh in boxes:
+            for x, y, bw, bh in boxes_given:
                 if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
                     raise dl.DataError(path, f'--face_box {x},{y},{bw},{bh} lies outside the {w}x{h} photo')
+            found = [(b, None, fr.box_matrix(b, margin, size)) for b in boxes_given]
         else:
-            boxes = detect_faces(pixels)
-            if not boxes:
-                raise dl.DataError(path, 'no face found by the detector (OpenCV Haar cascade, frontal faces); '
+            found = [(d.box, d.points, m) for d, m in find_faces(pixels, framing, size)]
+            if not found:
+                raise dl.DataError(path, 'no face found by the detector (RetinaFace, faces from about 16 px); '
                                          'give the box by hand with --face_box x,y,w,h')
-        for k, b in enumerate(boxes, 1):
-            square = crop_square(b, margin)
-            out.append(Face(f'{stem}_face{k}', crop(pixels, square, size), photo, b, square))
-        print(f'{path}: {len(boxes)} face(s) ' + ('given by --face_box' if boxes_given else 'found') + ': ' +
-              '; '.join(f'{",".join(map(str, b))}' for b in boxes) + f' (x,y,w,h; crop margin {margin:g})')
+        for k, (box, points, matrix) in enumerate(found, 1):
+            out.append(Face(f'{stem}_face{k}', fr.warp_crop(pixels, matrix, size), photo, matrix, points, box))
+        how = (f'given by --face_box (crop margin {margin:g})' if boxes_given else
+               f'found, framed as {framing.name} ({framing.source})')
+        print(f'{path}: {len(found)} face(s) {how}: ' + '; '.join(
+            f'{_describe(m, size)}' for _, _, m in found))
     return out
+
+
+def _describe(matrix, size):
+    centre = fr.apply(fr.invert(matrix), [[size / 2, size / 2]])[0]
+    return (f'centre {centre[0]:.0f},{centre[1]:.0f} side {size / fr.scale_of(matrix):.0f} px'
+            + (f' turned {fr.angle_of(matrix):+.0f} deg' if abs(fr.angle_of(matrix)) >= 1 else ''))
 
 
 def note_unaligned(path, size):
@@ -335,35 +227,38 @@ def photos_of(faces):
     return groups
 
 
-def composite(faces, indices, edited, feather=FEATHER):
+def composite(faces, indices, edited):
     """The photo of faces[indices] with each face replaced by edited[i] (crops at model size)."""
     photo = faces[indices[0]].photo
-    return paste(photo.pixels, [(faces[i].square, faces[i].crop, edited[i]) for i in indices], feather)
+    return fr.paste(photo.pixels, [(faces[i].matrix, faces[i].crop, edited[i]) for i in indices])
 
 
 def save_stills(faces, edited, out_dir, suffix):
     """Every photo with all its faces edited: `<photo><suffix>.png` at full resolution,
-    plus `<photo>_faces.png` (the face boxes in red, the crop boxes in green). Returns paths."""
+    plus `<photo>_faces.png` (each crop's outline in green, its landmarks in red). Returns paths."""
     from utils import visualize as vis
     paths = []
     for name, (photo, idx) in photos_of(faces).items():
         paths.append(vis.save_png(composite(faces, idx, edited), os.path.join(out_dir, f'{name}{suffix}.png')))
         boxes_png = os.path.join(out_dir, f'{name}_faces.png')
         if not os.path.exists(boxes_png):
-            vis.save_png(draw_boxes(photo.pixels, [faces[i] for i in idx]), boxes_png)
+            vis.save_png(draw_faces(photo.pixels, [faces[i] for i in idx]), boxes_png)
     return paths
 
 
-def draw_boxes(pixels, faces):
+def draw_faces(pixels, faces):
+    """The photo with each face's crop outline (green, the top edge thicker) and landmarks (red)."""
     im = Image.fromarray(pixels)
     d = ImageDraw.Draw(im)
-    lw = max(1, min(im.size) // 200)
+    lw = max(1, min(im.size) // 250)
     for f in faces:
-        x, y, w, h = f.box
-        x0, y0, s = f.square
-        d.rectangle([x0, y0, x0 + s - 1, y0 + s - 1], outline=(0, 200, 0), width=lw)
-        d.rectangle([x, y, x + w - 1, y + h - 1], outline=(230, 0, 0), width=lw)
-        d.text((x0 + 2 * lw, y0 + 2 * lw), f.name, fill=(0, 200, 0))
+        size = f.crop.shape[0]
+        corners = [tuple(c) for c in fr.outline(f.matrix, size)]
+        d.line(corners + corners[:1], fill=(0, 200, 0), width=lw)
+        d.line(corners[:2], fill=(0, 200, 0), width=3 * lw)
+        for x, y in (f.points if f.points is not None else []):
+            d.ellipse([x - 2 * lw, y - 2 * lw, x + 2 * lw, y + 2 * lw], fill=(230, 0, 0))
+        d.text((corners[0][0] + 2 * lw, corners[0][1] + 3 * lw), f.name, fill=(0, 200, 0))
     return np.asarray(im)
 
 
@@ -402,46 +297,62 @@ def animated_photos(faces, frames, refs=None, max_side=ANIMATION_MAX_SIDE):
 # --------------------------------------------------------------------------- calibration
 
 def calibrate(image_dir, limit=200):
-    """Run the detector on training crops; the median box side (share of the crop side) and
-    centre give the --face_margin that reproduces their framing."""
+    """The framing of a folder of aligned training crops: the detector on each (brought to
+    CALIBRATION_SIDE px), the median of the landmarks of the crops with one face, in crop sides,
+    made left-right symmetric (framing.symmetric).
+    Returns dict(framing, faces, images, spread: per landmark, the median distance to the median
+    in crop sides)."""
     files = image_files(image_dir, '--calibrate')[:limit]
     rows = []
     for path in files:
         pixels = load_photo(path)
-        if max(pixels.shape[:2]) < 128:   # small crops: the detector's smallest window is 24 px
-            k = 128 / max(pixels.shape[:2])
-            pixels = np.asarray(Image.fromarray(pixels).resize(
-                (round(pixels.shape[1] * k), round(pixels.shape[0] * k)), Image.BICUBIC))
         h, w = pixels.shape[:2]
-        boxes = detect_faces(pixels, min_face=max(16, min(h, w) // 4), why='--calibrate')
-        if len(boxes) == 1:
-            x, y, bw, bh = boxes[0]
-            rows.append((max(bw, bh) / max(h, w), (x + bw / 2) / w, (y + bh / 2) / h))
+        if max(h, w) != CALIBRATION_SIDE:
+            k = CALIBRATION_SIDE / max(h, w)
+            pixels = np.asarray(Image.fromarray(pixels).resize((round(w * k), round(h * k)),
+                                                               Image.BICUBIC if k > 1 else Image.LANCZOS))
+        found = landmarks.detect(pixels, why='--calibrate')
+        if len(found) == 1:
+            rows.append(found[0].points / [pixels.shape[1], pixels.shape[0]])
     if not rows:
         raise FlagError(f'--calibrate {image_dir}: the detector found no single face in {len(files)} image(s)')
-    r = np.median(np.asarray(rows), 0)
-    return dict(faces=len(rows), images=len(files), box_share=float(r[0]), centre_x=float(r[1]),
-                centre_y=float(r[2]), margin=float((1 / r[0] - 1) / 2))
+    rows = np.asarray(rows)
+    median = fr.symmetric(np.median(rows, 0))
+    spread = np.median(np.linalg.norm(rows - median, axis=-1), 0)
+    framing = fr.Framing('measured', fr._points(median), f'measured on {len(rows)} crops of {image_dir}')
+    return dict(framing=framing, faces=len(rows), images=len(files), spread=spread)
+
+
+def framing_of_flag(spec):
+    """--face_framing's value as a Framing: a folder of aligned crops is measured (calibrate), anything
+    else read by framing.framing_from."""
+    return calibrate(spec)['framing'] if os.path.isdir(str(spec)) else fr.framing_from(spec)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description='Face detection for test mode: calibrate the crop margin, '
+    p = argparse.ArgumentParser(description='Faces in photos: measure the framing of training crops, '
                                             'or show the faces found in photos.')
-    p.add_argument('--calibrate', metavar='DIR', help='training crops: print the --face_margin that matches them')
-    p.add_argument('--detect', metavar='PHOTO', nargs='+', help='print the face boxes found in these photos')
-    p.add_argument('--margin', type=float, default=DEFAULT_MARGIN, help='crop margin for --detect')
+    p.add_argument('--calibrate', metavar='DIR', help='aligned training crops: print their framing')
+    p.add_argument('--write', metavar='FILE', help='with --calibrate: save the framing for --face_framing FILE')
+    p.add_argument('--detect', metavar='PHOTO', nargs='+', help='print the faces and landmarks found in photos')
+    p.add_argument('--face_framing', default='box', help=f'framing for --detect: {fr.DESCRIPTION}')
     a = p.parse_args(argv)
     try:
         if a.calibrate:
             c = calibrate(a.calibrate)
-            print(f'{a.calibrate}: {c["faces"]} of {c["images"]} images with one face; the detector box covers '
-                  f'{c["box_share"]:.2f} of the crop side, centre at ({c["centre_x"]:.2f}, {c["centre_y"]:.2f}) '
-                  f'of the crop: use --face_margin {c["margin"]:.2f}')
+            print(f'{a.calibrate}: {c["faces"]} of {c["images"]} crops with one face; landmarks (x, y in crop '
+                  'sides; median distance to the median in brackets):')
+            for name, (x, y), s in zip(landmarks.POINT_NAMES, c['framing'].array, c['spread']):
+                print(f'  {name:<19} {x:.4f} {y:.4f}  ({s:.4f})')
+            print(f'--face_framing {c["framing"].spec()}')
+            if a.write:
+                print(f'written to {fr.write_framing(c["framing"], a.write)}: train or test with --face_framing {a.write}')
+        framing = framing_of_flag(a.face_framing)
         for path in a.detect or []:
-            boxes = detect_faces(load_photo(path), why='--detect')
-            print(f'{path}: ' + ('; '.join(f'face box {",".join(map(str, b))} crop box '
-                                           f'{",".join(map(str, crop_square(b, a.margin)))}' for b in boxes)
-                                 or 'no face found'))
+            found = find_faces(load_photo(path), framing, 128, why='--detect')
+            print(f'{path}: ' + ('; '.join(
+                f'face at {_describe(m, 128)}, landmarks ' +
+                ' '.join(f'{x:.1f},{y:.1f}' for x, y in d.points) for d, m in found) or 'no face found'))
         if not a.calibrate and not a.detect:
             p.print_help()
     except UserError as e:

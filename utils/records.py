@@ -94,7 +94,7 @@ def run_record(argv):
     """When and where a run started, from which command (`argv`: its flags) and code."""
     here = os.path.dirname(os.path.abspath(__file__))
     versions = {'python': platform.python_version(), 'torch': torch.__version__, 'numpy': np.__version__}
-    for name in ('PIL', 'tensorboard', 'cv2'):
+    for name in ('PIL', 'tensorboard', 'onnxruntime'):
         mod = sys.modules.get(name)
         if mod is not None:
             versions[name] = getattr(mod, '__version__', '?')
