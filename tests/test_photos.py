@@ -272,3 +272,16 @@ def test_mp4_beside_the_gif(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', None)
     with pytest.raises(ValueError, match='requirements-extras.txt'):
         animate.save_animation(frames, str(tmp_path / 'b.gif'), 5, 'true')
+
+
+def test_face_framing_bad_values_are_refused(trained, tmp_path, capsys):
+    path, _, box = noisy_photo_with_face(tmp_path)
+    bad_json = tmp_path / 'framing.json'
+    bad_json.write_text('{"points": [1, 2]}')
+    for value, says in (('nope', 'use synthetic, openface, box, a folder'), ('0.1,0.2', 'use synthetic'),
+                        (str(bad_json), 'not a framing file written by --calibrate')):
+        rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_images_dir', str(path),
+                        '--face_box', ','.join(map(str, box)), '--face_framing', value, '--target_aus', 'AU12=4'])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert '--face_framing' in err and says in err, err

@@ -223,3 +223,17 @@ def test_the_astronaut(detector):
     data = pytest.importorskip('skimage.data')
     (det, matrix), = found_in(data.astronaut())
     assert np.linalg.norm(det.points[:2] - [[202, 101], [247, 103]], axis=1).max() < 4
+
+
+def test_calibrate_writes_a_framing_file_that_test_mode_reads(detector, tmp_path, capsys):
+    crops = tmp_path / 'crops'
+    crops.mkdir()
+    for i in range(5):
+        Image.fromarray(sf.render(sf.sample_identity(20 + i), np.zeros(17), 96)).save(crops / f'{i}.png')
+    assert faces.main(['--calibrate', str(crops), '--write', str(tmp_path / 'f.json')]) == 0
+    out = capsys.readouterr().out
+    assert '5 of 5 crops with one face' in out and 'left eye' in out
+    written = fr.framing_from(str(tmp_path / 'f.json'))
+    assert np.abs(written.array - fr.FRAMINGS['synthetic'].array).max() < 0.04
+    # what a config records (four decimals: 0.01 px at 128) reads back
+    np.testing.assert_allclose(fr.framing_from(written.spec()).array, written.array, atol=5e-5)
