@@ -92,6 +92,18 @@ def _is_float(tok):
         return False
 
 
+def write_au_table(path, names, values, au_names=AU_NAMES):
+    """The AU table read_au_table reads: a line of AU names after a first column title, then one
+    `<name> <intensities, 0-5>` line per row. Written atomically."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write('name ' + ' '.join(au_names) + '\n')
+        for name, row in zip(names, np.asarray(values, np.float64)):
+            f.write(f'{name} ' + ' '.join(f'{v:.2f}' for v in np.clip(row, 0, 5)) + '\n')
+    os.replace(tmp, path)
+    return path
+
+
 def read_au_table(path, num_aus=None):
     """Read an AU table. Returns (file names, AU names, intensities (N, A) float32 in [0, 5]).
 

@@ -147,6 +147,8 @@ FLAG_GROUPS = [
         ('--test_attributes_path', '', 'GANimation: the AU sequence, an AU table .txt or an OpenFace .csv'),
         ('--test_reference_dir', '', 'GANimation: the sequence\'s reference frames (default: beside it)'),
         ('--target_aus', '', 'GANimation: one edit on top of each face\'s AUs, e.g. AU12=4,AU25=2'),
+        ('--source_aus', 'auto', 'GANimation: the faces\' own AUs: critic, reader (MediaPipe), auto (critic, else reader)'),
+        ('--driving_video', '', 'GANimation: a video whose face\'s AUs (the reader) animate the test faces'),
         ('--test_models_dir', '', 'checkpoints (default: <outputs_dir>/models; the newest), or a released model file'),
         ('--test_results_dir', '', 'results folder (default: <outputs_dir>/results)'),
         ('--test_num_faces', 6, 'held-out faces to edit when no --test_images_dir is given', COUNT),
@@ -239,7 +241,7 @@ CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench'], '--model': ['ga
            '--info_moves_space': ['true', 'false'], '--detect_faces': ['true', 'false'],
            '--mp4': ['auto', 'true', 'false'], '--on_bad_data': ['error', 'skip'], '--adv_loss': ['wgan-gp', 'ns-r1'],
            '--d_augment': ['none', 'translation'], '--g_upsample': ['transposed', 'resize'],
-           '--g_condition': ['target', 'relative']}
+           '--g_condition': ['target', 'relative'], '--source_aus': ['auto', 'critic', 'reader']}
 # GANmut's own options and the original GANmut code's names: the last two groups
 GANMUT_FLAGS = [f for title, flags in FLAG_GROUPS if title.startswith(('GANmut', "the original GANmut")) for f in flags]
 
@@ -333,7 +335,7 @@ SEED_ALIASES = ('sample_dir', 'log_dir', 'model_save_dir', 'result_dir', 'resume
 GANMUT_ONLY = tuple(f[0][2:] for f in GANMUT_FLAGS if f[0][2:] not in SEED_ALIASES)
 GANIMATION_ONLY = ('aus', 'lambda_cls_end', 'lambda_gp', 'adv_loss', 'lambda_r1', 'lambda_color_keep', 'd_augment',
                    'virtual', 'virtual_weight', 'target_noise', 'g_condition', 'g_ema_beta', 'target_aus',
-                   'test_attributes_path', 'test_reference_dir', 'interpolate', 'smooth')
+                   'test_attributes_path', 'test_reference_dir', 'interpolate', 'smooth', 'source_aus', 'driving_video')
 
 
 def refuse_the_other_models_flags(given, model_name, why='--model'):

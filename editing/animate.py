@@ -18,14 +18,60 @@ import torch
 
 import data_loader as dl
 import synthetic_faces as sf
+from editing import au_reader
 from editing import framing
 from editing import photos as face_crops
+from editing import video
 from model import critic_reading
 from solver import images_to_float
 from utils import visualize as vis
-from utils.errors import FlagError, MissingInput
+from utils.errors import FlagError, MissingInput, UserError
 from utils.records import mode_folder
 from utils.runtime import resolve_device
+
+
+def source_of(cfg, D):
+    """Where the faces' own AUs come from (--source_aus): 'critic' (its AU head), 'reader'
+    (editing/au_reader.py) or 'neutral' (neither is there: 0, and it says so)."""
+    choice = getattr(cfg, 'source_aus', 'auto')
+    if choice == 'critic' and D is None:
+        raise FlagError('--source_aus critic: there is no critic beside this generator; use --source_aus reader, '
+                        'or put the critic file beside it')
+    if choice == 'critic' or (choice == 'auto' and D is not None):
+        return 'critic'
+    if choice == 'reader' or au_reader.available():
+        print('the faces\' own AUs: read by the AU reader (MediaPipe blendshapes, an estimate)')
+        return 'reader'
+    print('no critic beside this generator and no AU reader to read the faces\' own AUs: the AUs not named in '
+          f'--target_aus start from 0 (neutral); put the critic file beside it, or: {au_reader.INSTALL_HINT}')
+    return 'neutral'
+
+
+def own_aus(source, D, x, faces, label_names, device, reader=None):
+    """(N, c_dim) in [0, 1]: the faces' own AUs from `source` (source_of). The reader reads each face in the
+    photo around it when it was cut from one (in the reader's own framing), else in its crop; a face it
+    cannot read starts from 0, and is named. `reader`: an open au_reader.Reader, else one is opened."""
+    if source == 'critic':
+        return critic_reading(D, x, device)
+    out = torch.zeros(len(faces), len(label_names))
+    if source == 'neutral':
+        return out
+    if reader is None:
+        with au_reader.Reader('--source_aus reader') as opened:
+            return own_aus(source, D, x, faces, label_names, device, opened)
+    cols = [sf.AU_INDEX[n] for n in label_names]
+    unread = []
+    for i, face in enumerate(faces):
+        photo, points = getattr(face, 'photo', None), getattr(face, 'points', None)
+        got = reader.face(photo.pixels, points) if photo is not None and points is not None else \
+            reader.largest(au_reader.enlarged(face[1]))
+        if got is None:
+            unread.append(face[0])
+        else:
+            out[i] = torch.from_numpy(got[0][cols] / 5).float()
+    if unread:
+        print(f'the AU reader read no face in {", ".join(unread)}: its AUs start from 0')
+    return out
 
 
 def parse_target_aus(text, label_names):
@@ -93,21 +139,14 @@ def save_animation(frames, gif_path, fps, mp4='auto'):
     if mp4 == 'false':
         return paths
     try:
-        import imageio_ffmpeg
-    except ImportError:
+        video.ffmpeg('--mp4')
+    except UserError:
         if mp4 == 'true':
             raise FlagError('--mp4 true needs imageio-ffmpeg: pip install -r requirements-extras.txt') from None
         return paths
     path = os.path.splitext(gif_path)[0] + '.mp4'
-    h, w = frames[0].shape[:2]
-    ph, pw = h % 2, w % 2   # H.264 in yuv420p needs even sides: repeat the last row/column
     try:
-        writer = imageio_ffmpeg.write_frames(path, (w + pw, h + ph), fps=float(fps), macro_block_size=2,
-                                             ffmpeg_log_level='error')
-        writer.send(None)
-        for f in frames:
-            writer.send(np.ascontiguousarray(np.pad(f, ((0, ph), (0, pw), (0, 0)), mode='edge')))
-        writer.close()
+        video.write(frames, path, float(fps))
     except Exception as e:   # the GIF is there; an MP4 that ffmpeg cannot write is not worth a crash
         if mp4 == 'true':
             raise FlagError(f'--mp4: ffmpeg could not write {path}: {e}') from None
@@ -151,6 +190,8 @@ def faces_to_edit(cfg, ckpt_cfg, size, held_out=held_out_au_faces):
     faces of photos), else --test_num_faces held-out faces of the checkpoint's data (`held_out(image_dir,
     attr_path, size)`: their dataset)."""
     if cfg.test_images_dir:
+        if video.is_video(cfg.test_images_dir):
+            raise FlagError(f'--test_images_dir {cfg.test_images_dir}: a video is edited by GANimation models only')
         if face_crops.photo_mode(cfg):   # photos: detect or --face_box, crop with the training framing
             return face_crops.photo_faces(cfg, size, framing.of_model(cfg, ckpt_cfg))
         files = face_crops.image_files(cfg.test_images_dir)   # a folder of aligned crops, or one file
@@ -168,6 +209,10 @@ def faces_to_edit(cfg, ckpt_cfg, size, held_out=held_out_au_faces):
 
 def _sequence(cfg, label_names, size):
     """(AU sequence (T, 17 or c_dim) in 0-5 over the model's columns, reference frames or None)."""
+    if getattr(cfg, 'driving_video', ''):
+        read = au_reader.read_video(cfg.driving_video, '--driving_video', crop_size=size)
+        print(f'--driving_video {cfg.driving_video}: {len(read.aus)} frames at {read.fps:g} fps, played at that rate')
+        return read.aus[:, [sf.AU_INDEX[n] for n in label_names]], read.faces
     if cfg.test_attributes_path and cfg.test_attributes_path.lower().endswith('.csv'):
         import openface_utils  # an OpenFace FeatureExtraction / FaceLandmarkImg CSV
         values, paths = openface_utils.sequence_from_csv(cfg.test_attributes_path)
@@ -202,6 +247,8 @@ def run(cfg, trained):
     G, D = trained.networks(device)
     ckpt_cfg, label_names, path = trained.config, trained.label_names, trained.path
     size = ckpt_cfg['image_size']
+    if cfg.test_images_dir and video.is_video(cfg.test_images_dir):
+        return edit_video(cfg, G, D, ckpt_cfg, label_names, out_dir, device, amp)
     faces = faces_to_edit(cfg, ckpt_cfg, size)
     print(f'test mode: {len(faces)} face(s), model {path}')
     os.makedirs(out_dir, exist_ok=True)
@@ -209,7 +256,10 @@ def run(cfg, trained):
     if cfg.target_aus:
         return edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp)
 
+    if getattr(cfg, 'driving_video', '') and cfg.test_attributes_path:
+        raise FlagError('--driving_video and --test_attributes_path are two AU sequences; give one')
     seq, refs = _sequence(cfg, label_names, size)
+    fps = video.frames_per_second(cfg.driving_video) if getattr(cfg, 'driving_video', '') else cfg.fps
     seq, src = retime(seq, getattr(cfg, 'interpolate', 0), getattr(cfg, 'smooth', 0.0))
     refs = refs[src] if refs is not None else None
     mp4 = getattr(cfg, 'mp4', 'auto')
@@ -224,21 +274,22 @@ def run(cfg, trained):
         face_dir = os.path.join(out_dir, name)
         for t, f in enumerate(frames):
             vis.save_png(f, os.path.join(face_dir, f'frame_{t:04d}.png'))
-        save_animation(frames, os.path.join(out_dir, f'{name}.gif'), cfg.fps, mp4)
+        save_animation(frames, os.path.join(out_dir, f'{name}.gif'), fps, mp4)
         rows.append([frames[j] for j in cols])
         all_frames.append(frames)
     for photo, full, sbs in face_crops.animated_photos(faces, all_frames, refs):   # photos: faces pasted back
-        save_animation(full, os.path.join(out_dir, f'{photo}_animated.gif'), cfg.fps, mp4)
+        save_animation(full, os.path.join(out_dir, f'{photo}_animated.gif'), fps, mp4)
         if sbs is not None:
-            save_animation(sbs, os.path.join(out_dir, f'{photo}_side_by_side.gif'), cfg.fps, mp4)
+            save_animation(sbs, os.path.join(out_dir, f'{photo}_side_by_side.gif'), fps, mp4)
         print(f'{photo}: {out_dir}/{photo}_animated.gif' + (' and _side_by_side.gif (reference | photo)'
                                                            if sbs is not None else ''))
     grid_path = vis.save_png(vis.grid(rows), os.path.join(out_dir, 'grid.png'))
     # one GIF with every face side by side (and the reference on the left)
     strips = ([refs] if refs is not None else []) + all_frames
     save_animation([np.concatenate([s[t] for s in strips], 1) for t in range(len(seq))],
-                   os.path.join(out_dir, 'all_faces.gif'), cfg.fps, mp4)
-    np.savetxt(os.path.join(out_dir, 'au_sequence.txt'), seq, fmt='%.2f', header=' '.join(label_names))
+                   os.path.join(out_dir, 'all_faces.gif'), fps, mp4)
+    dl.write_au_table(os.path.join(out_dir, 'au_sequence.txt'), [f'frame_{t:06d}' for t in range(len(seq))], seq,
+                      label_names)
     print(f'wrote {len(faces)} GIF(s) of {len(seq)} frames to {out_dir}/, grid: {grid_path}, '
           f'all faces: {os.path.join(out_dir, "all_faces.gif")}')
     return grid_path
@@ -262,15 +313,9 @@ def save_edits(G, x_all, faces, conds, out_dir, device, amp, aus_own=None):
 
 
 def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
-    """Start from each face's own AUs (read by the critic's AU head), set the given ones. A released
-    generator without its critic starts the AUs not named from 0 (a neutral face), and says so."""
+    """Start from each face's own AUs (own_aus), set the given ones."""
     targets = parse_target_aus(cfg.target_aus, label_names)
-    if D is None:
-        own = torch.zeros(x_all.shape[0], len(label_names))
-        print('no critic beside this generator to read the faces\' own AUs: the AUs not named in --target_aus '
-              'start from 0 (neutral); put the critic file beside it to start from each face\'s own')
-    else:
-        own = critic_reading(D, x_all, device)
+    own = own_aus(source_of(cfg, D), D, x_all, faces, label_names, device)
     cond = own * 5
     for idx, v in targets.items():
         cond[:, idx] = v
@@ -278,3 +323,72 @@ def edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp):
     desc = ', '.join(f'{label_names[i]}={v:g}' for i, v in targets.items())
     print(f'edited {len(faces)} face(s) to {desc}: {out_dir}/*_edited.png, grid (input | edited | attention): {path}')
     return path
+
+
+GIF_MAX_FRAMES = 150   # an edited video gets a GIF beside its MP4 when it is no longer than this
+
+
+@torch.no_grad()
+def edit_video(cfg, G, D, ckpt_cfg, label_names, out_dir, device, amp):
+    """--test_images_dir clip.mp4: every frame's faces found and aligned (editing/photos.py), edited to
+    --target_aus on top of their own AUs (own_aus, per frame) or animated by the AU sequence (frame t
+    plays row t, looping), pasted back; an MP4 of the same frame count and rate (and a GIF when short).
+    Frames without a face are kept as they are, and counted."""
+    size = ckpt_cfg['image_size']
+    os.makedirs(out_dir, exist_ok=True)
+    face_framing = framing.of_model(cfg, ckpt_cfg)
+    targets = parse_target_aus(cfg.target_aus, label_names) if cfg.target_aus else None
+    if targets is None:
+        seq, _ = _sequence(cfg, label_names, size)
+        seq, _ = retime(seq, getattr(cfg, 'interpolate', 0), getattr(cfg, 'smooth', 0.0))
+    source = source_of(cfg, D) if targets is not None else None
+    reader = au_reader.Reader('--source_aus reader') if source == 'reader' else None
+    frames, fps, _ = video.frames(cfg.test_images_dir, '--test_images_dir (a video)')
+    stem = os.path.splitext(os.path.basename(cfg.test_images_dir))[0]
+    counts = dict(frames=0, faces=0, without=0)
+    short = []
+
+    def edited_frames():
+        for t, frame in enumerate(frames):
+            found = face_crops.find_faces(frame, face_framing, size, why='--test_images_dir (a video)')
+            counts['frames'] += 1
+            counts['faces'] += len(found)
+            if not found:
+                counts['without'] += 1
+                out = frame
+            else:
+                crops = np.stack([framing.warp_crop(frame, m, size) for _, m in found])
+                x = images_to_float(torch.from_numpy(crops), device, torch.contiguous_format)
+                if targets is not None:
+                    photo = face_crops.Photo(stem, cfg.test_images_dir, frame)
+                    faces = [face_crops.Face(f'{stem}_{t}_{k}', c, photo, m, d.points, d.box)
+                             for k, ((d, m), c) in enumerate(zip(found, crops))]
+                    own = own_aus(source, D, x, faces, label_names, device, reader)
+                    cond = own * 5
+                    for idx, v in targets.items():
+                        cond[:, idx] = v
+                else:
+                    own = critic_reading(D, x, device) if G.relative else None
+                    cond = torch.from_numpy(seq[t % len(seq)]).float().expand(len(found), -1)
+                c = (cond / 5).to(device)
+                src = own.to(device) if (own is not None and G.relative) else None
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    y, _, _ = G(x, c, src)
+                out = framing.paste(frame, [(m, before, after) for (_, m), before, after
+                                            in zip(found, crops, vis.to_uint8(y))])
+            if len(short) <= GIF_MAX_FRAMES:
+                short.append(face_crops._fit(out, face_crops.ANIMATION_MAX_SIDE))
+            yield out
+    try:
+        mp4, n = video.write(edited_frames(), os.path.join(out_dir, f'{stem}_edited.mp4'), fps)
+    finally:
+        if reader is not None:
+            reader.close()
+    written = [mp4]
+    if n <= GIF_MAX_FRAMES:
+        written.append(vis.save_gif(short, os.path.join(out_dir, f'{stem}_edited.gif'), fps))
+    what = 'edited to ' + cfg.target_aus if targets is not None else f'animated by an AU sequence of {len(seq)} rows'
+    print(f'{cfg.test_images_dir}: {n} frames at {fps:g} fps, {counts["faces"]} faces {what}'
+          + (f'; {counts["without"]} frame(s) without a face kept as they are' if counts['without'] else '')
+          + ': ' + ', '.join(written))
+    return mp4
