@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import data_loader as dl
 import synthetic_faces as sf
@@ -344,15 +345,15 @@ def edit_video(cfg, G, D, ckpt_cfg, label_names, out_dir, device, amp):
         seq, _ = retime(seq, getattr(cfg, 'interpolate', 0), getattr(cfg, 'smooth', 0.0))
     source = source_of(cfg, D) if targets is not None else None
     reader = au_reader.Reader('--source_aus reader') if source == 'reader' else None
-    frames, fps, _ = video.frames(cfg.test_images_dir, '--test_images_dir (a video)')
+    frames, fps, count = video.frames(cfg.test_images_dir, '--test_images_dir (a video)')
+    frames = tqdm(frames, total=count or None, desc='frames', unit='frame', leave=False)
     stem = os.path.splitext(os.path.basename(cfg.test_images_dir))[0]
-    counts = dict(frames=0, faces=0, without=0)
+    counts = dict(faces=0, without=0)
     short = []
 
     def edited_frames():
         for t, frame in enumerate(frames):
             found = face_crops.find_faces(frame, face_framing, size, why='--test_images_dir (a video)')
-            counts['frames'] += 1
             counts['faces'] += len(found)
             if not found:
                 counts['without'] += 1
@@ -378,7 +379,7 @@ def edit_video(cfg, G, D, ckpt_cfg, label_names, out_dir, device, amp):
                 out = framing.paste(frame, [(m, before, after) for (_, m), before, after
                                             in zip(found, crops, vis.to_uint8(y))])
             if len(short) <= GIF_MAX_FRAMES:
-                short.append(face_crops._fit(out, face_crops.ANIMATION_MAX_SIDE))
+                short.append(face_crops.fit_within(out, face_crops.ANIMATION_MAX_SIDE))
             yield out
     try:
         mp4, n = video.write(edited_frames(), os.path.join(out_dir, f'{stem}_edited.mp4'), fps)

@@ -262,7 +262,8 @@ def draw_faces(pixels, faces):
     return np.asarray(im)
 
 
-def _fit(frame, max_side):
+def fit_within(frame, max_side):
+    """The frame scaled down (never up) so its longer side is at most max_side."""
     h, w = frame.shape[:2]
     if max(h, w) <= max_side:
         return frame
@@ -287,7 +288,7 @@ def animated_photos(faces, frames, refs=None, max_side=ANIMATION_MAX_SIDE):
     for name, (photo, idx) in photos_of(faces).items():
         out, sbs = [], []
         for t in range(len(frames[idx[0]])):
-            full = _fit(composite(faces, idx, {i: frames[i][t] for i in idx}), max_side)
+            full = fit_within(composite(faces, idx, {i: frames[i][t] for i in idx}), max_side)
             out.append(full)
             if refs is not None:
                 sbs.append(side_by_side(refs[t], full))
