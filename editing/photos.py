@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageOps
 import data_loader as dl
 from editing import framing as fr
 from editing import landmarks
-from utils.errors import FlagError, MissingInput, UserError
+from utils.errors import FlagError, MissingInput, command
 
 DEFAULT_MARGIN = 0.15      # --face_box: crop side = box * (1 + 2 * margin)
 ANIMATION_MAX_SIDE = 1024  # animated photos (GIF/MP4) are scaled down to this longer side; stills are not
@@ -330,6 +330,7 @@ def framing_of_flag(spec):
     return calibrate(spec)['framing'] if os.path.isdir(str(spec)) else fr.framing_from(spec)
 
 
+@command
 def main(argv=None):
     p = argparse.ArgumentParser(description='Faces in photos: measure the framing of training crops, '
                                             'or show the faces found in photos.')
@@ -338,28 +339,23 @@ def main(argv=None):
     p.add_argument('--detect', metavar='PHOTO', nargs='+', help='print the faces and landmarks found in photos')
     p.add_argument('--face_framing', default='box', help=f'framing for --detect: {fr.DESCRIPTION}')
     a = p.parse_args(argv)
-    try:
-        if a.calibrate:
-            c = calibrate(a.calibrate)
-            print(f'{a.calibrate}: {c["faces"]} of {c["images"]} crops with one face; landmarks (x, y in crop '
-                  'sides; median distance to the median in brackets):')
-            for name, (x, y), s in zip(landmarks.POINT_NAMES, c['framing'].array, c['spread']):
-                print(f'  {name:<19} {x:.4f} {y:.4f}  ({s:.4f})')
-            print(f'--face_framing {c["framing"].spec()}')
-            if a.write:
-                print(f'written to {fr.write_framing(c["framing"], a.write)}: train or test with --face_framing {a.write}')
-        framing = framing_of_flag(a.face_framing)
-        for path in a.detect or []:
-            found = find_faces(load_photo(path), framing, 128, why='--detect')
-            print(f'{path}: ' + ('; '.join(
-                f'face at {_describe(m, 128)}, landmarks ' +
-                ' '.join(f'{x:.1f},{y:.1f}' for x, y in d.points) for d, m in found) or 'no face found'))
-        if not a.calibrate and not a.detect:
-            p.print_help()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    if a.calibrate:
+        c = calibrate(a.calibrate)
+        print(f'{a.calibrate}: {c["faces"]} of {c["images"]} crops with one face; landmarks (x, y in crop '
+              'sides; median distance to the median in brackets):')
+        for name, (x, y), s in zip(landmarks.POINT_NAMES, c['framing'].array, c['spread']):
+            print(f'  {name:<19} {x:.4f} {y:.4f}  ({s:.4f})')
+        print(f'--face_framing {c["framing"].spec()}')
+        if a.write:
+            print(f'written to {fr.write_framing(c["framing"], a.write)}: train or test with --face_framing {a.write}')
+    framing = framing_of_flag(a.face_framing)
+    for path in a.detect or []:
+        found = find_faces(load_photo(path), framing, 128, why='--detect')
+        print(f'{path}: ' + ('; '.join(
+            f'face at {_describe(m, 128)}, landmarks ' +
+            ' '.join(f'{x:.1f},{y:.1f}' for x, y in d.points) for d, m in found) or 'no face found'))
+    if not a.calibrate and not a.detect:
+        p.print_help()
 
 
 if __name__ == '__main__':

@@ -32,18 +32,18 @@ def build_parser():
 
 
 def main(argv=None):
+    from utils.errors import command
+    return command(convert_or_run)(argv)
+
+
+def convert_or_run(argv):
     from openface_utils import convert, run_openface
-    from utils.errors import UserError
     a = build_parser().parse_args(argv)
-    try:
-        if a.images or a.videos or a.print_commands:
-            run_openface(a.openface_dir, a.images, a.videos, a.openface_bin, dry_run=a.print_commands)
-            if a.print_commands:
-                return 0
-        report = convert(a.openface_dir, a.out_dir, a.min_confidence, a.test_fraction, a.seed)
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    if a.images or a.videos or a.print_commands:
+        run_openface(a.openface_dir, a.images, a.videos, a.openface_bin, dry_run=a.print_commands)
+        if a.print_commands:
+            return 0
+    report = convert(a.openface_dir, a.out_dir, a.min_confidence, a.test_fraction, a.seed)
     return 0 if report['images']['kept'] or report['sequences'] else 1
 
 

@@ -7,6 +7,8 @@
 - `TrainingStopped`: training stopped by a signal or by non-finite losses after a checkpoint was made safe;
   it carries the exit status (128 + signal number, or 3).
 """
+import functools
+import sys
 
 
 class UserError(Exception):
@@ -52,3 +54,17 @@ class TrainingInterrupted(TrainingStopped):
 
 class NonFiniteTraining(TrainingStopped):
     """Too many non-finite steps in a row."""
+
+
+def command(body):
+    """A command-line tool's main(argv): a UserError is printed on one line and gives exit status 2, as in
+    main.py; otherwise body's return value (None: 0)."""
+    @functools.wraps(body)
+    def run(argv=None):
+        try:
+            status = body(argv)
+        except UserError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        return 0 if status is None else status
+    return run
