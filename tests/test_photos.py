@@ -285,3 +285,11 @@ def test_face_framing_bad_values_are_refused(trained, tmp_path, capsys):
         assert rc == 2
         err = capsys.readouterr().err
         assert '--face_framing' in err and says in err, err
+
+
+def test_ganmut_refuses_a_video(trained_ganmut, tmp_path, capsys):
+    clip = tmp_path / 'clip.mp4'
+    clip.write_bytes(b'refused before it is read')
+    rc = main.main(['--mode', 'test', '--outputs_dir', str(trained_ganmut), '--test_images_dir', str(clip),
+                    '--emotion', 'happy', '--test_results_dir', str(tmp_path / 'r')])
+    assert rc == 2 and 'a video is edited by GANimation models only' in capsys.readouterr().err
