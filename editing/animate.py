@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 import data_loader as dl
 import synthetic_faces as sf
-from editing import au_reader
-from editing import framing
+from editing import au_reader, framing
 from editing import photos as face_crops
 from editing import video
 from model import critic_reading

@@ -7,13 +7,13 @@ optional detector skip, saying how to get them."""
 import numpy as np
 import pytest
 from PIL import Image
+from test_photos import outside
 
 import main
 import synthetic_faces as sf
 from editing import framing as fr
 from editing import landmarks
 from editing import photos as faces
-from test_photos import outside
 
 PORTRAITS = ['single_face.jpg', '0-f1-su-ph.jpg', '0-f15-hao-ph.jpg', '15-f13-anc-ph.jpg', '45-m7-di-ph.jpg']
 SIZE = 128
