@@ -192,7 +192,7 @@ FLAG_GROUPS = [
         ('--deterministic', False, 'deterministic kernels: a resumed run matches bit for bit'),
         ('--bench_compare', False, '--mode bench: also time the plain path (fp32, eager, NCHW)'),
         ('--bench_iters', 30, '--mode bench: timed training iterations', COUNT),
-        ('--bench_warmup', 5, '--mode bench: untimed iterations first', OFF_OR_COUNT),
+        ('--bench_warmup', 5, '--mode bench: untimed iterations first (at least two --n_critic cycles)', OFF_OR_COUNT),
         ('--bench_infer_repeats', 10, '--mode bench: timed inference batches', COUNT),
     ]),
     ('GANmut (--model ganmut; shared flags take GANMUT_DEFAULTS unless given)', [

@@ -4,7 +4,9 @@
         --g_repeat_num 3 --d_repeat_num 5 --batch_size 16 --bench_compare
 
 Times `--bench_iters` training iterations (critic steps, and generator steps in
-the `--n_critic` cadence of training) after `--bench_warmup` untimed ones, on
+the `--n_critic` cadence of training; rounded up to whole cycles) after `--bench_warmup`
+untimed ones (at least two cycles, so that every compiled graph has run twice and
+compiling, reported on its own line, never falls in the timed window), on
 real batches from the configured dataset (loading included), then test-mode
 inference (G forward passes in batches of `--test_batch_size`, no grad).
 `--bench_compare` repeats both on the plain path in the same process: fp32,
@@ -100,8 +102,18 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB; the process's peak RSS
 
 
+def cadence(warmup, iters, n_critic):
+    """(warm-up, timed) iteration counts in whole n_critic cycles: the warm-up at least two cycles, so that
+    every compiled graph (the generator with and without grad, their backward) has run twice before the
+    clock starts, and the timed window holds exactly its share of generator steps."""
+    cycles = -(-max(warmup, 2 * n_critic) // n_critic)
+    return cycles * n_critic, -(-iters // n_critic) * n_critic
+
+
 def time_training(cfg, train_set, warmup, iters):
-    """ms per iteration over `iters` iterations that follow `warmup` untimed ones."""
+    """(ms per iteration over the timed iterations, the solver, seconds of the warm-up iterations).
+    Counts from cadence(); the warm-up holds the compiling."""
+    warmup, iters = cadence(warmup, iters, cfg.n_critic)
     run_cfg = copy.copy(cfg)
     run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
     run_cfg.num_iters = warmup + iters
@@ -110,17 +122,18 @@ def time_training(cfg, train_set, warmup, iters):
     if solver.device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(solver.device)
     batches = solver.batches(0)
+    t0 = time.perf_counter()
     for it in range(warmup):
         x, aus = next(batches)
         solver.train_step(it, x, aus)
     _sync(solver.device)
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     for it in range(warmup, warmup + iters):
         x, aus = next(batches)   # loading is part of what is timed
         solver.train_step(it, x, aus)
     _sync(solver.device)
-    ms = (time.perf_counter() - t0) * 1000 / iters
-    return ms, solver
+    ms = (time.perf_counter() - t1) * 1000 / iters
+    return ms, solver, t1 - t0
 
 
 @torch.no_grad()
@@ -144,13 +157,15 @@ def time_inference(solver, train_set, batch_size, repeats):
 
 
 def measure(cfg, train_set):
-    ms, solver = time_training(cfg, train_set, cfg.bench_warmup, cfg.bench_iters)
+    ms, solver, warm_s = time_training(cfg, train_set, cfg.bench_warmup, cfg.bench_iters)
+    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic)
     flops, f_g, f_d = step_flops(solver.G, solver.D, cfg.image_size, solver.c_dim, cfg.batch_size, cfg.n_critic)
     peak = peak_memory_mb(solver.device)
     fps = time_inference(solver, train_set, cfg.test_batch_size, cfg.bench_infer_repeats)
     return {'ms_per_iter': ms, 'images_per_s': cfg.batch_size * 1000 / ms, 'tflops': flops / (ms / 1000) / 1e12,
             'flops_per_iter': flops, 'g_forward_flops_per_image': f_g, 'd_forward_flops_per_image': f_d,
-            'peak_memory_mb': peak, 'inference_frames_per_s': fps,
+            'peak_memory_mb': peak, 'inference_frames_per_s': fps, 'warmup_iters': warmup, 'timed_iters': iters,
+            'warmup_s': warm_s, 'compile_s': max(0.0, warm_s - warmup * ms / 1000),
             'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
             'channels_last': solver.memory_format == torch.channels_last,
             'data_cache': cfg.data_cache, 'fused_adam': cfg.fused_adam,
@@ -162,9 +177,10 @@ def run(cfg):
     train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train')
     cfg.c_dim = train_set.labels.shape[1]
     device = resolve_device(cfg.device)
+    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic)
     print(f'bench: {what}; {cfg.image_size} px, G {cfg.g_conv_dim}/{cfg.g_repeat_num}, D {cfg.d_conv_dim}/'
           f'{cfg.d_repeat_num}, batch {cfg.batch_size}, n_critic {cfg.n_critic}, device {device}, '
-          f'{cfg.bench_warmup} warm-up + {cfg.bench_iters} timed iterations', flush=True)
+          f'{warmup} warm-up + {iters} timed iterations (whole n_critic cycles)', flush=True)
     result = measure(cfg, train_set)
     result.update(config={k: getattr(cfg, k) for k in ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num',
                                                        'd_repeat_num', 'batch_size', 'n_critic')},
@@ -209,6 +225,8 @@ def format_table(r):
     rows.append(('peak_memory_mb', f"{r['peak_memory_mb']:.0f}") + (('',) if 'baseline' in r else ()))
     width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ['  '.join(cell.rjust(w) for cell, w in zip(row, width)) for row in rows]
+    lines.append(f"compile and warm-up (optimised): {r['warmup_s']:.1f} s for {r['warmup_iters']} iterations, "
+                 f"of which about {r['compile_s']:.1f} s beyond the steady state (compiling; outside the timing)")
     if 'speedup' in r:
         lines.append(f"training speedup (plain / optimised ms per iteration): {r['speedup']:.2f}x; "
                      f"inference: {r['inference_speedup']:.2f}x")

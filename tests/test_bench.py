@@ -103,6 +103,15 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
     assert r['baseline']['ms_per_iter'] > 0 and r['baseline']['amp'] == 'off'
     assert r['speedup'] == pytest.approx(r['baseline']['ms_per_iter'] / r['ms_per_iter'])
     assert r['images_per_s'] == pytest.approx(4 * 1000 / r['ms_per_iter'])
+    # n_critic 2 (TINY): two whole cycles of warm-up, the timed window in whole cycles
+    assert (r['warmup_iters'], r['timed_iters']) == (4, 2) and r['warmup_s'] > 0 and r['compile_s'] >= 0
+
+
+def test_the_warm_up_runs_every_graph_twice_and_the_window_is_whole_cycles():
+    assert bench.cadence(5, 30, 5) == (10, 30)     # two generator steps (iterations 4 and 9) before timing
+    assert bench.cadence(5, 3, 5) == (10, 5)
+    assert bench.cadence(5, 30, 1) == (5, 30)      # n_critic 1: every iteration has both steps
+    assert bench.cadence(0, 7, 2) == (4, 8)
 
 
 def test_compile_auto_rule_and_the_compiled_generator(tiny):
