@@ -103,6 +103,9 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
     assert r['baseline']['ms_per_iter'] > 0 and r['baseline']['amp'] == 'off'
     assert r['speedup'] == pytest.approx(r['baseline']['ms_per_iter'] / r['ms_per_iter'])
     assert r['images_per_s'] == pytest.approx(4 * 1000 / r['ms_per_iter'])
+    original = r['original_loop']['ms_per_iter']
+    assert original > 0 and r['speedup_over_original'] == pytest.approx(original / r['ms_per_iter'])
+    assert r['original_loop']['tflops'] == pytest.approx(r['flops_per_iter'] / original * 1e3 / 1e12)
     # n_critic 2 (TINY): two whole cycles of warm-up, the timed window in whole cycles
     assert (r['warmup_iters'], r['timed_iters']) == (4, 2) and r['warmup_s'] > 0 and r['compile_s'] >= 0
 
