@@ -487,6 +487,9 @@ def check_face_flags(cfg, given):
     video_in = bool(cfg.test_images_dir) and video.is_video(cfg.test_images_dir)
     if 'fps' in given and (cfg.driving_video or video_in):
         raise FlagError('--fps: a video plays at its own frame rate (--driving_video, or a video as --test_images_dir)')
+    if cfg.driving_video and (cfg.test_attributes_path or cfg.target_aus):
+        raise FlagError('--driving_video is an AU sequence: give it, --test_attributes_path or --target_aus, '
+                        'not two of them')
     if cfg.face_box and video_in:
         raise FlagError('--face_box: the faces of a video are found in every frame; leave --face_box out')
     if 'face_margin' in given and not cfg.face_box:

@@ -209,11 +209,18 @@ def faces_to_edit(cfg, ckpt_cfg, size, held_out=held_out_au_faces):
 
 
 def _sequence(cfg, label_names, size):
-    """(AU sequence (T, 17 or c_dim) in 0-5 over the model's columns, reference frames or None)."""
+    """(AU sequence (T, 17 or c_dim) in 0-5 over the model's columns, reference frames or None, frames per
+    second: the driving video's, else --fps)."""
     if getattr(cfg, 'driving_video', ''):
         read = au_reader.read_video(cfg.driving_video, '--driving_video', crop_size=size)
         print(f'--driving_video {cfg.driving_video}: {len(read.aus)} frames at {read.fps:g} fps, played at that rate')
-        return read.aus[:, [sf.AU_INDEX[n] for n in label_names]], read.faces
+        return read.aus[:, [sf.AU_INDEX[n] for n in label_names]], read.faces, read.fps
+    seq, refs = _sequence_of_flags(cfg, label_names, size)
+    return seq, refs, cfg.fps
+
+
+def _sequence_of_flags(cfg, label_names, size):
+    """(AU sequence, reference frames or None) of --test_attributes_path, else the built-in one."""
     if cfg.test_attributes_path and cfg.test_attributes_path.lower().endswith('.csv'):
         import openface_utils  # an OpenFace FeatureExtraction / FaceLandmarkImg CSV
         values, paths = openface_utils.sequence_from_csv(cfg.test_attributes_path)
@@ -257,10 +264,7 @@ def run(cfg, trained):
     if cfg.target_aus:
         return edit(cfg, G, D, x_all, faces, label_names, out_dir, device, amp)
 
-    if getattr(cfg, 'driving_video', '') and cfg.test_attributes_path:
-        raise FlagError('--driving_video and --test_attributes_path are two AU sequences; give one')
-    seq, refs = _sequence(cfg, label_names, size)
-    fps = video.frames_per_second(cfg.driving_video) if getattr(cfg, 'driving_video', '') else cfg.fps
+    seq, refs, fps = _sequence(cfg, label_names, size)
     seq, src = retime(seq, getattr(cfg, 'interpolate', 0), getattr(cfg, 'smooth', 0.0))
     refs = refs[src] if refs is not None else None
     mp4 = getattr(cfg, 'mp4', 'auto')
@@ -340,7 +344,7 @@ def edit_video(cfg, G, D, ckpt_cfg, label_names, out_dir, device, amp):
     face_framing = framing.of_model(cfg, ckpt_cfg)
     targets = parse_target_aus(cfg.target_aus, label_names) if cfg.target_aus else None
     if targets is None:
-        seq, _ = _sequence(cfg, label_names, size)
+        seq, _, _ = _sequence(cfg, label_names, size)
         seq, _ = retime(seq, getattr(cfg, 'interpolate', 0), getattr(cfg, 'smooth', 0.0))
     source = source_of(cfg, D) if targets is not None else None
     reader = au_reader.Reader('--source_aus reader') if source == 'reader' else None

@@ -44,13 +44,6 @@ def frames(path, why='reading a video'):
     return each(), float(meta.get('fps') or 25.0), count
 
 
-def frames_per_second(path):
-    """The video's frame rate (its container's figure)."""
-    reader, fps, _ = frames(path)
-    reader.close()
-    return fps
-
-
 def write(frames_, path, fps, why='writing a video'):
     """Frames (an iterable of (H, W, 3) uint8) -> an H.264 MP4 at `fps` (yuv420p needs even sides: an odd
     last row or column is repeated). Returns (path, frames written)."""

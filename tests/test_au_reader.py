@@ -179,6 +179,9 @@ def test_flags_a_video_does_not_take_are_refused(tmp_path, capsys):
     clip.write_bytes(b'not checked before the flags')
     for extra, says in ((['--test_images_dir', str(clip), '--fps', '12'], '--fps: a video plays at its own frame rate'),
                         (['--driving_video', str(clip), '--fps', '12'], '--fps: a video plays at its own frame rate'),
-                        (['--test_images_dir', str(clip), '--face_box', '1,2,3,4'], '--face_box: the faces of a video')):
+                        (['--test_images_dir', str(clip), '--face_box', '1,2,3,4'], '--face_box: the faces of a video'),
+                        (['--driving_video', str(clip), '--target_aus', 'AU12=3'], '--driving_video is an AU sequence'),
+                        (['--driving_video', str(clip), '--test_attributes_path', str(clip)],
+                         '--driving_video is an AU sequence')):
         assert main.main(['--mode', 'test', '--outputs_dir', str(tmp_path / 'o')] + extra) == 2
         assert says in capsys.readouterr().err
