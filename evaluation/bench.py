@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 
 import data_loader as dl
+import losses
 from solver import Solver, images_to_float
 from utils.records import run_folder
 from utils.runtime import resolve_device
@@ -162,12 +163,9 @@ def time_original_loop(cfg, train_set, warmup, iters):
         x_fake = G(x_real, aus_trg)[0]
         src_real, cls_real = D(x_real)[:2]
         src_fake = D(x_fake.detach())[0]
-        alpha = torch.rand(b, 1, 1, 1, generator=rng).to(device)
-        x_hat = (alpha * x_real + (1 - alpha) * x_fake.detach()).requires_grad_(True)
-        src_hat = D(x_hat)[0]
-        grad, = torch.autograd.grad(src_hat, x_hat, torch.ones_like(src_hat), create_graph=True)
-        gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        d_loss = (src_fake.mean() - src_real.mean() + cfg.lambda_cls * ((cls_real - aus_org) ** 2).mean()
+        x_hat = losses.interpolate(x_real, x_fake.detach(), alpha=torch.rand(b, 1, 1, 1, generator=rng).to(device))
+        gp = losses.gradient_penalty(D(x_hat)[0], x_hat)    # a separate critic pass, then a double backward
+        d_loss = (src_fake.mean() - src_real.mean() + cfg.lambda_cls * losses.au_loss(cls_real, aus_org)
                   + cfg.lambda_gp * gp)
         d_opt.zero_grad()
         d_loss.backward()
@@ -176,9 +174,8 @@ def time_original_loop(cfg, train_set, warmup, iters):
             x_fake, attn, _ = G(x_real, aus_trg)
             src, cls = D(x_fake)[:2]
             x_rec, attn_rec, _ = G(x_fake, aus_org)
-            tv = sum((a[..., 1:, :] - a[..., :-1, :]).abs().mean() + (a[..., 1:] - a[..., :-1]).abs().mean()
-                     for a in (attn, attn_rec))
-            g_loss = (-src.mean() + cfg.lambda_cls * ((cls - aus_trg) ** 2).mean()
+            tv = losses.tv_loss(attn) + losses.tv_loss(attn_rec)
+            g_loss = (-src.mean() + cfg.lambda_cls * losses.au_loss(cls, aus_trg)
                       + cfg.lambda_rec * (x_rec - x_real).abs().mean()
                       + cfg.lambda_sat * (attn.mean() + attn_rec.mean()) + cfg.lambda_smooth * tv)
             g_opt.zero_grad()
