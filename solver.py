@@ -30,7 +30,8 @@ from utils import visualize as vis
 from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
 from utils.fast_conv import use_matmul_for_small_convs
 from utils.records import RUN_FOLDERS, NoWriter, RecordWindow, config_dict, run_folder, write_config
-from utils.runtime import compiled, explicit_gp_on, resolve_amp, resolve_device, resolve_flag, small_conv_matmul_on
+from utils.runtime import (channels_last_on, compiled, describe_switches, explicit_gp_on, fused_adam_on, resolve_amp,
+                           resolve_device, resolve_flag, small_conv_matmul_on)
 
 SIGNAL_CHECK_EVERY = 10   # under DDP: a SIGTERM stops all ranks at most this many iterations later
 
@@ -64,10 +65,9 @@ def make_adam(params, lr, cfg, device):
     as the multi-tensor path, which allocates a few tensors the size of the weights per step),
     --fused_adam foreach for the multi-tensor updates, or the plain per-parameter loop with
     --fused_adam false."""
-    impl = getattr(cfg, 'fused_adam', 'auto')
-    if impl == 'false':
+    if getattr(cfg, 'fused_adam', 'auto') == 'false':
         return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=False)
-    if impl == 'foreach' or device.type not in ('cuda', 'cpu'):
+    if not fused_adam_on(cfg, device):       # --fused_adam foreach, or a kind of CPU where it was not measured
         return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=True)
     return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), fused=True)
 
@@ -144,8 +144,7 @@ class Solver:
         self.sample_set = sample_set if sample_set is not None else train_set
         self.device = resolve_device(cfg.device)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self.memory_format = (torch.channels_last if resolve_flag(cfg.channels_last, True)
-                              else torch.contiguous_format)
+        self.memory_format = torch.channels_last if channels_last_on(cfg, self.device) else torch.contiguous_format
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = not getattr(cfg, 'deterministic', False)
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -204,8 +203,8 @@ class Solver:
     def describe(self, what):
         """The start-up lines: the data and the device settings."""
         print(f'dataset: {what}: {len(self.train_set)} training images, conditions: {" ".join(self.label_names)}')
-        print(f'device: {self.device}, bf16 autocast: {self.amp_dtype is not None}, '
-              f'channels_last: {self.memory_format == torch.channels_last}')
+        print(f'device: {self.device}, bf16 autocast: {self.amp_dtype is not None}; '
+              f'{describe_switches(self.cfg, self.device)} (docs/benchmarks.md: where each helps)')
 
     def build_networks(self):
         """G, D, their optimisers and G_train (G, compiled with --compile)."""

@@ -45,7 +45,7 @@ import data_loader as dl
 import losses
 from solver import Solver, images_to_float
 from utils.records import run_folder
-from utils.runtime import resolve_device
+from utils.runtime import cpu_kind, explicit_gp_on, resolve_device, small_conv_matmul_on
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -224,8 +224,13 @@ def measure(cfg, train_set):
             'warmup_s': warm_s, 'compile_s': max(0.0, warm_s - warmup * ms / 1000),
             'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
             'channels_last': solver.memory_format == torch.channels_last,
-            'data_cache': cfg.data_cache, 'fused_adam': cfg.fused_adam,
-            'compile': solver.G_train is not solver.G}
+            'data_cache': cfg.data_cache, 'fused_adam': adam_kind(solver.d_optim),
+            'compile': solver.G_train is not solver.G, 'small_conv_matmul': small_conv_matmul_on(cfg, solver.device),
+            'explicit_gp': explicit_gp_on(cfg, solver.device)}
+
+
+def adam_kind(optim):
+    return 'fused' if optim.defaults.get('fused') else 'foreach' if optim.defaults.get('foreach') else 'loop'
 
 
 def run(cfg):
@@ -235,13 +240,14 @@ def run(cfg):
     device = resolve_device(cfg.device)
     warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic)
     print(f'bench: {what}; {cfg.image_size} px, G {cfg.g_conv_dim}/{cfg.g_repeat_num}, D {cfg.d_conv_dim}/'
-          f'{cfg.d_repeat_num}, batch {cfg.batch_size}, n_critic {cfg.n_critic}, device {device}, '
+          f'{cfg.d_repeat_num}, batch {cfg.batch_size}, n_critic {cfg.n_critic}, device {device} '
+          f'(CPU kind {cpu_kind()}), '
           f'{warmup} warm-up + {iters} timed iterations (whole n_critic cycles)', flush=True)
     result = measure(cfg, train_set)
     result.update(config={k: getattr(cfg, k) for k in ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num',
                                                        'd_repeat_num', 'batch_size', 'n_critic')},
-                  device=device_name(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                  date=time.strftime('%Y-%m-%d'))
+                  device=device_name(device), cpu_kind=cpu_kind(), torch=torch.__version__,
+                  threads=torch.get_num_threads(), date=time.strftime('%Y-%m-%d'))
     if cfg.bench_compare:
         base = measure(plain_config(cfg), train_set)
         base.pop('peak_memory_mb')   # the process-wide peak would mix both runs on CPU
@@ -279,7 +285,8 @@ def format_table(r):
     rows = [('', 'optimised') + (('plain', 'original loop') if compare else ())]
     for key, fmt in (('ms_per_iter', '{:.1f}'), ('images_per_s', '{:.1f}'), ('tflops', '{:.3f}'),
                      ('inference_frames_per_s', '{:.0f}'), ('amp', '{}'), ('channels_last', '{}'),
-                     ('data_cache', '{}'), ('fused_adam', '{}'), ('compile', '{}')):
+                     ('data_cache', '{}'), ('fused_adam', '{}'), ('compile', '{}'), ('small_conv_matmul', '{}'),
+                     ('explicit_gp', '{}')):
         row = (key, fmt.format(r[key]))
         if compare:
             original = r.get('original_loop', {})

@@ -157,6 +157,52 @@ def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path, flag
     assert runtime.resolve_amp('off', cpu) is None and runtime.resolve_amp('bf16', cpu) == torch.bfloat16
 
 
+@pytest.mark.parametrize('flags, capability, kind', [
+    ('fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile', 'AVX512', 'amx'),
+    ('fpu sse2 avx2 fma avx512f avx512_bf16', 'AVX512', 'avx512_bf16'),
+    ('fpu sse2 avx2 fma avx512f avx512bw avx512_vnni', 'AVX512', 'avx512'),
+    ('fpu sse2 avx2 fma', 'AVX2', 'avx2'),
+    ('fpu sse2 avx2 fma avx512f', 'AVX2', 'avx2'),         # ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU
+    ('fpu sse2 avx', 'DEFAULT', 'other'),
+    ('fp asimd evtstrm sve', 'SVE256', 'other'),           # an Arm server
+    ('', 'DEFAULT', 'other')])                             # no /proc/cpuinfo (macOS)
+def test_cpu_kind_from_the_flags_and_the_kernels_vector_width(flags, capability, kind):
+    assert runtime.cpu_kind(set(flags.split()), capability) == kind
+
+
+def fake_cpu(monkeypatch, tmp_path, flags):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+    monkeypatch.setattr(runtime, 'CPUINFO', str(cpuinfo))
+
+
+def test_auto_switches_stay_off_on_a_cpu_kind_where_they_were_not_measured(monkeypatch, tmp_path, tiny):
+    """An Arm CPU (kind 'other'): the plain path under auto; each switch can still be asked for."""
+    cfg, train_set = copy.copy(tiny[0]), tiny[1]
+    cfg.compile = 'auto'
+    fake_cpu(monkeypatch, tmp_path, 'fp asimd')
+    cpu = torch.device('cpu')
+    s = Solver(cfg, train_set)
+    assert s.amp_dtype is None and s.memory_format == torch.contiguous_format
+    assert s.d_optim.defaults['foreach'] and not s.d_optim.defaults.get('fused')
+    assert not any(f(cfg, cpu) for f in (runtime.explicit_gp_on, runtime.small_conv_matmul_on,
+                                         runtime.fused_adam_on, runtime.channels_last_on))
+    cfg.num_iters = runtime.COMPILE_MIN_ITERS_CPU
+    assert not runtime.compile_on(cfg, cpu)
+    for name in ('explicit_gp', 'small_conv_matmul', 'fused_adam', 'channels_last'):
+        setattr(cfg, name, 'true')
+    assert all(f(cfg, cpu) for f in (runtime.explicit_gp_on, runtime.small_conv_matmul_on,
+                                     runtime.fused_adam_on, runtime.channels_last_on))
+    assert Solver(cfg, train_set).d_optim.defaults.get('fused')
+    fake_cpu(monkeypatch, tmp_path, 'fpu sse2 avx2 fma avx512f')     # measured: every switch on under auto
+    if runtime.cpu_kind() == 'avx512':                               # (unless ATEN_CPU_CAPABILITY limits it)
+        for name in ('explicit_gp', 'small_conv_matmul', 'fused_adam', 'channels_last', 'compile'):
+            setattr(cfg, name, 'auto')
+        assert all(f(cfg, cpu) for f in (runtime.explicit_gp_on, runtime.small_conv_matmul_on,
+                                         runtime.fused_adam_on, runtime.channels_last_on))
+        assert runtime.compile_on(cfg, cpu) == (shutil.which('g++') is not None)
+
+
 def test_a_training_step_keeps_its_figures_on_the_device(tiny):
     """A step's record holds 0-dim tensors, which the loop sums on the device and reads at log steps."""
     cfg, train_set = tiny

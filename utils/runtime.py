@@ -20,16 +20,66 @@ def resolve_device(name):
 
 CPUINFO = '/proc/cpuinfo'
 
+# The CPU kinds whose speed differs for this model, from the CPU flags: bf16 matrix units (Intel AMX),
+# bf16 vector instructions (AVX-512 BF16, e.g. AMD Zen 4), AVX-512 without bf16 (fp32), AVX2 only
+# (fp32, most laptops that are not new), and everything else (other architectures).
+CPU_KINDS = ('amx', 'avx512_bf16', 'avx512', 'avx2', 'other')
 
-def cpu_has_fast_bf16():
-    """CPUs with bf16 matrix instructions: AMX (Intel, 4-5x over fp32 for this model's convolutions)
-    or AVX-512 BF16 (AMD Zen 4: 1.7x). Elsewhere bf16 would be emulated: left off."""
+# Where each `auto` CPU switch was measured to help (docs/benchmarks.md has the tables, one per kind;
+# 'avx2' was measured with PyTorch's, oneDNN's and MKL's kernels limited to AVX2 on an AVX-512
+# machine). On a kind not listed the switch stays off: unmeasured is not assumed to help.
+CPU_SWITCH_KINDS = {
+    'amp': {'amx', 'avx512_bf16'},                      # bf16 autocast: 2.7x on AMX, 1.7x on AVX-512 BF16
+    'channels_last': {'amx', 'avx512', 'avx2'},
+    'compile': {'amx', 'avx512'},                       # AVX2: compiled G 4.7x slower (2527 against 536 ms)
+    'small_conv_matmul': {'amx', 'avx512', 'avx2'},
+    'explicit_gp': {'amx', 'avx512', 'avx2'},
+    'fused_adam': {'amx', 'avx512', 'avx2'},
+}
+
+
+def cpu_flags():
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
     try:
         with open(CPUINFO) as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
     except OSError:
-        return False
-    return 'amx_bf16' in flags or 'avx512_bf16' in flags
+        pass
+    return set()
+
+
+def cpu_kind(flags=None, capability=None):
+    """One of CPU_KINDS. `flags`: the CPU's flags (default: read /proc/cpuinfo); `capability`: the vector
+    width PyTorch's kernels use (torch.backends.cpu.get_cpu_capability(); ATEN_CPU_CAPABILITY=avx2
+    limits it), which caps the kind: an AVX-512 CPU running AVX2 kernels is measured as AVX2."""
+    flags = cpu_flags() if flags is None else set(flags)
+    capability = (torch.backends.cpu.get_cpu_capability() if capability is None else capability).upper()
+    if 'amx_bf16' in flags:
+        kind = 'amx'
+    elif 'avx512_bf16' in flags:
+        kind = 'avx512_bf16'
+    elif 'avx512f' in flags:
+        kind = 'avx512'
+    elif 'avx2' in flags and 'fma' in flags:
+        kind = 'avx2'
+    else:
+        return 'other'
+    if kind != 'avx2' and capability == 'AVX2':
+        return 'avx2'
+    return kind if capability in ('AVX512', 'AVX2') else 'other'
+
+
+def cpu_switch_on(switch):
+    """Whether `auto` turns the CPU switch on here: it was measured to help on this kind of CPU."""
+    return cpu_kind() in CPU_SWITCH_KINDS[switch]
+
+
+def cpu_has_fast_bf16():
+    """CPUs with bf16 matrix or vector instructions (AMX, AVX-512 BF16). Elsewhere bf16 would be
+    emulated and slower than fp32: left off."""
+    return cpu_switch_on('amp')
 
 
 def resolve_amp(amp, device):
@@ -56,7 +106,8 @@ def compile_on(cfg, device):
     cxx = os.environ.get('CXX') or ('clang++' if sys.platform == 'darwin' else 'g++')
     iters = getattr(cfg, 'planned_iters', None) or getattr(cfg, 'num_iters', 0)   # bench: the run it stands for
     on_cpu = device.type == 'cpu' and iters >= COMPILE_MIN_ITERS_CPU and shutil.which(cxx) is not None
-    return resolve_flag(getattr(cfg, 'compile', 'auto'), device.type == 'cuda' or on_cpu)
+    return resolve_flag(getattr(cfg, 'compile', 'auto'),
+                        device.type == 'cuda' or (on_cpu and cpu_switch_on('compile')))
 
 
 def compiled(module, cfg, device):
@@ -76,12 +127,38 @@ def compiled(module, cfg, device):
 
 
 def small_conv_matmul_on(cfg, device):
-    """--small_conv_matmul (utils.fast_conv.SmallOutputConv2d); auto: on the CPU."""
-    return resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'), device.type == 'cpu')
+    """--small_conv_matmul (utils.fast_conv.SmallOutputConv2d); auto: on the CPU kinds where it was
+    measured to help."""
+    return resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'),
+                        device.type == 'cpu' and cpu_switch_on('small_conv_matmul'))
 
 
 def explicit_gp_on(cfg, device):
     """--explicit_gp: the gradient penalty from the critic's input gradient written out as
     transposed convolutions (model.Discriminator.realism_input_gradient) rather than a
-    double backward; auto: on the CPU, where it is measured faster."""
-    return resolve_flag(getattr(cfg, 'explicit_gp', 'auto'), device.type == 'cpu')
+    double backward; auto: on the CPU kinds where it was measured faster."""
+    return resolve_flag(getattr(cfg, 'explicit_gp', 'auto'), device.type == 'cpu' and cpu_switch_on('explicit_gp'))
+
+
+def channels_last_on(cfg, device):
+    """--channels_last (NHWC activations and weights); auto: on CUDA (cuDNN's bf16 convolutions are
+    NHWC) and on the CPU kinds where it was measured to help."""
+    return resolve_flag(getattr(cfg, 'channels_last', 'auto'),
+                        device.type == 'cuda' or (device.type == 'cpu' and cpu_switch_on('channels_last')))
+
+
+def fused_adam_on(cfg, device):
+    """--fused_adam: true, or auto on CUDA and on the CPU kinds where it was measured to help (else
+    auto is the multi-tensor, foreach, path)."""
+    flag = getattr(cfg, 'fused_adam', 'auto')
+    return flag == 'true' or (flag == 'auto' and (device.type == 'cuda'
+                                                  or (device.type == 'cpu' and cpu_switch_on('fused_adam'))))
+
+
+def describe_switches(cfg, device):
+    """One line: the CPU kind and what each `auto` switch resolved to (the start-up print and the bench)."""
+    where = f'CPU kind {cpu_kind()}' if device.type == 'cpu' else f'device {device}'
+    on = {'channels_last': channels_last_on(cfg, device), 'compile': compile_on(cfg, device),
+          'small_conv_matmul': small_conv_matmul_on(cfg, device), 'explicit_gp': explicit_gp_on(cfg, device),
+          'fused_adam': fused_adam_on(cfg, device)}
+    return f'{where}; ' + ', '.join(f'{k} {v}' for k, v in on.items())
