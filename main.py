@@ -194,6 +194,8 @@ FLAG_GROUPS = [
         ('--bench_iters', 30, '--mode bench: timed training iterations', COUNT),
         ('--bench_warmup', 5, '--mode bench: untimed iterations first (at least two --n_critic cycles)', OFF_OR_COUNT),
         ('--bench_infer_repeats', 10, '--mode bench: timed inference batches', COUNT),
+        ('--bench_switches', False, '--mode bench: also time the optimised path with each switch off alone'),
+        ('--bench_rounds', 3, '--mode bench: rounds in which the compared paths take turns (median)', COUNT),
     ]),
     ('GANmut (--model ganmut; shared flags take GANMUT_DEFAULTS unless given)', [
         ('--parametrization', 'linear', 'emotion space: linear (an axis per emotion) or gaussian'),

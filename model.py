@@ -111,14 +111,29 @@ class Generator(nn.Module):
             x = x.flip(1)
         c_map = c.to(x.dtype).view(c.shape[0], c.shape[1], 1, 1).expand(-1, -1, x.shape[2], x.shape[3])
         h = self.main(torch.cat([x, c_map], dim=1))
-        color = self.color(h)
+        color, attn, flow = self.heads(h)
         if self.attn is None:
             return (color.flip(1), None, color.flip(1)) if self.bgr else (color, None, color)
-        attn = self.attn(h)
         if self.flow is not None:
-            x = warp_image(x, smooth_flow(self.flow(h), self.warp_cell))
+            x = warp_image(x, smooth_flow(flow, self.warp_cell))
         y = attn * x + (1 - attn) * color
         return (y.flip(1), attn, color.flip(1)) if self.bgr else (y, attn, color)
+
+
+    def heads(self, h):
+        """(colour C, attention A or None, flow or None) from the decoder's features. The heads are
+        7x7 convolutions with 3, 1 and 2 output channels, which the CPU's convolution kernels run at a
+        few percent of their speed (they vectorise over output channels: 8 or 16 at a time); their
+        weights are therefore put together into one convolution (up to 6 channels), which costs about
+        what one head alone did (docs/benchmarks.md). Each head keeps its own weight and name."""
+        convs = [m for m in (self.color[0], self.attn[0] if self.attn is not None else None, self.flow)
+                 if m is not None]
+        if len(convs) == 1:
+            return self.color(h), None, None
+        out = nn.functional.conv2d(h, torch.cat([c.weight for c in convs]), None, 1, 3)
+        parts = out.split([c.out_channels for c in convs], 1)
+        return (self.color[1](parts[0]), self.attn[1](parts[1]) if self.attn is not None else None,
+                parts[-1] if self.flow is not None else None)
 
 
 def smooth_flow(flow_px, cell):

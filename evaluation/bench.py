@@ -9,11 +9,16 @@ untimed ones (at least two cycles, so that every compiled graph has run twice an
 compiling, reported on its own line, never falls in the timed window), on
 real batches from the configured dataset (loading included), then test-mode
 inference (G forward passes in batches of `--test_batch_size`, no grad).
-`--bench_compare` repeats both on the plain path in the same process: fp32,
+`--bench_compare` times, in the same process, the plain path: fp32,
 eager, contiguous (NCHW) tensors, a for-loop Adam and the simple data loader
-(images decoded from disk every time by DataLoader workers); and times training with
-a third loop, what the original vipermu GANimation loop does (time_original_loop):
-the code users would otherwise run, so the ratio to it comes from the same run.
+(images decoded from disk every time by DataLoader workers); and a third loop,
+what the original vipermu GANimation loop does (OriginalLoop): the code users would
+otherwise run, so the ratio to it comes from the same run. The timed iterations are
+split into `--bench_rounds` rounds in which the paths take turns, and each path's
+figure is its median round: on a shared machine a slow spell then falls on every
+path alike instead of on whichever ran during it. `--bench_switches` adds, to the same
+rounds, the optimised path with each of its speed switches turned off alone: what each
+one contributes, on this machine, in one run.
 
 FLOP count (analytic, from the layer shapes): a convolution costs
 2 * C_in * C_out * k_h * k_w per output pixel (a transposed one per *input*
@@ -36,10 +41,11 @@ import copy
 import json
 import os
 import resource
+import statistics
 import time
 
 import torch
-import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import data_loader as dl
 import losses
@@ -50,27 +56,13 @@ from utils.runtime import cpu_kind, explicit_gp_on, resolve_device, small_conv_m
 # --------------------------------------------------------------------------- FLOPs
 
 def forward_flops(model, *inputs):
-    """FLOPs of one forward pass of `model` on `inputs` (a batch of one), from its conv layers."""
-    total = 0
-
-    def hook(module, args, out):
-        nonlocal total
-        k = module.kernel_size[0] * module.kernel_size[1]
-        c_in = module.in_channels // module.groups
-        if isinstance(module, nn.ConvTranspose2d):
-            total += 2 * args[0].shape[-2] * args[0].shape[-1] * c_in * module.out_channels * k
-        else:
-            total += 2 * out.shape[-2] * out.shape[-1] * c_in * module.out_channels * k
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    """FLOPs of one forward pass of `model` on `inputs` (a batch of one), of its convolutions and
+    matrix products (torch.utils.flop_counter: 2 * C_in * C_out * k_h * k_w per output pixel of a
+    convolution, per input pixel of a transposed one)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs)
+    return counter.get_total_flops()
 
 
 def step_flops(G, D, image_size, c_dim, batch_size, n_critic):
@@ -105,71 +97,80 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB; the process's peak RSS
 
 
-def cadence(warmup, iters, n_critic):
+def cadence(warmup, iters, n_critic, rounds=1):
     """(warm-up, timed) iteration counts in whole n_critic cycles: the warm-up at least two cycles, so that
     every compiled graph (the generator with and without grad, their backward) has run twice before the
-    clock starts, and the timed window holds exactly its share of generator steps."""
+    clock starts, and the timed window, split into `rounds` equal rounds, holds exactly its share of
+    generator steps."""
     cycles = -(-max(warmup, 2 * n_critic) // n_critic)
-    return cycles * n_critic, -(-iters // n_critic) * n_critic
+    per_round = -(-iters // (rounds * n_critic)) * n_critic
+    return cycles * n_critic, per_round * rounds
 
 
-def time_training(cfg, train_set, warmup, iters):
-    """(ms per iteration over the timed iterations, the solver, seconds of the warm-up iterations).
-    Counts from cadence(); the warm-up holds the compiling."""
-    warmup, iters = cadence(warmup, iters, cfg.n_critic)
-    run_cfg = copy.copy(cfg)
-    run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
-    run_cfg.num_iters = warmup + iters
-    run_cfg.num_iters_decay = 0
-    solver = Solver(run_cfg, train_set)
-    if solver.device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(solver.device)
-    batches = solver.batches(0)
-    t0 = time.perf_counter()
-    for it in range(warmup):
-        x, aus = next(batches)
-        solver.train_step(it, x, aus)
-    _sync(solver.device)
-    t1 = time.perf_counter()
-    for it in range(warmup, warmup + iters):
-        x, aus = next(batches)   # loading is part of what is timed
-        solver.train_step(it, x, aus)
-    _sync(solver.device)
-    ms = (time.perf_counter() - t1) * 1000 / iters
-    return ms, solver, t1 - t0
+class TrainingPath:
+    """This code's training iterations on one configuration, run `n` at a time (run() returns seconds),
+    so that the paths can take turns."""
+
+    def __init__(self, cfg, train_set, iterations):
+        run_cfg = copy.copy(cfg)
+        run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
+        run_cfg.num_iters = iterations
+        run_cfg.num_iters_decay = 0
+        self.solver = Solver(run_cfg, train_set)
+        self.device = self.solver.device
+        self.batches = self.solver.batches(0)
+        self.it = 0
+
+    def run(self, n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x, aus = next(self.batches)   # loading is part of what is timed
+            self.solver.train_step(self.it, x, aus)
+            self.it += 1
+        _sync(self.device)
+        return time.perf_counter() - t0
 
 
-def time_original_loop(cfg, train_set, warmup, iters):
-    """ms per iteration of a loop that does what the original vipermu GANimation training loop does, written
-    here from its facts: fp32, NCHW, the training set held as one in-memory tensor, separate critic
-    passes over the real, the fake and the interpolated images, the gradient penalty by double backward,
-    torch.optim.Adam, and every n_critic iterations a generator step with the cycle's second generator
-    pass. The networks are this code's (the same shapes; plain_config), so only the loop differs."""
-    warmup, iters = cadence(warmup, iters, cfg.n_critic)
-    solver = Solver(plain_config(cfg), train_set)
-    G, D, device = solver.G, solver.D, solver.device
-    g_opt = torch.optim.Adam(G.parameters(), cfg.g_lr, betas=(cfg.beta1, cfg.beta2))
-    d_opt = torch.optim.Adam(D.parameters(), cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
-    images = torch.stack([torch.from_numpy(train_set.load_uint8(i)) for i in range(len(train_set))])
-    images = images_to_float(images, device, torch.contiguous_format)
-    labels = train_set.labels.float().to(device)
-    rng = torch.Generator().manual_seed(cfg.seed)
-    b = cfg.batch_size
+class OriginalLoop:
+    """A loop that does what the original vipermu GANimation training loop does, written here from its
+    facts: fp32, NCHW, the training set held as one in-memory tensor, separate critic passes over the
+    real, the fake and the interpolated images, the gradient penalty by double backward,
+    torch.optim.Adam, every n_critic iterations a generator step with the cycle's second generator
+    pass, and the generator's colour and attention heads as two convolutions. The networks are this
+    code's (the same shapes; plain_config), so only the loop differs."""
 
-    def iteration(it):
-        idx = torch.randint(len(images), (b,), generator=rng)
-        x_real, aus_org = images[idx], labels[idx]
-        aus_trg = labels[torch.randint(len(images), (b,), generator=rng)]
+    def __init__(self, cfg, train_set):
+        self.cfg = cfg
+        solver = Solver(plain_config(cfg), train_set)
+        self.G, self.D, self.device = solver.G, solver.D, solver.device
+        self.G.heads = self.separate_heads
+        self.g_opt = torch.optim.Adam(self.G.parameters(), cfg.g_lr, betas=(cfg.beta1, cfg.beta2))
+        self.d_opt = torch.optim.Adam(self.D.parameters(), cfg.d_lr, betas=(cfg.beta1, cfg.beta2))
+        images = torch.stack([torch.from_numpy(train_set.load_uint8(i)) for i in range(len(train_set))])
+        self.images = images_to_float(images, self.device, torch.contiguous_format)
+        self.labels = train_set.labels.float().to(self.device)
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.it = 0
+
+    def separate_heads(self, h):
+        return self.G.color(h), self.G.attn(h), None
+
+    def iteration(self, it):
+        cfg, G, D, b, rng = self.cfg, self.G, self.D, self.cfg.batch_size, self.rng
+        idx = torch.randint(len(self.images), (b,), generator=rng)
+        x_real, aus_org = self.images[idx], self.labels[idx]
+        aus_trg = self.labels[torch.randint(len(self.images), (b,), generator=rng)]
         x_fake = G(x_real, aus_trg)[0]
         src_real, cls_real = D(x_real)[:2]
         src_fake = D(x_fake.detach())[0]
-        x_hat = losses.interpolate(x_real, x_fake.detach(), alpha=torch.rand(b, 1, 1, 1, generator=rng).to(device))
+        alpha = torch.rand(b, 1, 1, 1, generator=rng).to(self.device)
+        x_hat = losses.interpolate(x_real, x_fake.detach(), alpha=alpha)
         gp = losses.gradient_penalty(D(x_hat)[0], x_hat)    # a separate critic pass, then a double backward
         d_loss = (src_fake.mean() - src_real.mean() + cfg.lambda_cls * losses.au_loss(cls_real, aus_org)
                   + cfg.lambda_gp * gp)
-        d_opt.zero_grad()
+        self.d_opt.zero_grad()
         d_loss.backward()
-        d_opt.step()
+        self.d_opt.step()
         if (it + 1) % cfg.n_critic == 0:
             x_fake, attn, _ = G(x_real, aus_trg)
             src, cls = D(x_fake)[:2]
@@ -178,59 +179,143 @@ def time_original_loop(cfg, train_set, warmup, iters):
             g_loss = (-src.mean() + cfg.lambda_cls * losses.au_loss(cls, aus_trg)
                       + cfg.lambda_rec * (x_rec - x_real).abs().mean()
                       + cfg.lambda_sat * (attn.mean() + attn_rec.mean()) + cfg.lambda_smooth * tv)
-            g_opt.zero_grad()
+            self.g_opt.zero_grad()
             g_loss.backward()
-            g_opt.step()
+            self.g_opt.step()
 
-    for it in range(warmup):
-        iteration(it)
-    _sync(device)
-    t0 = time.perf_counter()
-    for it in range(warmup, warmup + iters):
-        iteration(it)
-    _sync(device)
-    return (time.perf_counter() - t0) * 1000 / iters
+    def run(self, n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.iteration(self.it)
+            self.it += 1
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+
+def take_turns(paths, iters, rounds):
+    """{name: [ms per iteration in each round]}: the paths run `iters // rounds` iterations each in turn,
+    `rounds` times, so that a slow spell of the machine (another job, a neighbour on a shared host)
+    falls on all of them alike; each path's figure is its median round."""
+    per_round = iters // rounds
+    out = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, path in paths.items():
+            out[name].append(path.run(per_round) * 1000 / per_round)
+    return out
 
 
 @torch.no_grad()
-def time_inference(solver, train_set, batch_size, repeats):
-    """Frames per second of test-mode generation (G forward, no grad) in batches of `batch_size`."""
+def inference_batch(solver, train_set, batch_size):
     n = min(batch_size, len(train_set))
     x = torch.stack([torch.from_numpy(train_set.load_uint8(i)) for i in range(n)])
-    x = images_to_float(x, solver.device, solver.memory_format)
-    c = train_set.labels[:n].float().to(solver.device)
-    solver.G.eval()
-    for _ in range(2):
-        with solver.autocast():
-            solver.G(x, c, c)   # each face its own target and source (--g_condition relative)
-    _sync(solver.device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        with solver.autocast():
-            solver.G(x, c, c)   # each face its own target and source (--g_condition relative)
-    _sync(solver.device)
-    return n * repeats / (time.perf_counter() - t0)
+    return (images_to_float(x, solver.device, solver.memory_format),
+            train_set.labels[:n].float().to(solver.device))
 
 
-def measure(cfg, train_set):
-    ms, solver, warm_s = time_training(cfg, train_set, cfg.bench_warmup, cfg.bench_iters)
-    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic)
-    flops, f_g, f_d = step_flops(solver.G, solver.D, cfg.image_size, solver.c_dim, cfg.batch_size, cfg.n_critic)
-    peak = peak_memory_mb(solver.device)
-    fps = time_inference(solver, train_set, cfg.test_batch_size, cfg.bench_infer_repeats)
-    return {'ms_per_iter': ms, 'images_per_s': cfg.batch_size * 1000 / ms, 'tflops': flops / (ms / 1000) / 1e12,
-            'flops_per_iter': flops, 'g_forward_flops_per_image': f_g, 'd_forward_flops_per_image': f_d,
-            'peak_memory_mb': peak, 'inference_frames_per_s': fps, 'warmup_iters': warmup, 'timed_iters': iters,
-            'warmup_s': warm_s, 'compile_s': max(0.0, warm_s - warmup * ms / 1000),
+@torch.no_grad()
+def time_inference(solvers, train_set, batch_size, repeats, rounds):
+    """{name: frames per second} of test-mode generation (G forward, no grad) in batches of `batch_size`,
+    the solvers taking turns as in take_turns (the median round)."""
+    inputs = {name: inference_batch(s, train_set, batch_size) for name, s in solvers.items()}
+
+    def forward(name):
+        s, (x, c) = solvers[name], inputs[name]
+        with s.autocast():
+            s.G(x, c, c)   # each face its own target and source (--g_condition relative)
+
+    for name, s in solvers.items():
+        s.G.eval()
+        forward(name)
+        forward(name)
+    per_round = max(1, repeats // rounds)
+    fps = {name: [] for name in solvers}
+    for _ in range(rounds):
+        for name, s in solvers.items():
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                forward(name)
+            _sync(s.device)
+            fps[name].append(inputs[name][0].shape[0] * per_round / (time.perf_counter() - t0))
+    return {name: statistics.median(v) for name, v in fps.items()}
+
+
+def figures(cfg, solver, round_ms, flops):
+    ms = statistics.median(round_ms)
+    return {'ms_per_iter': ms, 'round_ms': round_ms, 'images_per_s': cfg.batch_size * 1000 / ms,
+            'tflops': flops / (ms / 1000) / 1e12,
             'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
             'channels_last': solver.memory_format == torch.channels_last,
-            'data_cache': cfg.data_cache, 'fused_adam': adam_kind(solver.d_optim),
-            'compile': solver.G_train is not solver.G, 'small_conv_matmul': small_conv_matmul_on(cfg, solver.device),
-            'explicit_gp': explicit_gp_on(cfg, solver.device)}
+            'data_cache': solver.cfg.data_cache, 'fused_adam': adam_kind(solver.d_optim),
+            'compile': solver.G_train is not solver.G,
+            'small_conv_matmul': small_conv_matmul_on(solver.cfg, solver.device),
+            'explicit_gp': explicit_gp_on(solver.cfg, solver.device)}
 
 
 def adam_kind(optim):
     return 'fused' if optim.defaults.get('fused') else 'foreach' if optim.defaults.get('foreach') else 'loop'
+
+
+def measure(cfg, train_set):
+    """The optimised path's figures; with --bench_compare the plain path's ('baseline') and the original
+    loop's too, from the same rounds."""
+    rounds = cfg.bench_rounds
+    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic, rounds)
+    optimised = TrainingPath(cfg, train_set, warmup + iters)
+    solver = optimised.solver
+    if solver.device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(solver.device)
+    warm_s = optimised.run(warmup)
+    peak = peak_memory_mb(solver.device)       # before the other paths exist: the optimised path's own
+    paths = {'optimised': optimised}
+    if cfg.bench_compare:
+        paths['plain'] = TrainingPath(plain_config(cfg), train_set, warmup + iters)
+        paths['original'] = OriginalLoop(cfg, train_set)
+    if cfg.bench_switches:
+        for name, off in switches_on(cfg, solver).items():
+            paths[f'without {name}'] = TrainingPath(off, train_set, warmup + iters)
+    for name, path in paths.items():
+        if name != 'optimised':
+            path.run(warmup)
+    round_ms = take_turns(paths, iters, rounds)
+    flops, f_g, f_d = step_flops(solver.G, solver.D, cfg.image_size, solver.c_dim, cfg.batch_size, cfg.n_critic)
+    solvers = {name: p.solver for name, p in paths.items() if isinstance(p, TrainingPath)}
+    fps = time_inference(solvers, train_set, cfg.test_batch_size, cfg.bench_infer_repeats, rounds)
+    result = figures(cfg, solver, round_ms['optimised'], flops)
+    ms = result['ms_per_iter']
+    result.update(flops_per_iter=flops, g_forward_flops_per_image=f_g, d_forward_flops_per_image=f_d,
+                  peak_memory_mb=peak, inference_frames_per_s=fps['optimised'], warmup_iters=warmup,
+                  timed_iters=iters, rounds=rounds, warmup_s=warm_s,
+                  compile_s=max(0.0, warm_s - warmup * ms / 1000))
+    if cfg.bench_compare:
+        base = figures(cfg, paths['plain'].solver, round_ms['plain'], flops)
+        base['inference_frames_per_s'] = fps['plain']
+        original_ms = statistics.median(round_ms['original'])
+        result.update(baseline=base, speedup=base['ms_per_iter'] / ms,
+                      inference_speedup=fps['optimised'] / fps['plain'],
+                      original_loop={'ms_per_iter': original_ms, 'round_ms': round_ms['original'],
+                                     'images_per_s': cfg.batch_size * 1000 / original_ms,
+                                     'tflops': flops / (original_ms / 1000) / 1e12},
+                      speedup_over_original=original_ms / ms)
+    if cfg.bench_switches:
+        result['without'] = {name[len('without '):]: {'ms_per_iter': statistics.median(v), 'round_ms': v,
+                                                      'change': statistics.median(v) / ms - 1}
+                             for name, v in round_ms.items() if name.startswith('without ')}
+    return result
+
+
+def switches_on(cfg, solver):
+    """{switch: the config with it turned off} for each speed switch that is on in the optimised path."""
+    on = figures(cfg, solver, [1.0], 0)
+    offs = {'amp': on['amp'] != 'off', 'channels_last': on['channels_last'], 'data_cache': on['data_cache'] == 'true',
+            'fused_adam': on['fused_adam'] == 'fused', 'compile': on['compile'],
+            'small_conv_matmul': on['small_conv_matmul'], 'explicit_gp': on['explicit_gp']}
+    out = {}
+    for name, is_on in offs.items():
+        if is_on:
+            off = copy.copy(cfg)
+            setattr(off, name, 'foreach' if name == 'fused_adam' else 'off' if name == 'amp' else 'false')
+            out[name] = off
+    return out
 
 
 def run(cfg):
@@ -238,26 +323,17 @@ def run(cfg):
     train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train')
     cfg.c_dim = train_set.labels.shape[1]
     device = resolve_device(cfg.device)
-    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic)
+    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic, cfg.bench_rounds)
     print(f'bench: {what}; {cfg.image_size} px, G {cfg.g_conv_dim}/{cfg.g_repeat_num}, D {cfg.d_conv_dim}/'
           f'{cfg.d_repeat_num}, batch {cfg.batch_size}, n_critic {cfg.n_critic}, device {device} '
           f'(CPU kind {cpu_kind()}), '
-          f'{warmup} warm-up + {iters} timed iterations (whole n_critic cycles)', flush=True)
+          f'{warmup} warm-up + {iters} timed iterations (whole n_critic cycles) in {cfg.bench_rounds} '
+          f'round(s){", the paths taking turns" if cfg.bench_compare else ""}', flush=True)
     result = measure(cfg, train_set)
     result.update(config={k: getattr(cfg, k) for k in ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num',
                                                        'd_repeat_num', 'batch_size', 'n_critic')},
                   device=device_name(device), cpu_kind=cpu_kind(), torch=torch.__version__,
                   threads=torch.get_num_threads(), date=time.strftime('%Y-%m-%d'))
-    if cfg.bench_compare:
-        base = measure(plain_config(cfg), train_set)
-        base.pop('peak_memory_mb')   # the process-wide peak would mix both runs on CPU
-        result['baseline'] = base
-        result['speedup'] = base['ms_per_iter'] / result['ms_per_iter']
-        result['inference_speedup'] = result['inference_frames_per_s'] / base['inference_frames_per_s']
-        ms = time_original_loop(cfg, train_set, cfg.bench_warmup, cfg.bench_iters)
-        result['original_loop'] = {'ms_per_iter': ms, 'images_per_s': cfg.batch_size * 1000 / ms,
-                                   'tflops': result['flops_per_iter'] / (ms / 1000) / 1e12}
-        result['speedup_over_original'] = ms / result['ms_per_iter']
     print(format_table(result))
     out_dir = run_folder(cfg, 'results')
     os.makedirs(out_dir, exist_ok=True)
@@ -292,14 +368,21 @@ def format_table(r):
             original = r.get('original_loop', {})
             row += (fmt.format(r['baseline'][key]), fmt.format(original[key]) if key in original else '')
         rows.append(row)
+    rounds = [r] + ([r['baseline'], r['original_loop']] if compare else [])
+    rows.append(('ms per round',) + tuple('/'.join(f'{ms:.0f}' for ms in x['round_ms']) for x in rounds))
     rows.append(('peak_memory_mb', f"{r['peak_memory_mb']:.0f}") + (('', '') if compare else ()))
     width = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ['  '.join(cell.rjust(w) for cell, w in zip(row, width)) for row in rows]
+    lines.append(f"ms_per_iter: the median of {r['rounds']} rounds of {r['timed_iters'] // r['rounds']} iterations"
+                 + (", the three paths taking turns" if compare else ""))
     lines.append(f"compile and warm-up (optimised): {r['warmup_s']:.1f} s for {r['warmup_iters']} iterations, "
                  f"of which about {r['compile_s']:.1f} s beyond the steady state (compiling; outside the timing)")
     if 'speedup' in r:
         lines.append(f"training speedup (plain / optimised ms per iteration): {r['speedup']:.2f}x; "
                      f"inference: {r['inference_speedup']:.2f}x")
+    for name, w in r.get('without', {}).items():
+        lines.append(f"without {name}: {w['ms_per_iter']:.1f} ms per iteration ({100 * w['change']:+.0f}%; rounds "
+                     f"{'/'.join(f'{ms:.0f}' for ms in w['round_ms'])})")
     if 'speedup_over_original' in r:
         lines.append(f"training speedup over the original loop (fp32, NCHW, in-memory tensors, double-backward "
                      f"penalty): {r['speedup_over_original']:.2f}x")

@@ -93,7 +93,8 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
     cfg, _ = tiny
     rc = main.main(['--mode', 'bench', '--dataset', 'synthetic', '--synthetic_dir', cfg.synthetic_dir,
                     '--outputs_dir', str(tmp_path), '--bench_iters', '2', '--bench_warmup', '1',
-                    '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_compare', '--compile', 'false'] + TINY)
+                    '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_compare', '--compile', 'false',
+                    '--bench_rounds', '2'] + TINY)
     assert rc == 0
     files = list((tmp_path / 'results').glob('bench*.json'))
     assert len(files) == 1
@@ -106,8 +107,25 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
     original = r['original_loop']['ms_per_iter']
     assert original > 0 and r['speedup_over_original'] == pytest.approx(original / r['ms_per_iter'])
     assert r['original_loop']['tflops'] == pytest.approx(r['flops_per_iter'] / original * 1e3 / 1e12)
-    # n_critic 2 (TINY): two whole cycles of warm-up, the timed window in whole cycles
-    assert (r['warmup_iters'], r['timed_iters']) == (4, 2) and r['warmup_s'] > 0 and r['compile_s'] >= 0
+    # n_critic 2 (TINY): two whole cycles of warm-up, the timed window in two rounds of one whole cycle
+    assert (r['warmup_iters'], r['timed_iters'], r['rounds']) == (4, 4, 2) and r['warmup_s'] > 0 and r['compile_s'] >= 0
+    for path in (r, r['baseline'], r['original_loop']):   # each figure is the median (here: mean) of its rounds
+        assert len(path['round_ms']) == 2 and path['ms_per_iter'] == pytest.approx(sum(path['round_ms']) / 2)
+
+
+def test_bench_switches_times_each_switch_off_alone_in_the_same_rounds(tiny, tmp_path):
+    cfg, _ = tiny
+    rc = main.main(['--mode', 'bench', '--dataset', 'synthetic', '--synthetic_dir', cfg.synthetic_dir,
+                    '--outputs_dir', str(tmp_path), '--bench_iters', '2', '--bench_warmup', '1', '--bench_rounds', '2',
+                    '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_switches', '--compile', 'false',
+                    '--channels_last', 'true', '--explicit_gp', 'true', '--small_conv_matmul', 'false'] + TINY)
+    assert rc == 0
+    r = json.loads(next((tmp_path / 'results').glob('bench*.json')).read_text())
+    # the switches on in this run, each turned off alone (compile and small_conv_matmul were off already)
+    expected = {'channels_last', 'explicit_gp', 'data_cache'} | ({'fused_adam'} if r['fused_adam'] == 'fused' else set())
+    assert set(r['without']) == expected
+    for w in r['without'].values():
+        assert len(w['round_ms']) == 2 and w['change'] == pytest.approx(w['ms_per_iter'] / r['ms_per_iter'] - 1)
 
 
 def test_the_warm_up_runs_every_graph_twice_and_the_window_is_whole_cycles():
@@ -115,6 +133,9 @@ def test_the_warm_up_runs_every_graph_twice_and_the_window_is_whole_cycles():
     assert bench.cadence(5, 3, 5) == (10, 5)
     assert bench.cadence(5, 30, 1) == (5, 30)      # n_critic 1: every iteration has both steps
     assert bench.cadence(0, 7, 2) == (4, 8)
+    assert bench.cadence(5, 30, 5, rounds=3) == (10, 30)   # three rounds of two cycles
+    assert bench.cadence(5, 30, 5, rounds=4) == (10, 40)   # rounds of whole cycles: 4 x 10
+    assert bench.cadence(5, 30, 1, rounds=4) == (5, 32)
 
 
 def test_compile_auto_rule_and_the_compiled_generator(tiny):

@@ -29,17 +29,35 @@ def test_critic_rejects_too_small_images_clearly():
         Discriminator(image_size=96, repeat_num=5)
 
 
-class _Ones(torch.nn.Module):
-    def forward(self, h):
-        return torch.ones_like(h[:, :1])
-
-
 def test_full_attention_returns_the_input_exactly():
     G = Generator(conv_dim=8, c_dim=5, repeat_num=1)
-    G.attn = _Ones()
+    heads = G.heads
+    G.heads = lambda h: (heads(h)[0], torch.ones_like(h[:, :1]), None)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y, _, _ = G(x, torch.rand(2, 5))
     assert torch.equal(y, x)
+
+
+@pytest.mark.parametrize('warp', [0, 4])
+def test_the_heads_in_one_convolution_equal_each_head_alone(warp):
+    """Generator.heads runs the colour, attention and flow heads as one convolution: the same values
+    as each head's own module, and each head's weight gets its own gradient."""
+    torch.manual_seed(0)
+    G = Generator(conv_dim=8, c_dim=3, repeat_num=1, warp=warp)
+    if warp:
+        torch.nn.init.normal_(G.flow.weight, std=0.1)
+    h = torch.randn(2, 8, 16, 16, requires_grad=True)
+    color, attn, flow = G.heads(h)
+    assert torch.allclose(color, G.color(h), atol=1e-6) and torch.allclose(attn, G.attn(h), atol=1e-6)
+    assert (flow is None) == (not warp) and (flow is None or torch.allclose(flow, G.flow(h), atol=1e-6))
+    (color.sum() + 2 * attn.sum() + (3 * flow.sum() if warp else 0)).backward()
+    grads = [m.weight.grad.clone() for m in (G.color[0], G.attn[0]) + ((G.flow,) if warp else ())]
+    G.zero_grad()
+    (G.color(h).sum() + 2 * G.attn(h).sum() + (3 * G.flow(h).sum() if warp else 0)).backward()
+    for g, m in zip(grads, (G.color[0], G.attn[0]) + ((G.flow,) if warp else ())):
+        assert torch.allclose(g, m.weight.grad, rtol=1e-4, atol=1e-5)
+    G_plain = Generator(conv_dim=8, c_dim=3, repeat_num=1, attention=False)
+    assert G_plain.heads(h)[1:] == (None, None)
 
 
 def test_instance_norm_uses_each_images_own_statistics_in_train_and_eval():
