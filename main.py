@@ -180,12 +180,12 @@ FLAG_GROUPS = [
         ('--nonfinite_patience', 5, 'skip non-finite steps; stop after this many iterations in a row', COUNT),
         ('--init_from', '', 'start from these weights: a released generator file (and its critic) or a checkpoint'),
     ]),
-    ('speed switches (auto: what was measured faster on this kind of machine)', [
+    ('speed switches (auto: on where measured faster on this kind of machine; docs/benchmarks.md)', [
         ('--amp', 'auto', 'bf16 autocast: auto (CUDA, CPUs with AMX or AVX-512 BF16), bf16, off'),
-        ('--channels_last', 'auto', 'NHWC memory format: auto (CUDA; measured CPU kinds), true, false'),
+        ('--channels_last', 'auto', 'NHWC memory format: auto, true, false'),
         ('--compile', 'auto', 'torch.compile G: auto (CUDA; CPU runs of 2,000+ iterations with a C++ compiler)'),
-        ('--small_conv_matmul', 'auto', 'the critic\'s tiny-output convs as one matmul: auto (CPU), true, false'),
-        ('--explicit_gp', 'auto', 'gradient penalty written out, no double backward: auto (CPU), true, false'),
+        ('--small_conv_matmul', 'auto', 'the critic\'s tiny-output convs as one matmul: auto, true, false'),
+        ('--explicit_gp', 'auto', 'gradient penalty written out, no double backward: auto, true, false'),
         ('--fused_adam', 'auto', 'Adam in one kernel: auto, true, foreach (multi-tensor), false (a loop)'),
         ('--data_cache', 'true', 'decode images once into a uint8 cache beside the data'),
         ('--num_workers', 2, 'data loader workers (--data_cache false)', OFF_OR_COUNT),
@@ -195,7 +195,6 @@ FLAG_GROUPS = [
         ('--bench_warmup', 5, '--mode bench: untimed iterations first (at least two --n_critic cycles)', OFF_OR_COUNT),
         ('--bench_infer_repeats', 10, '--mode bench: timed inference batches', COUNT),
         ('--bench_switches', False, '--mode bench: also time the optimised path with each switch off alone'),
-        ('--bench_rounds', 3, '--mode bench: rounds in which the compared paths take turns (median)', COUNT),
     ]),
     ('GANmut (--model ganmut; shared flags take GANMUT_DEFAULTS unless given)', [
         ('--parametrization', 'linear', 'emotion space: linear (an axis per emotion) or gaussian'),

@@ -14,7 +14,7 @@ eager, contiguous (NCHW) tensors, a for-loop Adam and the simple data loader
 (images decoded from disk every time by DataLoader workers); and a third loop,
 what the original vipermu GANimation loop does (OriginalLoop): the code users would
 otherwise run, so the ratio to it comes from the same run. The timed iterations are
-split into `--bench_rounds` rounds in which the paths take turns, and each path's
+split into three rounds (ROUNDS) in which the paths take turns, and each path's
 figure is its median round: on a shared machine a slow spell then falls on every
 path alike instead of on whichever ran during it. `--bench_switches` adds, to the same
 rounds, the optimised path with each of its speed switches turned off alone: what each
@@ -77,6 +77,8 @@ def step_flops(G, D, image_size, c_dim, batch_size, n_critic):
 
 
 # --------------------------------------------------------------------------- timing
+
+ROUNDS = 3   # the timed iterations in three rounds, the paths taking turns; each path's median round
 
 def plain_config(cfg):
     """The unoptimised path: fp32, eager, NCHW, for-loop Adam, images decoded every time."""
@@ -258,7 +260,7 @@ def adam_kind(optim):
 def measure(cfg, train_set):
     """The optimised path's figures; with --bench_compare the plain path's ('baseline') and the original
     loop's too, from the same rounds."""
-    rounds = cfg.bench_rounds
+    rounds = ROUNDS
     warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic, rounds)
     optimised = TrainingPath(cfg, train_set, warmup + iters)
     solver = optimised.solver
@@ -323,12 +325,12 @@ def run(cfg):
     train_set = dl.au_dataset(cfg.image_dir, cfg.attr_path, cfg.image_size, 'train')
     cfg.c_dim = train_set.labels.shape[1]
     device = resolve_device(cfg.device)
-    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic, cfg.bench_rounds)
+    warmup, iters = cadence(cfg.bench_warmup, cfg.bench_iters, cfg.n_critic, ROUNDS)
     print(f'bench: {what}; {cfg.image_size} px, G {cfg.g_conv_dim}/{cfg.g_repeat_num}, D {cfg.d_conv_dim}/'
           f'{cfg.d_repeat_num}, batch {cfg.batch_size}, n_critic {cfg.n_critic}, device {device} '
           f'(CPU kind {cpu_kind()}), '
-          f'{warmup} warm-up + {iters} timed iterations (whole n_critic cycles) in {cfg.bench_rounds} '
-          f'round(s){", the paths taking turns" if cfg.bench_compare else ""}', flush=True)
+          f'{warmup} warm-up + {iters} timed iterations (whole n_critic cycles) in {ROUNDS} '
+          f'rounds{", the paths taking turns" if cfg.bench_compare else ""}', flush=True)
     result = measure(cfg, train_set)
     result.update(config={k: getattr(cfg, k) for k in ('image_size', 'g_conv_dim', 'd_conv_dim', 'g_repeat_num',
                                                        'd_repeat_num', 'batch_size', 'n_critic')},
