@@ -164,5 +164,6 @@ def describe_switches(cfg, device):
     where = f'CPU kind {cpu_kind()}' if device.type == 'cpu' else f'device {device}'
     on = {'channels_last': channels_last_on(cfg, device), 'compile': compile_on(cfg, device),
           'small_conv_matmul': small_conv_matmul_on(cfg, device), 'explicit_gp': explicit_gp_on(cfg, device),
-          'fused_adam': fused_adam_on(cfg, device)}
+          'adam': 'fused' if fused_adam_on(cfg, device) else
+                  'loop' if getattr(cfg, 'fused_adam', 'auto') == 'false' else 'foreach'}
     return f'{where}; ' + ', '.join(f'{k} {v}' for k, v in on.items())
