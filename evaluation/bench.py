@@ -280,7 +280,7 @@ def measure(cfg, train_set):
             path.run(warmup)
     round_ms = take_turns(paths, iters, rounds)
     flops, f_g, f_d = step_flops(solver.G, solver.D, cfg.image_size, solver.c_dim, cfg.batch_size, cfg.n_critic)
-    solvers = {name: p.solver for name, p in paths.items() if isinstance(p, TrainingPath)}
+    solvers = {name: paths[name].solver for name in ('optimised', 'plain') if name in paths}
     fps = time_inference(solvers, train_set, cfg.test_batch_size, cfg.bench_infer_repeats, rounds)
     result = figures(cfg, solver, round_ms['optimised'], flops)
     ms = result['ms_per_iter']
