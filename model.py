@@ -119,7 +119,6 @@ class Generator(nn.Module):
         y = attn * x + (1 - attn) * color
         return (y.flip(1), attn, color.flip(1)) if self.bgr else (y, attn, color)
 
-
     def heads(self, h):
         """(colour C, attention A or None, flow or None) from the decoder's features. The heads are
         7x7 convolutions with 3, 1 and 2 output channels, which the CPU's convolution kernels run at a

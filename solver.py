@@ -30,7 +30,7 @@ from utils import visualize as vis
 from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
 from utils.fast_conv import use_matmul_for_small_convs
 from utils.records import RUN_FOLDERS, NoWriter, RecordWindow, config_dict, run_folder, write_config
-from utils.runtime import (channels_last_on, compiled, describe_switches, explicit_gp_on, fused_adam_on, resolve_amp,
+from utils.runtime import (adam_kind, channels_last_on, compiled, describe_switches, explicit_gp_on, resolve_amp,
                            resolve_device, resolve_flag, small_conv_matmul_on)
 
 SIGNAL_CHECK_EVERY = 10   # under DDP: a SIGTERM stops all ranks at most this many iterations later
@@ -65,11 +65,10 @@ def make_adam(params, lr, cfg, device):
     as the multi-tensor path, which allocates a few tensors the size of the weights per step),
     --fused_adam foreach for the multi-tensor updates, or the plain per-parameter loop with
     --fused_adam false."""
-    if getattr(cfg, 'fused_adam', 'auto') == 'false':
-        return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=False)
-    if not fused_adam_on(cfg, device):       # --fused_adam foreach, or a kind of CPU where it was not measured
-        return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=True)
-    return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), fused=True)
+    kind = adam_kind(cfg, device)
+    if kind == 'fused':
+        return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), fused=True)
+    return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=kind == 'foreach')
 
 
 def sample_targets(labels, batch_size, generator, noise=0.1):

@@ -51,7 +51,7 @@ import data_loader as dl
 import losses
 from solver import Solver, images_to_float
 from utils.records import run_folder
-from utils.runtime import cpu_kind, explicit_gp_on, resolve_device, small_conv_matmul_on
+from utils.runtime import adam_kind, cpu_kind, explicit_gp_on, resolve_device, small_conv_matmul_on
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -244,17 +244,16 @@ def time_inference(solvers, train_set, batch_size, repeats, rounds):
 def figures(cfg, solver, round_ms, flops):
     ms = statistics.median(round_ms)
     return {'ms_per_iter': ms, 'round_ms': round_ms, 'images_per_s': cfg.batch_size * 1000 / ms,
-            'tflops': flops / (ms / 1000) / 1e12,
-            'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
-            'channels_last': solver.memory_format == torch.channels_last,
-            'data_cache': solver.cfg.data_cache, 'fused_adam': adam_kind(solver.d_optim),
-            'compile': solver.G_train is not solver.G,
-            'small_conv_matmul': small_conv_matmul_on(solver.cfg, solver.device),
-            'explicit_gp': explicit_gp_on(solver.cfg, solver.device)}
+            'tflops': flops / (ms / 1000) / 1e12, **switches(solver)}
 
 
-def adam_kind(optim):
-    return 'fused' if optim.defaults.get('fused') else 'foreach' if optim.defaults.get('foreach') else 'loop'
+def switches(solver):
+    """The speed switches as the solver has them (resolved from `auto`)."""
+    cfg, device = solver.cfg, solver.device
+    return {'amp': str(solver.amp_dtype).replace('torch.', '') if solver.amp_dtype else 'off',
+            'channels_last': solver.memory_format == torch.channels_last, 'data_cache': cfg.data_cache,
+            'fused_adam': adam_kind(cfg, device), 'compile': solver.G_train is not solver.G,
+            'small_conv_matmul': small_conv_matmul_on(cfg, device), 'explicit_gp': explicit_gp_on(cfg, device)}
 
 
 def measure(cfg, train_set):
@@ -307,15 +306,12 @@ def measure(cfg, train_set):
 
 def switches_on(cfg, solver):
     """{switch: the config with it turned off} for each speed switch that is on in the optimised path."""
-    on = figures(cfg, solver, [1.0], 0)
-    offs = {'amp': on['amp'] != 'off', 'channels_last': on['channels_last'], 'data_cache': on['data_cache'] == 'true',
-            'fused_adam': on['fused_adam'] == 'fused', 'compile': on['compile'],
-            'small_conv_matmul': on['small_conv_matmul'], 'explicit_gp': on['explicit_gp']}
+    off_value = {'amp': 'off', 'fused_adam': 'foreach'}
     out = {}
-    for name, is_on in offs.items():
-        if is_on:
+    for name, value in switches(solver).items():
+        if value not in (False, 'off', 'false', 'foreach', 'loop'):
             off = copy.copy(cfg)
-            setattr(off, name, 'foreach' if name == 'fused_adam' else 'off' if name == 'amp' else 'false')
+            setattr(off, name, off_value.get(name, 'false'))
             out[name] = off
     return out
 

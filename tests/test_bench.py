@@ -214,6 +214,10 @@ def fake_cpu(monkeypatch, tmp_path, flags):
     monkeypatch.setattr(runtime, 'CPUINFO', str(cpuinfo))
 
 
+def fused_adam_on(cfg, device):
+    return runtime.adam_kind(cfg, device) == 'fused'
+
+
 def test_auto_switches_stay_off_on_a_cpu_kind_where_they_were_not_measured(monkeypatch, tmp_path, tiny):
     """An Arm CPU (kind 'other'): the plain path under auto; each switch can still be asked for."""
     cfg, train_set = copy.copy(tiny[0]), tiny[1]
@@ -224,18 +228,18 @@ def test_auto_switches_stay_off_on_a_cpu_kind_where_they_were_not_measured(monke
     assert s.amp_dtype is None and s.memory_format == torch.contiguous_format
     assert s.d_optim.defaults['foreach'] and not s.d_optim.defaults.get('fused')
     assert not any(f(cfg, cpu) for f in (runtime.explicit_gp_on, runtime.small_conv_matmul_on,
-                                         runtime.fused_adam_on, runtime.channels_last_on))
+                                         fused_adam_on, runtime.channels_last_on))
     cfg.num_iters = runtime.COMPILE_MIN_ITERS_CPU
     assert not runtime.compile_on(cfg, cpu)
     for name in ('explicit_gp', 'small_conv_matmul', 'fused_adam', 'channels_last'):
         setattr(cfg, name, 'true')
     assert all(f(cfg, cpu) for f in (runtime.explicit_gp_on, runtime.small_conv_matmul_on,
-                                     runtime.fused_adam_on, runtime.channels_last_on))
+                                     fused_adam_on, runtime.channels_last_on))
     assert Solver(cfg, train_set).d_optim.defaults.get('fused')
     for name in ('explicit_gp', 'small_conv_matmul', 'fused_adam', 'channels_last', 'compile'):
         setattr(cfg, name, 'auto')
     switches = {'explicit_gp': runtime.explicit_gp_on, 'small_conv_matmul': runtime.small_conv_matmul_on,
-                'fused_adam': runtime.fused_adam_on, 'channels_last': runtime.channels_last_on}
+                'fused_adam': fused_adam_on, 'channels_last': runtime.channels_last_on}
     for flags, kind in (('fpu sse2 avx2 fma avx512f', 'avx512'), ('fpu sse2 avx2 fma', 'avx2')):
         fake_cpu(monkeypatch, tmp_path, flags)
         if runtime.cpu_kind() != kind:          # ATEN_CPU_CAPABILITY may cap the kind

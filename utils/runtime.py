@@ -71,15 +71,10 @@ def cpu_kind(flags=None, capability=None):
     return kind if capability in ('AVX512', 'AVX2') else 'other'
 
 
-def cpu_switch_on(switch):
-    """Whether `auto` turns the CPU switch on here: it was measured to help on this kind of CPU."""
-    return cpu_kind() in CPU_SWITCH_KINDS[switch]
-
-
-def cpu_has_fast_bf16():
-    """CPUs with bf16 matrix or vector instructions (AMX, AVX-512 BF16). Elsewhere bf16 would be
-    emulated and slower than fp32: left off."""
-    return cpu_switch_on('amp')
+def measured_on_cpu(switch, device):
+    """Whether `auto` turns the switch on for `device` on the CPU side: a CPU of a kind where it was
+    measured to help (bf16 autocast: AMX and AVX-512 BF16; elsewhere bf16 is emulated and slower)."""
+    return device.type == 'cpu' and cpu_kind() in CPU_SWITCH_KINDS[switch]
 
 
 def resolve_amp(amp, device):
@@ -90,7 +85,7 @@ def resolve_amp(amp, device):
         return torch.bfloat16
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return torch.bfloat16 if measured_on_cpu('amp', device) else None
 
 
 def resolve_flag(value, default):
@@ -107,7 +102,7 @@ def compile_on(cfg, device):
     iters = getattr(cfg, 'planned_iters', None) or getattr(cfg, 'num_iters', 0)   # bench: the run it stands for
     on_cpu = device.type == 'cpu' and iters >= COMPILE_MIN_ITERS_CPU and shutil.which(cxx) is not None
     return resolve_flag(getattr(cfg, 'compile', 'auto'),
-                        device.type == 'cuda' or (on_cpu and cpu_switch_on('compile')))
+                        device.type == 'cuda' or (on_cpu and measured_on_cpu('compile', device)))
 
 
 _told_about_compiling = []
@@ -133,30 +128,30 @@ def compiled(module, cfg, device):
 def small_conv_matmul_on(cfg, device):
     """--small_conv_matmul (utils.fast_conv.SmallOutputConv2d); auto: on the CPU kinds where it was
     measured to help."""
-    return resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'),
-                        device.type == 'cpu' and cpu_switch_on('small_conv_matmul'))
+    return resolve_flag(getattr(cfg, 'small_conv_matmul', 'auto'), measured_on_cpu('small_conv_matmul', device))
 
 
 def explicit_gp_on(cfg, device):
     """--explicit_gp: the gradient penalty from the critic's input gradient written out as
     transposed convolutions (model.Discriminator.realism_input_gradient) rather than a
     double backward; auto: on the CPU kinds where it was measured faster."""
-    return resolve_flag(getattr(cfg, 'explicit_gp', 'auto'), device.type == 'cpu' and cpu_switch_on('explicit_gp'))
+    return resolve_flag(getattr(cfg, 'explicit_gp', 'auto'), measured_on_cpu('explicit_gp', device))
 
 
 def channels_last_on(cfg, device):
     """--channels_last (NHWC activations and weights); auto: on CUDA (cuDNN's bf16 convolutions are
     NHWC) and on the CPU kinds where it was measured to help."""
     return resolve_flag(getattr(cfg, 'channels_last', 'auto'),
-                        device.type == 'cuda' or (device.type == 'cpu' and cpu_switch_on('channels_last')))
+                        device.type == 'cuda' or measured_on_cpu('channels_last', device))
 
 
-def fused_adam_on(cfg, device):
-    """--fused_adam: true, or auto on CUDA and on the CPU kinds where it was measured to help (else
-    auto is the multi-tensor, foreach, path)."""
+def adam_kind(cfg, device):
+    """--fused_adam as the Adam it gives: 'fused' (true; auto on CUDA and on the CPU kinds where it was
+    measured to help), 'foreach' (the multi-tensor path; auto elsewhere) or 'loop' (false)."""
     flag = getattr(cfg, 'fused_adam', 'auto')
-    return flag == 'true' or (flag == 'auto' and (device.type == 'cuda'
-                                                  or (device.type == 'cpu' and cpu_switch_on('fused_adam'))))
+    if flag == 'auto':
+        return 'fused' if device.type == 'cuda' or measured_on_cpu('fused_adam', device) else 'foreach'
+    return {'true': 'fused', 'false': 'loop'}.get(flag, flag)
 
 
 def describe_switches(cfg, device):
@@ -164,6 +159,5 @@ def describe_switches(cfg, device):
     where = f'CPU kind {cpu_kind()}' if device.type == 'cpu' else f'device {device}'
     on = {'channels_last': channels_last_on(cfg, device), 'compile': compile_on(cfg, device),
           'small_conv_matmul': small_conv_matmul_on(cfg, device), 'explicit_gp': explicit_gp_on(cfg, device),
-          'adam': 'fused' if fused_adam_on(cfg, device) else
-                  'loop' if getattr(cfg, 'fused_adam', 'auto') == 'false' else 'foreach'}
+          'adam': adam_kind(cfg, device)}
     return f'{where}; ' + ', '.join(f'{k} {v}' for k, v in on.items())

@@ -1,7 +1,9 @@
 """The GPU session of 2026-11-29 (docs/benchmarks.md): main.py with experimental patches from
 environment variables:
 X_COMPILE_D=1: compile the critic and the written-out penalty; X_MODE=reduce-overhead|...: compile mode;
-X_PROFILE=path: profile one n_critic cycle of the first measured solver into path."""
+X_PROFILE=path: profile one n_critic cycle of the first measured solver into path.
+Written for evaluation/bench.py as of commit 5440ed4 (it patches bench.time_training, which later
+became TrainingPath): check that commit out to run it again."""
 import os
 import sys
 import time
