@@ -1,6 +1,5 @@
 """Entry point: every option with its default (edit them here), and the dispatch.
-
-    python main.py --mode demo      # train, animate and score a CPU-sized GANimation on synthetic faces
+    python main.py --mode demo      # train (--train_minutes), animate and score a small GANimation: ~10 min
     python main.py --mode train     # GANimation on data/celeba, else the synthetic faces (--model ganmut)
     python main.py --mode test      # animate or edit faces with the newest checkpoint (--mode eval: score it)
 """
@@ -10,6 +9,7 @@ import functools
 import os
 import re
 import sys
+import time
 
 from utils.errors import FlagError
 
@@ -109,6 +109,8 @@ FLAG_GROUPS = [
         ('--batch_size', 16, 'images per batch and process', COUNT),
         ('--num_iters', 200000, 'critic iterations', COUNT),
         ('--num_iters_decay', 100000, 'learning rates decay linearly to 0 over these last iterations', OFF_OR_COUNT),
+        ('--train_minutes', 0.0, 'train for about this long: --num_iters from the speed measured at the start '
+         '(0: off)', WEIGHT),
         ('--n_critic', 1, 'critic updates per generator update', COUNT),
         ('--g_lr', 2e-4, 'generator learning rate', RATE),
         ('--d_lr', 2e-4, 'critic learning rate', RATE),
@@ -246,21 +248,22 @@ CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench'], '--model': ['ga
 # GANmut's own options and the original GANmut code's names: the last two groups
 GANMUT_FLAGS = [f for title, flags in FLAG_GROUPS if title.startswith(('GANmut', "the original GANmut")) for f in flags]
 
-# The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode): ~11-13 minutes on 2 cores with
-# AMX, ~25 with AVX-512 BF16 only. It keeps the default losses and optimiser settings above but two, which edit
-# closer to the truth at 64 px: a tenth of the original gradient penalty (in all five comparisons) and a local
-# realism head on the critic's first layer (32 x 32 scores of ~8 px each: ahead of the same head on layer 2 in
-# four of five comparisons and in au_mae in all five; layer 2 was ahead of no head in three of four). The main
-# defaults stay the original's until they are measured on the 128 px model (docs/notebook.md).
-DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
-            num_iters=2500, num_iters_decay=500, lambda_gp=1.0, d_local_head=1,
+# The demo: a CPU-sized model trained, animated (test mode) and scored (eval mode), within ten minutes of a fresh
+# clone on a 2-core CPU of any kind: training takes --train_minutes, its iterations set from the speed measured at
+# the start. At 32 px, batch 8: in the same minutes on a 2-core fp32 CPU the 64 px model (batch 16) had not begun
+# to edit, and batch 8 was ahead of batch 16 (docs/notebook.md). Two settings edit closer to the truth than the
+# main defaults: a tenth of the original gradient penalty and a local realism head on the critic's first layer.
+# The 64 px demo of earlier releases (about 40 minutes on such a CPU, 11 with AMX): --image_size 64
+# --d_repeat_num 5 --batch_size 16 --num_iters 2500 --num_iters_decay 500.
+DEMO = dict(image_size=32, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=4, batch_size=8,
+            train_minutes=5.0, num_iters=2500, num_iters_decay=1000, lambda_gp=1.0, d_local_head=1,
             sample_step=250, model_save_step=500, log_step=10, eval_step=500, synthetic_images=2000,
             outputs_dir='outputs/demo')
 
 GANMUT_DEFAULTS = dict(c_dim=7, lambda_cls=1.0, lambda_rec=10.0, n_critic=5, batch_size=16, g_lr=1e-4, d_lr=1e-4,
                        lambda_smooth=1e-4, num_iters=2000000, num_iters_decay=100000, model_save_step=2000,
                        outputs_dir='outputs/ganmut')
-# `--mode demo --model ganmut`: the CPU-sized GANimation demo's settings, for GANmut.
+# `--mode demo --model ganmut`: the 64 px GANimation demo's settings (above), for GANmut: 2,500 iterations.
 # lambda_prediction 5 (released: 0.5; only the gaussian space uses it): with 0.5 the attention mask
 # saturates at 1 within a few hundred iterations and the gaussian demo only copies (docs/notebook.md).
 GANMUT_DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, d_repeat_num=5, batch_size=16,
@@ -468,7 +471,7 @@ def test_and_eval(cfg, given):
     from evaluation import runner
     from ganmut import edit
     from model import Trained
-    from utils.records import mode_folder
+    from utils.records import STAGES, mode_folder
     trained = Trained.newest(mode_folder(cfg, 'models'))
     if cfg.mode != 'demo':
         refuse_the_other_models_flags(given, trained.model, f'the model of {trained.path}')
@@ -476,9 +479,19 @@ def test_and_eval(cfg, given):
         if 'parametrization' in given and cfg.parametrization != made:
             raise FlagError(f'--parametrization {cfg.parametrization}: {trained.path} holds a {made} space')
     if cfg.mode in ('test', 'demo'):
-        (edit if trained.model == 'ganmut' else animate).run(cfg, trained)
+        with STAGES.timed('test mode'):
+            (edit if trained.model == 'ganmut' else animate).run(cfg, trained)
     if cfg.mode in ('eval', 'demo'):
-        runner.run(cfg, trained, scorer_of(trained.model))
+        with STAGES.timed('eval'):
+            runner.run(cfg, trained, scorer_of(trained.model))
+
+
+def check_length(cfg, given):
+    """--train_minutes sets --num_iters, so not both; and only where something is trained."""
+    if 'train_minutes' in given and cfg.mode not in ('train', 'demo'):
+        raise FlagError(f'--train_minutes: nothing is trained in --mode {cfg.mode}')
+    if cfg.train_minutes and 'num_iters' in given:
+        raise FlagError('--train_minutes sets --num_iters from the speed measured at the start: give one of them')
 
 
 def check_face_flags(cfg, given):
@@ -502,6 +515,7 @@ def check_face_flags(cfg, given):
 
 
 def main(argv=None):
+    started = time.time()
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
@@ -522,6 +536,9 @@ def main(argv=None):
                     setattr(cfg, k, v)
             if 'dataset' not in given and not cfg.image_dir:
                 cfg.dataset = 'synthetic'
+            if 'num_iters' in given and 'train_minutes' not in given:
+                cfg.train_minutes = 0.0          # the demo's length in iterations instead of minutes
+        check_length(cfg, given)
         check_inputs(cfg)
         check_face_flags(cfg, given)
         if cfg.init_from and cfg.mode in ('train', 'demo'):
@@ -548,6 +565,9 @@ def main(argv=None):
                 return 0
         if cfg.mode in ('test', 'eval', 'demo'):
             test_and_eval(cfg, given)
+        if cfg.mode == 'demo':
+            from utils.records import STAGES, duration
+            print(f'demo done in {duration(time.time() - started)}: {STAGES.summary()}')
     except UserError as e:                       # bad flags, data or checkpoints: one line, no traceback
         print(f'error{distributed.who()}: {e}', file=sys.stderr)
         distributed.record_error(e)

@@ -29,7 +29,8 @@ from utils import checkpoint, distributed
 from utils import visualize as vis
 from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
 from utils.fast_conv import use_matmul_for_small_convs
-from utils.records import RUN_FOLDERS, NoWriter, RecordWindow, config_dict, run_folder, write_config
+from utils.records import (RUN_FOLDERS, STAGES, NoWriter, RecordWindow, config_dict, duration, run_folder,
+                           write_config)
 from utils.runtime import (adam_kind, channels_last_on, compiled, describe_switches, explicit_gp_on, resolve_amp,
                            resolve_device, resolve_flag, small_conv_matmul_on)
 
@@ -720,8 +721,11 @@ def train(cfg, solver_class=Solver, probe=None):
     """Train the model of `solver_class` (Solver: GANimation; ganmut.solver.GANmutSolver) on the data its
     `datasets` finds. `probe(cfg, solver, pairs)`: what scores the model every --eval_step (evaluation's
     TrainingProbe, handed in by main.py, which chooses between the models)."""
-    with distributed.local_main_first():     # one process per node writes the synthetic data and the cache
+    with distributed.local_main_first(), STAGES.timed('data'):   # one process per node writes the data
         what, train_set, sample_set = solver_class.datasets(cfg)
+    if cfg.train_minutes:
+        with STAGES.timed('speed check'):
+            plan_iterations(cfg, solver_class, train_set)
     solver = solver_class(cfg, train_set, sample_set)
     if cfg.eval_step and solver.is_main and probe is not None:
         solver.eval_hook = probe(cfg, solver, cfg.eval_step_pairs)
@@ -729,7 +733,40 @@ def train(cfg, solver_class=Solver, probe=None):
     if solver.is_main:
         write_config(cfg)
     t0 = time.time()
-    solver.train()
-    print(f'training done in {time.time() - t0:.0f}s; checkpoints in {solver.dirs["models"]}, '
+    with STAGES.timed('training'):
+        solver.train()
+    print(f'training done in {duration(time.time() - t0)}; checkpoints in {solver.dirs["models"]}, '
           f'samples in {solver.dirs["samples"]}')
     return solver
+
+
+# What --train_minutes leaves for what the training loop does besides iterating (sample grids,
+# checkpoints, the --eval_step scores): a few percent of a demo-sized run.
+BUDGET_EXTRAS = 0.05
+SPEED_CHECK = (3, 6)   # --train_minutes: untimed, then timed iterations of the speed check
+
+
+def plan_iterations(cfg, solver_class, train_set):
+    """--train_minutes: sets --num_iters (and --num_iters_decay, keeping its share of the run) from the
+    speed of a few iterations of a throwaway copy of the run, measured here first, so that the run
+    itself is the one `--num_iters N` would make. A resumed run keeps the count it was planned with."""
+    from evaluation.bench import TrainingPath
+    models = run_folder(cfg, 'models')
+    resume = str(cfg.resume_iters or '').lower()
+    if resume not in ('', 'none') and checkpoint.list_checkpoints(models):
+        saved = checkpoint.load_newest(models, 'latest')[1].get('config', {})
+        cfg.num_iters, cfg.num_iters_decay = saved['num_iters'], saved['num_iters_decay']
+        print(f'--train_minutes: resuming a run planned for {cfg.num_iters} iterations')
+        return
+    warm, timed = SPEED_CHECK
+    path = TrainingPath(cfg, train_set, warm + timed, solver_class)
+    path.run(warm)
+    seconds = path.run(timed) / timed
+    del path
+    share = min(cfg.num_iters_decay, cfg.num_iters) / cfg.num_iters
+    iters = max(1, int(cfg.train_minutes * 60 * (1 - BUDGET_EXTRAS) / seconds))
+    iters = -distributed.any_rank(-iters)        # the slowest rank's count, so that all ranks agree
+    cfg.num_iters, cfg.num_iters_decay = iters, round(iters * share)
+    if distributed.STATE.rank == 0:
+        print(f'--train_minutes {cfg.train_minutes:g}: {seconds * 1000:.0f} ms per iteration measured here -> '
+              f'{iters} iterations (--num_iters {iters} --num_iters_decay {cfg.num_iters_decay} repeats this run)')

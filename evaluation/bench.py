@@ -113,12 +113,12 @@ class TrainingPath:
     """This code's training iterations on one configuration, run `n` at a time (run() returns seconds),
     so that the paths can take turns."""
 
-    def __init__(self, cfg, train_set, iterations):
+    def __init__(self, cfg, train_set, iterations, solver_class=Solver):
         run_cfg = copy.copy(cfg)
         run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
         run_cfg.num_iters = iterations
         run_cfg.num_iters_decay = 0
-        self.solver = Solver(run_cfg, train_set)
+        self.solver = solver_class(run_cfg, train_set)
         self.device = self.solver.device
         self.batches = self.solver.batches(0)
         self.it = 0

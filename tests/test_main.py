@@ -39,8 +39,9 @@ def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags
     flags = main.build_parser()
     named = main.explicit_flags(flags, given)
     for key, value in main.DEMO.items():     # the demo's value wherever no flag gave one
-        if key not in named:
+        if key not in named and key != 'train_minutes':
             assert cfg[key] == value, key
+    assert cfg['train_minutes'] == 0         # --num_iters: the demo's length in iterations, not minutes
     assert (cfg['image_size'], cfg['g_conv_dim'], cfg['num_iters'], cfg['outputs_dir']) == (32, 8, 4, str(out))
     assert cfg['dataset'] == 'synthetic' and cfg['image_dir'] == os.path.join(str(synth), 'images')
     # trained: the last iteration's checkpoint (the demo's cadence, 500, is longer than the run)
@@ -170,3 +171,70 @@ def test_compile_true_is_refused_for_ganmut_whose_generator_runs_eagerly(tmp_pat
                    + TINY_MODEL)
     assert rc == 2 and capsys.readouterr().err.startswith('error: --compile true: GANmut')
     assert not (tmp_path / 'run' / 'models').exists()
+
+
+def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_num_iters(tmp_path, monkeypatch,
+                                                                                         synth, capsys):
+    import torch
+
+    from evaluation import bench
+    from utils import checkpoint
+    quick_reader(monkeypatch)
+    real_run = bench.TrainingPath.run
+    timed = []
+    monkeypatch.setattr(bench.TrainingPath, 'run',          # the speed check's clock reads 0.5 s per iteration
+                        lambda self, n: timed.append(n) or real_run(self, n) * 0 + 0.5 * n)
+    common = ['--synthetic_dir', str(synth), '--synthetic_images', '48', '--eval_step_pairs', '8',
+              '--eval_pairs', '16', '--test_num_faces', '1', '--model_save_step', '1000'] + TINY_MODEL
+    budgeted = tmp_path / 'budget'
+    assert main.main(['--mode', 'demo', '--outputs_dir', str(budgeted), '--train_minutes', '0.1'] + common) == 0
+    out = capsys.readouterr().out
+    cfg = json.loads((budgeted / 'config.json').read_text())
+    # 6 s less the share kept for samples and checkpoints, at 0.5 s each; the decay keeps the demo's share
+    iters = int(0.1 * 60 * 0.95 / 0.5)
+    share = main.DEMO['num_iters_decay'] / main.DEMO['num_iters']
+    assert (cfg['num_iters'], cfg['num_iters_decay']) == (iters, round(iters * share)) and timed == [3, 6]
+    assert f'-> {iters} iterations (--num_iters {iters} --num_iters_decay {round(iters * share)} repeats' in out
+    assert 'compile True' not in out                        # a run of minutes is not compiled on the CPU
+    stages = [line for line in out.splitlines() if line.startswith('demo done in')]
+    assert len(stages) == 1 and all(f' {s} ' in stages[0] for s in ('training', 'test mode', 'eval'))
+    # the speed check ran on a copy: the same run as --num_iters N, weight for weight
+    repeated = tmp_path / 'repeat'
+    assert main.main(['--mode', 'train', '--outputs_dir', str(repeated), '--num_iters', str(iters),
+                      '--num_iters_decay', str(round(iters * share)), '--lambda_gp', '1', '--d_local_head', '1']
+                     + common) == 0
+    a = checkpoint.load(str(budgeted / 'models' / f'iter_{iters:08d}.ckpt'))
+    b = checkpoint.load(str(repeated / 'models' / f'iter_{iters:08d}.ckpt'))
+    assert all(torch.equal(a['G'][k], b['G'][k]) for k in a['G'])
+    # resumed, the run keeps the length it was planned with (another speed check would choose another)
+    monkeypatch.setattr(bench.TrainingPath, 'run', lambda self, n: 5.0 * n)
+    assert main.main(['--mode', 'train', '--outputs_dir', str(budgeted), '--train_minutes', '0.1',
+                      '--resume_iters', 'latest', '--lambda_gp', '1', '--d_local_head', '1'] + common) == 0
+    assert f'resuming a run planned for {iters} iterations' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('argv, problem', [
+    (['--mode', 'train', '--train_minutes', '5', '--num_iters', '100'], 'give one of them'),
+    (['--mode', 'demo', '--train_minutes', '5', '--num_iters', '100'], 'give one of them'),
+    (['--mode', 'test', '--train_minutes', '5'], 'nothing is trained in --mode test'),
+    (['--mode', 'bench', '--train_minutes', '5'], 'nothing is trained in --mode bench')])
+def test_train_minutes_is_refused_with_num_iters_and_where_nothing_trains(argv, problem, tmp_path, capsys):
+    rc = main.main(argv + ['--outputs_dir', str(tmp_path / 'run'), '--synthetic_dir', str(tmp_path / 's')])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith('error: --train_minutes') and problem in err, err
+    assert not (tmp_path / 'run').exists() and not (tmp_path / 's').exists()
+
+
+def test_stages_count_an_inner_stage_for_itself_only(monkeypatch):
+    from utils import records
+    clock = iter([0.0, 10.0, 40.0, 100.0, 100.0, 101.5])
+    monkeypatch.setattr(records.time, 'perf_counter', lambda: next(clock))
+    stages = records.Stages()
+    with stages.timed('eval'):
+        with stages.timed('AU reader'):     # 10 s to 40 s, inside eval (0 s to 100 s)
+            pass
+    with stages.timed('test mode'):         # 1.5 s
+        pass
+    assert stages.seconds == {'AU reader': 30.0, 'eval': 70.0, 'test mode': 1.5}
+    assert stages.summary() == 'AU reader 30 s, eval 1 min 10 s, test mode 2 s'
+    assert records.duration(0.4) == '0 s' and records.duration(3599.6) == '60 min 00 s'

@@ -1,5 +1,6 @@
 """What a run leaves behind: its folders, its config and run record (the command line, commit and
 package versions), and the windows of loss records that are logged once per --log_step."""
+import contextlib
 import json
 import os
 import platform
@@ -66,6 +67,40 @@ class RecordWindow:
         names = [k for k, b in zip((k for keys in self.bad for k in keys), flat) if b]
         self.bad = {}
         return sorted(set(names))
+
+
+class Stages:
+    """How long each stage of a command took (data, the AU reader, training, test mode, eval), for the
+    demo's closing line. A stage run inside another counts for itself only, not for the outer one."""
+
+    def __init__(self):
+        self.seconds = {}       # stage name -> seconds, in the order the stages first ran
+        self.open = []          # [name, start, seconds taken by stages inside it]
+
+    @contextlib.contextmanager
+    def timed(self, name):
+        self.open.append([name, time.perf_counter(), 0.0])
+        try:
+            yield
+        finally:
+            name, start, inner = self.open.pop()
+            took = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + took - inner
+            if self.open:
+                self.open[-1][2] += took
+
+    def summary(self):
+        """'data 16 s, AU reader 1 min 14 s, ...' (the stages that took a second or more)."""
+        return ', '.join(f'{name} {duration(s)}' for name, s in self.seconds.items() if s >= 1)
+
+
+def duration(seconds):
+    """'42 s', '5 min 03 s'."""
+    seconds = int(round(seconds))
+    return f'{seconds} s' if seconds < 60 else f'{seconds // 60} min {seconds % 60:02d} s'
+
+
+STAGES = Stages()     # the process's stages (one command per process)
 
 
 class NoWriter:

@@ -100,7 +100,10 @@ def compile_on(cfg, device):
     # the compiler inductor will use: $CXX, else g++ (clang++ on macOS)
     cxx = os.environ.get('CXX') or ('clang++' if sys.platform == 'darwin' else 'g++')
     iters = getattr(cfg, 'planned_iters', None) or getattr(cfg, 'num_iters', 0)   # bench: the run it stands for
-    on_cpu = device.type == 'cpu' and iters >= COMPILE_MIN_ITERS_CPU and shutil.which(cxx) is not None
+    # --train_minutes: a run of minutes does not win the compile time back, and the speed measured at
+    # its start must be the run's
+    on_cpu = (device.type == 'cpu' and iters >= COMPILE_MIN_ITERS_CPU and not getattr(cfg, 'train_minutes', 0)
+              and shutil.which(cxx) is not None)
     return resolve_flag(getattr(cfg, 'compile', 'auto'),
                         device.type == 'cuda' or (on_cpu and measured_on_cpu('compile', device)))
 
