@@ -505,7 +505,7 @@ class Solver:
             return
         what = mask_extreme(attn)
         self.mask_extreme_logs = self.mask_extreme_logs + 1 if what else 0
-        if self.mask_extreme_logs and self.mask_extreme_logs % 10 == 5:
+        if self.mask_extreme_logs and self.mask_extreme_logs % MASK_WARN_LOGS == 0:
             tqdm.write(f'warning: iteration {it}: the mean attention mask has stayed {what}; mean A = {attn:.3f}')
 
     # ----------------------------------------------------------------- samples
@@ -657,6 +657,11 @@ def generator_au_weight(cfg, it):
     return cfg.lambda_cls + (end - cfg.lambda_cls) * frac
 
 
+# Logs in a row with an extreme mean mask before the warning: a run often copies its input for its
+# first hundred or two iterations before the edits start (the 32 px demo: iterations ~100 to ~230).
+MASK_WARN_LOGS = 20
+
+
 def mask_extreme(attn_mean):
     """What a mean attention mask near 0 or 1 means, or None. Local edits keep most pixels: the
     demo's working masks average 0.98 (edits on brows, eyes and mouth), the copying runs of
@@ -741,8 +746,9 @@ def train(cfg, solver_class=Solver, probe=None):
 
 
 # What --train_minutes leaves for what the training loop does besides iterating (sample grids,
-# checkpoints, the --eval_step scores): a few percent of a demo-sized run.
-BUDGET_EXTRAS = 0.05
+# checkpoints, the --eval_step scores) and for the speed check's error: the demo's 5 minutes took
+# 5 min 21 s with 5% on the fp32 Xeon (the run's iterations 7% slower than the check's).
+BUDGET_EXTRAS = 0.10
 SPEED_CHECK = (3, 6)   # --train_minutes: untimed, then timed iterations of the speed check
 
 

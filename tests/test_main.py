@@ -11,6 +11,7 @@ from tiny import TINY_MODEL, quick_reader
 
 import data_loader as dl
 import main
+import solver
 import synthetic_faces as sf
 from utils.errors import FlagError
 
@@ -190,8 +191,8 @@ def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_nu
     assert main.main(['--mode', 'demo', '--outputs_dir', str(budgeted), '--train_minutes', '0.1'] + common) == 0
     out = capsys.readouterr().out
     cfg = json.loads((budgeted / 'config.json').read_text())
-    # 6 s less the share kept for samples and checkpoints, at 0.5 s each; the decay keeps the demo's share
-    iters = int(0.1 * 60 * 0.95 / 0.5)
+    # 6 s less the share kept for samples, checkpoints and evals, at 0.5 s each; the decay keeps the demo's share
+    iters = int(0.1 * 60 * (1 - solver.BUDGET_EXTRAS) / 0.5)
     share = main.DEMO['num_iters_decay'] / main.DEMO['num_iters']
     assert (cfg['num_iters'], cfg['num_iters_decay']) == (iters, round(iters * share)) and timed == [3, 6]
     assert f'-> {iters} iterations (--num_iters {iters} --num_iters_decay {round(iters * share)} repeats' in out
