@@ -29,8 +29,7 @@ from utils import checkpoint, distributed
 from utils import visualize as vis
 from utils.errors import CheckpointError, DataError, FlagError, NonFiniteTraining, TrainingInterrupted
 from utils.fast_conv import use_matmul_for_small_convs
-from utils.records import (RUN_FOLDERS, STAGES, NoWriter, RecordWindow, config_dict, duration, run_folder,
-                           write_config)
+from utils.records import RUN_FOLDERS, STAGES, NoWriter, RecordWindow, config_dict, duration, run_folder, write_config
 from utils.runtime import (adam_kind, channels_last_on, compiled, describe_switches, explicit_gp_on, resolve_amp,
                            resolve_device, resolve_flag, small_conv_matmul_on)
 
