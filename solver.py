@@ -744,6 +744,36 @@ def train(cfg, solver_class=Solver, probe=None):
     return solver
 
 
+def synchronize(device):
+    """Wait for the device's queued work (a timer's end must see it done)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class TrainingPath:
+    """This code's training iterations on one configuration, on a solver of their own, run `n` at a time
+    (run() returns seconds): the bench's paths take turns, and --train_minutes times its copy of the run."""
+
+    def __init__(self, cfg, train_set, iterations, solver_class=Solver):
+        run_cfg = copy.copy(cfg)
+        run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
+        run_cfg.num_iters = iterations
+        run_cfg.num_iters_decay = 0
+        self.solver = solver_class(run_cfg, train_set)
+        self.device = self.solver.device
+        self.batches = self.solver.batches(0)
+        self.it = 0
+
+    def run(self, n):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x, aus = next(self.batches)   # loading is part of what is timed
+            self.solver.train_step(self.it, x, aus)
+            self.it += 1
+        synchronize(self.device)
+        return time.perf_counter() - t0
+
+
 # What --train_minutes leaves for what the training loop does besides iterating (sample grids,
 # checkpoints, the --eval_step scores) and for the speed check's error: the demo's 5 minutes took
 # 5 min 21 s with 5% on the fp32 Xeon (the run's iterations 7% slower than the check's).
@@ -755,7 +785,6 @@ def plan_iterations(cfg, solver_class, train_set):
     """--train_minutes: sets --num_iters (and --num_iters_decay, keeping its share of the run) from the
     speed of a few iterations of a throwaway copy of the run, measured here first, so that the run
     itself is the one `--num_iters N` would make. A resumed run keeps the count it was planned with."""
-    from evaluation.bench import TrainingPath
     models = run_folder(cfg, 'models')
     resume = str(cfg.resume_iters or '').lower()
     if resume not in ('', 'none') and checkpoint.list_checkpoints(models):

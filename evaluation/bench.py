@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import data_loader as dl
 import losses
-from solver import Solver, images_to_float
+from solver import Solver, TrainingPath, images_to_float, synchronize
 from utils.records import run_folder
 from utils.runtime import adam_kind, cpu_kind, explicit_gp_on, resolve_device, small_conv_matmul_on
 
@@ -88,11 +88,6 @@ def plain_config(cfg):
     return plain
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def peak_memory_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -107,30 +102,6 @@ def cadence(warmup, iters, n_critic, rounds=1):
     cycles = -(-max(warmup, 2 * n_critic) // n_critic)
     per_round = -(-iters // (rounds * n_critic)) * n_critic
     return cycles * n_critic, per_round * rounds
-
-
-class TrainingPath:
-    """This code's training iterations on one configuration, run `n` at a time (run() returns seconds),
-    so that the paths can take turns."""
-
-    def __init__(self, cfg, train_set, iterations, solver_class=Solver):
-        run_cfg = copy.copy(cfg)
-        run_cfg.planned_iters = cfg.num_iters   # --compile auto decides by the run benchmarked, not this short one
-        run_cfg.num_iters = iterations
-        run_cfg.num_iters_decay = 0
-        self.solver = solver_class(run_cfg, train_set)
-        self.device = self.solver.device
-        self.batches = self.solver.batches(0)
-        self.it = 0
-
-    def run(self, n):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            x, aus = next(self.batches)   # loading is part of what is timed
-            self.solver.train_step(self.it, x, aus)
-            self.it += 1
-        _sync(self.device)
-        return time.perf_counter() - t0
 
 
 class OriginalLoop:
@@ -190,7 +161,7 @@ class OriginalLoop:
         for _ in range(n):
             self.iteration(self.it)
             self.it += 1
-        _sync(self.device)
+        synchronize(self.device)
         return time.perf_counter() - t0
 
 
@@ -236,7 +207,7 @@ def time_inference(solvers, train_set, batch_size, repeats, rounds):
             t0 = time.perf_counter()
             for _ in range(per_round):
                 forward(name)
-            _sync(s.device)
+            synchronize(s.device)
             fps[name].append(inputs[name][0].shape[0] * per_round / (time.perf_counter() - t0))
     return {name: statistics.median(v) for name, v in fps.items()}
 

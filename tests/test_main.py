@@ -178,12 +178,11 @@ def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_nu
                                                                                          synth, capsys):
     import torch
 
-    from evaluation import bench
     from utils import checkpoint
     quick_reader(monkeypatch)
-    real_run = bench.TrainingPath.run
+    real_run = solver.TrainingPath.run
     timed = []
-    monkeypatch.setattr(bench.TrainingPath, 'run',          # the speed check's clock reads 0.5 s per iteration
+    monkeypatch.setattr(solver.TrainingPath, 'run',          # the speed check's clock reads 0.5 s per iteration
                         lambda self, n: timed.append(n) or real_run(self, n) * 0 + 0.5 * n)
     common = ['--synthetic_dir', str(synth), '--synthetic_images', '48', '--eval_step_pairs', '8',
               '--eval_pairs', '16', '--test_num_faces', '1', '--model_save_step', '1000'] + TINY_MODEL
@@ -208,7 +207,7 @@ def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_nu
     b = checkpoint.load(str(repeated / 'models' / f'iter_{iters:08d}.ckpt'))
     assert all(torch.equal(a['G'][k], b['G'][k]) for k in a['G'])
     # resumed, the run keeps the length it was planned with (another speed check would choose another)
-    monkeypatch.setattr(bench.TrainingPath, 'run', lambda self, n: 5.0 * n)
+    monkeypatch.setattr(solver.TrainingPath, 'run', lambda self, n: 5.0 * n)
     assert main.main(['--mode', 'train', '--outputs_dir', str(budgeted), '--train_minutes', '0.1',
                       '--resume_iters', 'latest', '--lambda_gp', '1', '--d_local_head', '1'] + common) == 0
     assert f'resuming a run planned for {iters} iterations' in capsys.readouterr().out
