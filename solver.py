@@ -802,5 +802,6 @@ def plan_iterations(cfg, solver_class, train_set):
     iters = -distributed.any_rank(-iters)        # the slowest rank's count, so that all ranks agree
     cfg.num_iters, cfg.num_iters_decay = iters, round(iters * share)
     if distributed.STATE.rank == 0:
-        print(f'--train_minutes {cfg.train_minutes:g}: {seconds * 1000:.0f} ms per iteration measured here -> '
-              f'{iters} iterations (--num_iters {iters} --num_iters_decay {cfg.num_iters_decay} repeats this run)')
+        print(f'--train_minutes {cfg.train_minutes:g}: {seconds * 1000:.0f} ms per iteration measured here, '
+              f'{1 - BUDGET_EXTRAS:.0%} of the minutes for iterations -> {iters} iterations '
+              f'(--num_iters {iters} --num_iters_decay {cfg.num_iters_decay} repeats this run)')
