@@ -788,7 +788,7 @@ def plan_iterations(cfg, solver_class, train_set):
     models = run_folder(cfg, 'models')
     resume = str(cfg.resume_iters or '').lower()
     if resume not in ('', 'none') and checkpoint.list_checkpoints(models):
-        saved = checkpoint.load_newest(models, 'latest')[1].get('config', {})
+        saved = checkpoint.load_newest(models, 'latest' if resume == 'auto' else resume)[1].get('config', {})
         cfg.num_iters, cfg.num_iters_decay = saved['num_iters'], saved['num_iters_decay']
         print(f'--train_minutes: resuming a run planned for {cfg.num_iters} iterations')
         return
