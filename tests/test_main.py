@@ -197,7 +197,7 @@ def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_nu
     assert f'-> {iters} iterations (--num_iters {iters} --num_iters_decay {round(iters * share)} repeats' in out
     assert 'compile True' not in out                        # a run of minutes is not compiled on the CPU
     stages = [line for line in out.splitlines() if line.startswith('demo done in')]
-    assert len(stages) == 1 and all(f' {s} ' in stages[0] for s in ('training', 'test mode', 'eval'))
+    assert len(stages) == 1 and all(f' {s} ' in stages[0] for s in ('data', 'training', 'test mode', 'eval'))
     # the speed check ran on a copy: the same run as --num_iters N, weight for weight
     repeated = tmp_path / 'repeat'
     assert main.main(['--mode', 'train', '--outputs_dir', str(repeated), '--num_iters', str(iters),
