@@ -1,7 +1,7 @@
 """Entry point: every option with its default (edit them here), and the dispatch.
     python main.py --mode demo      # train (--train_minutes), animate and score a small GANimation: ~10 min
     python main.py --mode train     # GANimation on data/celeba, else the synthetic faces (--model ganmut)
-    python main.py --mode test      # animate or edit faces with the newest checkpoint (--mode eval: score it)
+    python main.py --mode test      # animate or edit faces with the newest checkpoint (--mode app: in a browser)
 """
 import argparse
 import contextlib
@@ -85,7 +85,7 @@ RESUME_POINT = Pattern(r'(?i:|none|auto|latest)|\d+', 'an iteration N, latest, a
 # original GANimation code's, and why, are in docs/training.md.
 FLAG_GROUPS = [
     ('mode and model', [
-        ('--mode', 'train', 'train; test: animate or edit faces; eval: score against the truth; demo; bench'),
+        ('--mode', 'train', 'train; test: animate or edit faces; eval: score against the truth; demo; bench; app'),
         ('--model', 'ganimation', 'ganimation (AU edits) or ganmut (a learned emotion space)'),
     ]),
     ('data', [
@@ -234,7 +234,7 @@ FLAG_GROUPS = [
 ]
 KINDS = {'--theta': float, '--rho': float, '--x': float, '--y': float, '--z': float, '--emotion': str,
          '--intensity': float}
-CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench'], '--model': ['ganimation', 'ganmut'],
+CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench', 'app'], '--model': ['ganimation', 'ganmut'],
            '--amp': ['auto', 'bf16', 'off'],
            '--channels_last': ['auto', 'true', 'false'], '--compile': ['auto', 'true', 'false'],
            '--small_conv_matmul': ['auto', 'true', 'false'], '--explicit_gp': ['auto', 'true', 'false'],
@@ -514,6 +514,16 @@ def check_face_flags(cfg, given):
         cfg.face_framing = photos.framing_of_flag(cfg.face_framing).spec()
 
 
+# What --mode app takes; any other flag is refused (it would change nothing there).
+APP_FLAGS = ('mode', 'model', 'test_models_dir', 'test_results_dir', 'outputs_dir', 'device', 'amp', 'test_num_faces')
+
+
+def check_app_flags(given):
+    wrong = sorted(given - set(APP_FLAGS))
+    if wrong:
+        raise FlagError(f'--{wrong[0]} does not apply to --mode app; it takes ' + ', '.join(f'--{f}' for f in APP_FLAGS[1:]))
+
+
 def main(argv=None):
     started = time.time()
     argv = sys.argv[1:] if argv is None else argv
@@ -544,6 +554,11 @@ def main(argv=None):
         if cfg.init_from and cfg.mode in ('train', 'demo'):
             architecture_of(cfg, given)
         data_loader.set_bad_data_policy(cfg.on_bad_data)
+        if cfg.mode == 'app':
+            check_app_flags(given)
+            from app import page
+            page.serve(cfg, given)
+            return 0
         if cfg.mode == 'bench':
             from evaluation import bench
             bench.run(cfg)

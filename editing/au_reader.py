@@ -163,14 +163,22 @@ class VideoReading:
     faces: np.ndarray = None
 
 
-def read_video(path, why='the AU reader', crop_size=None, log=print):
+def read_video(path, why='the AU reader', crop_size=None, log=print, progress=None, max_frames=None):
     """The largest face of each frame of a video, read (VideoReading). A frame without a face holds the
-    last one read (the first one read, for leading frames); how many is said."""
+    last one read (the first one read, for leading frames); how many is said. `max_frames`: read the
+    first ones only (and say so); `progress(fraction, what)` is called after each frame."""
     from editing import video
     rows = []
     with Reader(why) as reader:
-        frames, fps, _ = video.frames(path, why)
+        frames, fps, count = video.frames(path, why)
+        total = min(count, max_frames) if count and max_frames else (count or max_frames)
         for frame in frames:
+            if max_frames and len(rows) == max_frames:
+                log(f'{path}: its first {max_frames} frames are read ({max_frames / fps:.1f} s of '
+                    f'{count / fps:.1f} s)' if count else f'{path}: its first {max_frames} frames are read')
+                break
+            if progress and total:
+                progress(min(1.0, len(rows) / total), 'reading the video\'s face')
             got = reader.largest(frame)
             if got is not None and crop_size:
                 points = got[2]

@@ -52,6 +52,25 @@ def space_geometry(space):
     return geo
 
 
+def plane_frame(size, title=''):
+    """(left, top, side) in pixels of the square of codes in plane_plot's picture of `size`."""
+    top = max(16, size // 14) if title else max(8, size // 30)
+    left, bottom, right = max(18, size // 14), max(16, size // 16), max(8, size // 30)
+    return left, top, min(size - left - right, size - top - bottom)
+
+
+def plane_pixel(size, x, y, title='', lim=1.2):
+    """The pixel of code (x, y) in plane_plot's picture (the same size, title and lim)."""
+    left, top, side = plane_frame(size, title)
+    return left + (x + lim) / (2 * lim) * side, top + (lim - y) / (2 * lim) * side
+
+
+def plane_point(size, px, py, title='', lim=1.2):
+    """The code (x, y) under pixel (px, py) of plane_plot's picture: the inverse of plane_pixel."""
+    left, top, side = plane_frame(size, title)
+    return (px - left) / side * 2 * lim - lim, lim - (py - top) / side * 2 * lim
+
+
 def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
     """(size, size, 3) uint8: the plane of codes with the learned axes or gaussian
     1-std ellipses, each labelled with its emotion's name. `grid_n` draws the grid of a
@@ -60,12 +79,10 @@ def plane_plot(space, size=320, title='', grid_n=None, lim=1.2):
     img = Image.new('RGB', (size, size), (255, 255, 255))
     d = ImageDraw.Draw(img)
     small, big = vis.font(max(9, size // 32)), vis.font(max(10, size // 26))
-    top = max(16, size // 14) if title else max(8, size // 30)
-    left, bottom, right = max(18, size // 14), max(16, size // 16), max(8, size // 30)
-    side = min(size - left - right, size - top - bottom)
+    left, top, side = plane_frame(size, title)
 
     def px(x, y):
-        return left + (x + lim) / (2 * lim) * side, top + (lim - y) / (2 * lim) * side
+        return plane_pixel(size, x, y, title, lim)
 
     if title:
         vis.place_text(d, (size / 2, top / 2), title, big)

