@@ -37,6 +37,8 @@ PREVIEW_SIDE = 64        # while a slider moves: the edit of the face brought to
 PRESET_INTENSITY = 4.0   # the emotion presets: their prototype AUs at this intensity (0-5)
 PLANE_SIDE = 360         # the GANmut plane's picture, pixels
 PLANE_LIM = 1.2          # ... spans codes -1.2 .. 1.2 (ganmut/plots.py's default)
+ANIMATION_SIDE = 384     # animated photos are scaled down to this longer side (GIFs of a few MB)
+REFERENCE_SIDE = 128     # the driving video's face, beside the animation
 DISPLAY_SIDE = 256       # crops smaller than this are shown (and animated) enlarged by a whole factor
 DEMO_FOLDERS = {'ganimation': 'outputs/demo', 'ganmut': 'outputs/demo_ganmut'}   # main.DEMO's outputs_dir
 
@@ -139,8 +141,8 @@ class Editor:
         try:
             pixels = face_crops.load_photo(path)
         except DataError as e:
-            raise UserError(f'{name}: not an image this page can read ({e.problem.removeprefix("cannot read image: ")})'
-                            ) from None
+            why = e.problem.removeprefix('cannot read image: ').replace(f"'{path}'", name).replace(path, name)
+            raise UserError(f'{name}: not an image this page can read ({why})') from None
         notes = []
         h, w = pixels.shape[:2]
         if max(h, w) > MAX_SIDE:
@@ -269,10 +271,10 @@ class Editor:
 
     def sequence_of_video(self, path, name=None, progress=None, log=print):
         """The AUs of the largest face of each frame of a video (the AU reader) -> ((T, c_dim), fps,
-        reference crops (T, S, S, 3))."""
+        that face's crops (T, REFERENCE_SIDE, REFERENCE_SIDE, 3), shown beside the animation)."""
         name = name or os.path.basename(path)
         try:
-            read = au_reader.read_video(path, 'a driving video in the face editor', crop_size=self.size, log=log,
+            read = au_reader.read_video(path, 'a driving video in the face editor', crop_size=REFERENCE_SIDE, log=log,
                                         progress=progress, max_frames=MAX_VIDEO_FRAMES)
         except UserError as e:
             raise UserError(str(e).replace(path, name)) from None
@@ -300,11 +302,11 @@ class Editor:
                 progress(min(1.0, (s + batch) / len(conds)), 'frames')
         per_face = [np.concatenate(f) for f in per_face]
         if subject.photo is not None:
-            _, frames, sbs = next(face_crops.animated_photos(subject.faces, per_face, refs))
+            _, frames, sbs = next(face_crops.animated_photos(subject.faces, per_face, refs, ANIMATION_SIDE))
             frames = sbs if sbs is not None else frames
         else:
-            frames = [enlarged(np.concatenate([refs[t], f], 1) if refs is not None else f)
-                      for t, f in enumerate(per_face[0])]
+            frames = [enlarged(f) for f in per_face[0]]
+            frames = [face_crops.side_by_side(r, f) for r, f in zip(refs, frames)] if refs is not None else frames
         os.makedirs(self.results_dir, exist_ok=True)
         stem = f'{time.strftime("%Y%m%d_%H%M%S")}_{subject.faces[0].name}_{what}'
         paths = animate.save_animation(frames, os.path.join(self.results_dir, f'{stem}.gif'), fps, 'auto')

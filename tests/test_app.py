@@ -182,8 +182,9 @@ def test_bad_uploads_are_messages(ganimation, tmp_path):
     if not landmarks.available():
         pytest.skip(f'the optional face detector is not installed: {landmarks.INSTALL_HINT}')
     (tmp_path / 'notes.txt').write_text('not an image')
-    with pytest.raises(UserError, match=r'^notes.txt: not an image this page can read \(cannot identify'):
+    with pytest.raises(UserError, match=r'^notes.txt: not an image this page can read \(cannot identify') as e:
         ganimation.photo(str(tmp_path / 'notes.txt'))
+    assert str(tmp_path) not in str(e.value)                          # the name as uploaded, not the server's path
     noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / 'noise.png')
     with pytest.raises(UserError, match=r'^noise.png: no face found .* the photo is 320x240'):
@@ -225,13 +226,13 @@ def test_a_driving_video_animates_the_face(ganimation, reader, wheel_video, tmp_
     monkeypatch.setattr(ed, 'MAX_VIDEO_FRAMES', 5)
     notes, fractions = [], []
     seq, fps, refs = ganimation.sequence_of_video(clip, 'mine.mp4', lambda f, what: fractions.append(f), notes.append)
-    assert seq.shape == (5, 17) and fps == 30 and refs.shape == (5, 32, 32, 3)
+    assert seq.shape == (5, 17) and fps == 30 and refs.shape == (5, ed.REFERENCE_SIDE, ed.REFERENCE_SIDE, 3)
     assert any('its first 5 frames are read' in n for n in notes), notes
     assert any('no face in 2 of 5 frames (frames 3-4)' in n for n in notes), notes
     assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1 and len(fractions) == 5
     gif, mp4 = ganimation.animate(ganimation.sample(0), seq, fps, refs)
     with Image.open(gif) as g:
-        assert g.size == (256, 128)                                    # the video's face | the edited face
+        assert g.size == (512, 256)                                    # the video's face | the edited face
     from editing import video
     video.write([np.zeros((120, 160, 3), np.uint8)] * 3, str(tmp_path / 'dark.mp4'), 30)
     with pytest.raises(UserError, match=r'^dark_clip.mp4: no face in any of its 3 frames'):
@@ -402,7 +403,7 @@ def outside_requests(driver):
     return sorted(u for u in urls if not u.startswith(('http://127.0.0.1', 'data:', 'blob:')))
 
 
-def test_the_ganimation_page_in_a_browser(browser, served, ganimation, tmp_path):
+def test_the_ganimation_page_in_a_browser(browser, served, ganimation, tmp_path, monkeypatch):
     served(ganimation)
     first = image_of(browser, 'edited')
     assert first.shape == (256, 256, 3) and image_of(browser, 'mask') is not None
@@ -433,6 +434,18 @@ def test_the_ganimation_page_in_a_browser(browser, served, ganimation, tmp_path)
         with Image.open(io.BytesIO(r.read())) as gif:
             assert gif.format == 'GIF' and gif.n_frames == 3          # shown as it is: animated
     screenshot(browser, 'ganimation_animation')
+    slow, real = [], ganimation.animate
+
+    def slow_animation(*args, **kw):              # a long video's rendering, in the server's thread
+        slow.append('started')
+        time.sleep(6)
+        return real(*args, **kw)
+    monkeypatch.setattr(ganimation, 'animate', slow_animation)
+    browser.find_element('css selector', '#animate').click()
+    wait_for(lambda: slow or None, 'the slow animation to start')
+    started = time.time()
+    changes(browser, 'edited', lambda: drag_slider(browser, 'AU45', 0.9), 'an edit while a video renders')
+    assert time.time() - started < 5                                   # it did not wait for the rendering
     if landmarks.available() and shutil.which('chromium'):
         data = pytest.importorskip('skimage.data')
         Image.fromarray(data.astronaut()).save(tmp_path / 'astronaut.png')
