@@ -570,6 +570,9 @@ def main(argv=None):
                     if ranks.active:
                         print(f'distributed: world size {ranks.world} ({ranks.backend}); --batch_size '
                               f'{cfg.batch_size} per rank, {cfg.batch_size * ranks.world} per iteration')
+                    if cfg.mode == 'demo' and cfg.model == 'ganimation' and ranks.is_main and not cfg.resume_iters:
+                        from editing import animate
+                        animate.pretrained_preview(cfg)     # something to look at while it trains
                     train(cfg)
                 # every rank done before any tears down its process group (a rank once aborted in
                 # gloo at the end of a two-rank run; rare, cause not pinned down)

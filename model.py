@@ -323,6 +323,13 @@ def count_parameters(module):
 
 # --------------------------------------------------------------------------- trained networks
 
+# A GANimation of the demo's architecture trained beforehand by this code, its generator in fp16 (2.4 MB): the
+# demo shows its animations at once while its own model trains, and the face editor serves it when there is
+# no run yet. The command that made it and its figures: pretrained/README.md.
+PRETRAINED_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained', 'demo_ganimation_32px.ckpt')
+GENERATOR_SHAPE = ('image_size', 'g_conv_dim', 'g_repeat_num', 'g_upsample', 'g_warp', 'g_condition')
+
+
 class Trained:
     """A checkpoint read once: which model made it (`model`: ganimation or ganmut), its config, its
     condition names, its iteration, and its networks on demand. Test, eval and demo modes read the

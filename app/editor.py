@@ -23,7 +23,7 @@ from editing import photos as face_crops
 from ganmut import edit as ganmut_edit
 from ganmut import plots as gv
 from ganmut import space as ganmut
-from model import Generator, critic_reading
+from model import PRETRAINED_DEMO, Generator, critic_reading
 from solver import images_to_float
 from utils import checkpoint
 from utils import visualize as vis
@@ -45,7 +45,8 @@ DEMO_FOLDERS = {'ganimation': 'outputs/demo', 'ganmut': 'outputs/demo_ganmut'}  
 
 def model_to_serve(cfg, given):
     """The checkpoint file or folder the page serves: --test_models_dir; else the run folder of
-    --outputs_dir when it holds a checkpoint; else the demo's run of --model. None there: say what to do."""
+    --outputs_dir when it holds a checkpoint; else the demo's run of --model; else (GANimation) the
+    pretrained demo generator in the repository. None there: say what to do."""
     if cfg.test_models_dir:
         return cfg.test_models_dir
     run = mode_folder(cfg, 'models')
@@ -54,6 +55,11 @@ def model_to_serve(cfg, given):
     for folder in tried:
         if os.path.isdir(folder) and checkpoint.list_checkpoints(folder):
             return folder
+    if cfg.model == 'ganimation' and 'outputs_dir' not in given and os.path.exists(PRETRAINED_DEMO):
+        print(f'no run of your own yet (no checkpoint in {" or ".join(tried)}): serving the pretrained demo '
+              f'generator {os.path.relpath(PRETRAINED_DEMO)} (pretrained/README.md); `python main.py --mode demo` '
+              f'trains your own in about ten minutes')
+        return PRETRAINED_DEMO
     hint = ' --model ganmut' if cfg.model == 'ganmut' else ''
     raise MissingInput(f'no model to serve: no checkpoint in {" or ".join(tried)}. Train one with `python main.py '
                        f'--mode demo{hint}` (about ten minutes on a laptop), or pass --test_models_dir (a run\'s '

@@ -301,6 +301,35 @@ def run(cfg, trained):
 
 
 @torch.no_grad()
+def pretrained_preview(cfg):
+    """The demo's first seconds: the pretrained demo generator (model.PRETRAINED_DEMO) animates the held-out
+    faces into <outputs_dir>/pretrained/ at once, while the demo trains its own model. Only when the demo
+    trains that generator's architecture; returns the grid's path or None."""
+    import copy
+
+    from model import GENERATOR_SHAPE, PRETRAINED_DEMO, Trained
+    from utils.records import STAGES
+    if not os.path.exists(PRETRAINED_DEMO):
+        return None
+    trained = Trained.newest(PRETRAINED_DEMO)
+    other = [k for k in GENERATOR_SHAPE if trained.config.get(k) != getattr(cfg, k)]
+    if other:
+        print(f'note: the pretrained demo generator is not shown first: it has {other[0]} {trained.config.get(other[0])}, '
+              f'this demo {getattr(cfg, other[0])}')
+        return None
+    view = copy.copy(cfg)
+    with STAGES.timed('data'):
+        dl.resolve_data(view, 'au')          # the demo's data, made now if missing (the run finds it made)
+    trained.config.update(image_dir=view.image_dir, attr_path=view.attr_path)
+    view.test_results_dir = os.path.join(cfg.outputs_dir, 'pretrained')
+    with STAGES.timed('pretrained preview'):
+        grid = run(view, trained)
+    print(f'while the demo trains its own model, the pretrained demo generator ({trained.iteration} iterations, '
+          f'pretrained/README.md) has animated the held-out faces: {grid}, '
+          f'{os.path.join(view.test_results_dir, "all_faces.gif")}')
+    return grid
+
+
 def save_edits(G, x_all, faces, conds, out_dir, device, amp, aus_own=None):
     """Each face edited to its condition row: <face>_edited.png, photos with every face pasted
     back, and edits.png (input | edited | attention). Returns the grid's path.

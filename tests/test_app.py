@@ -68,6 +68,8 @@ def test_the_model_served(runs, tmp_path, monkeypatch):
     parse = main.build_parser().parse_args
     monkeypatch.chdir(tmp_path)
     cfg = parse(['--mode', 'app'])
+    assert ed.model_to_serve(cfg, {'mode'}) == ed.PRETRAINED_DEMO          # a fresh clone: at once
+    monkeypatch.setattr(ed, 'PRETRAINED_DEMO', str(tmp_path / 'gone.ckpt'))
     with pytest.raises(MissingInput) as e:
         ed.model_to_serve(cfg, {'mode'})
     assert 'outputs/ganimation/models or outputs/demo/models' in str(e.value)

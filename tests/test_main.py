@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 from tiny import TINY_MODEL, quick_reader
@@ -23,7 +24,7 @@ def synth(tmp_path_factory):
     return root
 
 
-def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags(tmp_path, monkeypatch, synth):
+def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags(tmp_path, monkeypatch, synth, capsys):
     from utils import checkpoint
     quick_reader(monkeypatch)
     reads, real_load = [], checkpoint.load
@@ -36,6 +37,9 @@ def test_demo_trains_animates_and_scores_with_its_settings_under_the_given_flags
              '--num_iters', '4', '--eval_step', '2', '--eval_step_pairs', '8', '--eval_pairs', '16',
              '--test_num_faces', '2'] + TINY_MODEL
     assert main.main(['--mode', 'demo'] + given) == 0
+    said = capsys.readouterr().out         # another architecture than the pretrained generator's: not shown first
+    assert 'note: the pretrained demo generator is not shown first: it has g_conv_dim 32, this demo 8' in said
+    assert not (out / 'pretrained').exists()
     cfg = json.loads((out / 'config.json').read_text())
     flags = main.build_parser()
     named = main.explicit_flags(flags, given)
@@ -172,6 +176,43 @@ def test_compile_true_is_refused_for_ganmut_whose_generator_runs_eagerly(tmp_pat
                    + TINY_MODEL)
     assert rc == 2 and capsys.readouterr().err.startswith('error: --compile true: GANmut')
     assert not (tmp_path / 'run' / 'models').exists()
+
+
+def test_the_pretrained_demo_generator_in_the_repository():
+    """pretrained/: the demo's generator in fp16, a couple of MB, with nothing of the machine that trained it."""
+    import torch
+
+    from model import GENERATOR_SHAPE, PRETRAINED_DEMO, Trained
+    assert os.path.getsize(PRETRAINED_DEMO) < 3 * 2 ** 20
+    trained = Trained.newest(PRETRAINED_DEMO)
+    assert trained.model == 'ganimation' and 'D' not in trained.ckpt and 'g_optim' not in trained.ckpt
+    assert all(v.dtype == torch.float16 for v in trained.ckpt['G'].values() if v.is_floating_point())
+    assert all(trained.config[k] == main.DEMO.get(k, trained.config[k]) for k in GENERATOR_SHAPE)
+    assert trained.config['image_dir'] == 'data/synthetic/images' and trained.iteration > 5000
+    readme = open(os.path.join(os.path.dirname(PRETRAINED_DEMO), 'README.md')).read()
+    assert f'--num_iters {trained.iteration} ' in readme            # the command that made it is beside it
+
+
+def test_the_demo_shows_the_pretrained_generator_first(tmp_path, synth, capsys):
+    from editing import animate
+    from utils.records import STAGES
+    cfg = main.build_parser().parse_args(['--mode', 'demo'])
+    for key, value in main.DEMO.items():
+        setattr(cfg, key, value)
+    cfg.dataset, cfg.synthetic_dir, cfg.synthetic_images = 'synthetic', str(synth), 48
+    cfg.outputs_dir, cfg.test_num_faces = str(tmp_path / 'demo'), 2
+    grid = animate.pretrained_preview(cfg)
+    assert grid == str(tmp_path / 'demo' / 'pretrained' / 'grid.png')
+    assert Image.open(grid).size[1] == 3 * 32 + 4 * 2                      # the reference and the two faces
+    assert 'the pretrained demo generator (' in capsys.readouterr().out and 'pretrained preview' in STAGES.seconds
+    assert cfg.image_dir == ''                                             # the demo's own flags as they were
+    with Image.open(tmp_path / 'demo' / 'pretrained' / 'all_faces.gif') as gif:
+        frames = []
+        for k in (0, 7, 14, 28):                                           # neutral, happy, surprise, anger
+            gif.seek(k)
+            frames.append(np.asarray(gif.convert('RGB'), dtype=float)[:, 32:])   # the faces, not the reference
+    moved = [int((np.abs(f - frames[0]).max(-1) > 20).sum()) for f in frames[1:]]
+    assert min(moved) >= 8, moved              # pixels changed from neutral: the smile, raised brows, lowered ones
 
 
 def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_num_iters(tmp_path, monkeypatch,

@@ -194,3 +194,38 @@ def check_state_dict(module, state, what, ckpt_path):
     if problems:
         raise CheckpointError(f'{ckpt_path} does not fit the configured model:\n  ' + '\n  '.join(problems[:8])
                          + ('\n  ...' if len(problems) > 8 else ''))
+
+
+INFERENCE_KEYS = ('config', 'label_names', 'model', 'iteration', 'format', 'space')
+
+
+def half_precision(path, out, config_updates=None):
+    """An inference-only copy of a checkpoint, a sixth of its size: the generator (its moving average when
+    training kept one, which test mode uses) in fp16, and what says which model it is; no critic,
+    optimisers or random states, and no command line (its paths are the training machine's: write the command
+    beside the file). `config_updates` replace config entries (the data's paths, say). Written like every
+    checkpoint: atomically, with its checksum. Loading casts back to fp32."""
+    ckpt = load(path)
+    small = {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
+    small['G'] = {k: v.half() if v.is_floating_point() else v
+                  for k, v in ckpt['G_ema' if 'G_ema' in ckpt else 'G'].items()}
+    small['config'] = {k: v for k, v in dict(small['config'], **(config_updates or {})).items() if k != 'argv'}
+    return save(small, out)
+
+
+def main(argv=None):
+    """python -m utils.checkpoint half IN OUT [key=value ...]: half_precision from the command line."""
+    import argparse
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument('what', choices=['half'])
+    p.add_argument('checkpoint')
+    p.add_argument('out')
+    p.add_argument('config', nargs='*', help='config entries to replace, key=value')
+    a = p.parse_args(argv)
+    updates = dict(item.split('=', 1) for item in a.config)
+    out = half_precision(a.checkpoint, a.out, updates)
+    print(f'{out}: {os.path.getsize(out) / 2 ** 20:.1f} MB (from {os.path.getsize(a.checkpoint) / 2 ** 20:.1f} MB)')
+
+
+if __name__ == '__main__':
+    main()
