@@ -127,6 +127,28 @@ def test_released_models_are_served(tmp_path):
     assert editor.edit_code(editor.sample(0), mean).extra['nearest'] == editor.space.names[1]
 
 
+def test_a_half_precision_copy_edits_as_the_checkpoint_does(runs, tmp_path):
+    """utils.checkpoint.half_precision, which made pretrained/: the generator in fp16, nothing else of
+    training, the command line dropped, config entries replaced; its edits within a level or two."""
+    import torch
+
+    from utils import checkpoint
+    full = checkpoint.list_checkpoints(str(runs['ganimation'] / 'models'))[-1][1]
+    small = checkpoint.half_precision(full, str(tmp_path / 'small.ckpt'), {'image_dir': 'data/x'})
+    ckpt = checkpoint.load(small)                                       # its checksum verified
+    assert sorted(ckpt) == ['G', 'config', 'format', 'iteration', 'label_names']
+    assert all(v.dtype == torch.float16 for v in ckpt['G'].values() if v.is_floating_point())
+    assert ckpt['config']['image_dir'] == 'data/x' and 'argv' not in ckpt['config']
+    assert os.path.getsize(small) < os.path.getsize(full) / 3
+    a = ed.Editor(Trained.newest(full), results_dir=str(tmp_path / 'a'), num_faces=1)
+    b = ed.Editor(Trained.newest(small), results_dir=str(tmp_path / 'a'), num_faces=1)
+    crop = sf.render(sf.sample_identity(900001), np.zeros(sf.NUM_AUS), 32)
+    sub = ed.Subject([ed.face_crops.Face('f', crop)], np.zeros((1, 17)))
+    for editor in (a, b):
+        editor.G.attn[0].weight.data.zero_()
+    assert difference(a.edit_aus(sub, a.preset('happy')).image, b.edit_aus(sub, b.preset('happy')).image) < 1
+
+
 # --------------------------------------------------------------------------- edits
 
 def test_an_edit_follows_the_sliders(ganimation):
