@@ -57,7 +57,7 @@ def model_to_serve(cfg, given):
             return folder
     if cfg.model == 'ganimation' and 'outputs_dir' not in given and os.path.exists(PRETRAINED_DEMO):
         print(f'no run of your own yet (no checkpoint in {" or ".join(tried)}): serving the pretrained demo '
-              f'generator {os.path.relpath(PRETRAINED_DEMO)} (pretrained/README.md); `python main.py --mode demo` '
+              f'generator {shortest(PRETRAINED_DEMO)} (pretrained/README.md); `python main.py --mode demo` '
               f'trains your own in about ten minutes')
         return PRETRAINED_DEMO
     hint = ' --model ganmut' if cfg.model == 'ganmut' else ''
@@ -72,6 +72,12 @@ def enlarged(image, side=DISPLAY_SIDE):
         return None
     k = side // max(image.shape[:2])
     return image if k < 2 else np.repeat(np.repeat(image, k, 0), k, 1)
+
+
+def shortest(path):
+    """The path relative to the working directory when it lies inside it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith('..') else rel
 
 
 @dataclass
