@@ -521,7 +521,8 @@ APP_FLAGS = ('mode', 'model', 'test_models_dir', 'test_results_dir', 'outputs_di
 def check_app_flags(given):
     wrong = sorted(given - set(APP_FLAGS))
     if wrong:
-        raise FlagError(f'--{wrong[0]} does not apply to --mode app; it takes ' + ', '.join(f'--{f}' for f in APP_FLAGS[1:]))
+        raise FlagError(f'--{wrong[0]} does not apply to --mode app; it takes '
+                        + ', '.join(f'--{f}' for f in APP_FLAGS[1:]))
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ from editing import photos as face_crops
 from ganmut import edit as ganmut_edit
 from ganmut import plots as gv
 from ganmut import space as ganmut
-from model import PRETRAINED_DEMO, Generator, critic_reading
+from model import PRETRAINED_DEMO, Generator, Trained
 from solver import images_to_float
 from utils import checkpoint
 from utils import visualize as vis
@@ -119,6 +119,8 @@ class Editor:
         self.config, self.label_names = trained.config, trained.label_names
         self.size = self.config['image_size']
         self.space = ganmut.load_space(trained, self.device) if self.model == 'ganmut' else None
+        # the faces' own AUs: the critic, else the AU reader, else 0 (test mode's --source_aus auto)
+        self.source = animate.source_of(SimpleNamespace(source_aus='auto'), self.D) if self.space is None else None
         self.results_dir = results_dir
         self.samples = self._sample_faces(num_faces)
 
@@ -178,11 +180,8 @@ class Editor:
         """(N, c_dim) the faces' own AUs in 0-5 (critic, else the AU reader, else 0); zeros for GANmut."""
         if self.model == 'ganmut':
             return np.zeros((len(faces), 0))
-        x = self._float(faces)
-        if self.D is not None:
-            return critic_reading(self.D, x, self.device).numpy() * 5
-        source = 'reader' if au_reader.available() else 'neutral'
-        return animate.own_aus(source, None, x, faces, self.label_names, self.device).numpy() * 5
+        return animate.own_aus(self.source, self.D, self._float(faces), faces, self.label_names,
+                               self.device).numpy() * 5
 
     def _float(self, faces, side=None):
         x = images_to_float(torch.from_numpy(np.stack([f.crop for f in faces])), self.device, torch.contiguous_format)
@@ -330,14 +329,11 @@ def time_edits(repeats=20, size=128, conv_dim=64, repeat_num=6, threads=None):
     (median full edit, median preview). The same code path as the page's (Editor._generate)."""
     if threads:
         torch.set_num_threads(threads)
-    G = Generator(conv_dim, 17, repeat_num).eval()
-    trained = SimpleNamespace(model='ganimation', config={'image_size': size}, label_names=sf.AU_NAMES,
-                              amp_dtype=lambda amp, device: None, networks=lambda device: (G, None))
-    editor = Editor.__new__(Editor)
-    editor.trained, editor.model, editor.device, editor.amp = trained, 'ganimation', torch.device('cpu'), None
-    editor.G, editor.D, editor.config, editor.label_names, editor.size = G, None, trained.config, sf.AU_NAMES, size
-    crop = sf.render(sf.sample_identity(900000), np.zeros(sf.NUM_AUS), size)
-    subject = Subject([face_crops.Face('timing', crop)], np.zeros((1, 17)))
+    config = dict(image_size=size, g_conv_dim=conv_dim, g_repeat_num=repeat_num)
+    trained = Trained('(weights as initialised)', dict(config=config, label_names=sf.AU_NAMES, model='ganimation',
+                                                       iteration=0, G=Generator(conv_dim, 17, repeat_num).state_dict()))
+    editor = Editor(trained, device='cpu', amp='off', num_faces=1)      # its face: rendered (no data)
+    subject = editor.sample(0)
     aus = sf.emotion_prototype('happy', 4.0)
     out = {}
     for preview in (False, True):

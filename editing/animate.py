@@ -300,7 +300,6 @@ def run(cfg, trained):
     return grid_path
 
 
-@torch.no_grad()
 def pretrained_preview(cfg):
     """The demo's first seconds: the pretrained demo generator (model.PRETRAINED_DEMO) animates the held-out
     faces into <outputs_dir>/pretrained/ at once, while the demo trains its own model. Only when the demo
@@ -314,8 +313,8 @@ def pretrained_preview(cfg):
     trained = Trained.newest(PRETRAINED_DEMO)
     other = [k for k in GENERATOR_SHAPE if trained.config.get(k) != getattr(cfg, k)]
     if other:
-        print(f'note: the pretrained demo generator is not shown first: it has {other[0]} {trained.config.get(other[0])}, '
-              f'this demo {getattr(cfg, other[0])}')
+        print(f'note: the pretrained demo generator is not shown first: it has {other[0]} '
+              f'{trained.config.get(other[0])}, this demo {getattr(cfg, other[0])}')
         return None
     view = copy.copy(cfg)
     with STAGES.timed('data'):
@@ -330,6 +329,7 @@ def pretrained_preview(cfg):
     return grid
 
 
+@torch.no_grad()
 def save_edits(G, x_all, faces, conds, out_dir, device, amp, aus_own=None):
     """Each face edited to its condition row: <face>_edited.png, photos with every face pasted
     back, and edits.png (input | edited | attention). Returns the grid's path.

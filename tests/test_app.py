@@ -333,7 +333,8 @@ def browser():
         pytest.skip('headless Chromium is not installed: apt-get install chromium chromium-driver')
     from selenium.webdriver.chrome.service import Service
     options = webdriver.ChromeOptions()
-    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--window-size=1400,1800'):
+    for arg in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+                '--window-size=1400,1800'):
         options.add_argument(arg)
     options.set_capability('goog:loggingPrefs', {'performance': 'ALL'})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
