@@ -153,23 +153,21 @@ def ganimation_controls(gr, editor, subject, face, photo, status, shown_in, show
         go = gr.Button('animate', variant='primary', elem_id='animate')
     n = len(names)
 
-    def shown(sub, aus, preview=False):
-        out = editor.edit_aus(sub, aus, preview)
-        return enlarged(out.image), enlarged(out.mask)
+    def start(sub):
+        """A face picked: its picture, its edit at its own AUs, and the sliders at them."""
+        out = editor.edit_aus(sub, sub.own[0])
+        return (sub, enlarged(sub.picture), enlarged(out.image), enlarged(out.mask),
+                *[round(float(v), 1) for v in sub.own[0]], sub.note)
 
     @guarded(5 + n)
     def choose_sample(name):
-        sub = editor.sample(editor.sample_names.index(name))
-        image, mask = shown(sub, sub.own[0])
-        return (sub, enlarged(sub.picture), image, mask, *[round(float(v), 1) for v in sub.own[0]], sub.note)
+        return start(editor.sample(editor.sample_names.index(name)))
 
     @guarded(5 + n)
     def choose_photo(path):
         if not path:
             return (gr.skip(),) * (4 + n) + ('',)
-        sub = editor.photo(path, upload_name(path))
-        image, mask = shown(sub, sub.own[0])
-        return (sub, enlarged(sub.picture), image, mask, *[round(float(v), 1) for v in sub.own[0]], sub.note)
+        return start(editor.photo(path, upload_name(path)))
 
     def edit(preview):
         @guarded(3)
@@ -190,8 +188,8 @@ def ganimation_controls(gr, editor, subject, face, photo, status, shown_in, show
     def preset(emotion):
         @guarded(n + 1)
         def run():
-            return (*[float(v) for v in editor.preset(emotion)], f'{emotion}: its prototype AUs at intensity '
-                    f'{editor.preset(emotion).max():g}')
+            aus = editor.preset(emotion)
+            return (*[float(v) for v in aus], f'{emotion}: its prototype AUs at intensity {aus.max():g}')
         return run
 
     @guarded(3)
@@ -250,17 +248,20 @@ def ganmut_controls(gr, editor, subject, face, photo, status, shown_in, shown_ou
         return (editor.plane(out.extra['code']), enlarged(out.image), enlarged(out.mask),
                 f'code ({code}), nearest emotion {out.extra["nearest"]}: {out.seconds * 1000:.0f} ms on the server')
 
+    def start(sub, p, k):
+        """A face picked: its picture, and its edit at the point and intensity already chosen."""
+        plane_picture, image, mask, _ = at(sub, p, k)
+        return sub, enlarged(sub.picture), image, mask, plane_picture, sub.note
+
     @guarded(6)
     def choose_sample(name, p, k):
-        sub = editor.sample(editor.sample_names.index(name))
-        return (sub, enlarged(sub.picture)) + at(sub, p, k)[1:3] + (editor.plane(np.asarray(p) * k), sub.note)
+        return start(editor.sample(editor.sample_names.index(name)), p, k)
 
     @guarded(6)
     def choose_photo(path, p, k):
         if not path:
             return (gr.skip(),) * 5 + ('',)
-        sub = editor.photo(path, upload_name(path))
-        return (sub, enlarged(sub.picture)) + at(sub, p, k)[1:3] + (editor.plane(np.asarray(p) * k), sub.note)
+        return start(editor.photo(path, upload_name(path)), p, k)
 
     @guarded(5)
     def click(sub, k, evt: gr.SelectData):
