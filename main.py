@@ -536,6 +536,8 @@ def main(argv=None):
         return 2
     cfg.argv = list(argv)          # the command line, for the run record (records.run_record)
     import data_loader  # after parsing: --help needs no torch
+    from utils.records import STAGES
+    STAGES.reset()                 # the demo's closing line lists this command's stages only
     from utils import distributed
     from utils.errors import TrainingStopped, UserError
     try:
@@ -585,7 +587,7 @@ def main(argv=None):
         if cfg.mode in ('test', 'eval', 'demo'):
             test_and_eval(cfg, given)
         if cfg.mode == 'demo':
-            from utils.records import STAGES, duration
+            from utils.records import duration
             print(f'demo done in {duration(time.time() - started)}: {STAGES.summary()}')
     except UserError as e:                       # bad flags, data or checkpoints: one line, no traceback
         print(f'error{distributed.who()}: {e}', file=sys.stderr)

@@ -12,12 +12,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 REPO_BEFORE = set(os.listdir(ROOT))     # before anything of the suite runs (see the last fixture)
 
+pytest.register_assert_rewrite('ci_rules')     # a plugin (below) imported here first
+from ci_rules import in_ci  # noqa: E402
+
+# ci_rules: under CI a skip fails the run; pytester: test_ci_rules.py runs small suites of its own
+pytest_plugins = ['ci_rules', 'pytester']
+
 # hypothesis keeps its caches in .hypothesis/ of the working directory: here in a temporary folder; no
-# example database (a failing example is printed with the failure).
+# example database (a failing example is printed with the failure). Under CI the examples are drawn from a
+# fixed seed, so that a failure there comes back on the next run and on a developer's machine.
 HYPOTHESIS_HOME = tempfile.mkdtemp(prefix='hypothesis-')
 atexit.register(shutil.rmtree, HYPOTHESIS_HOME, ignore_errors=True)
 set_hypothesis_home_dir(HYPOTHESIS_HOME)
-settings.register_profile('suite', database=None)
+settings.register_profile('suite', database=None, derandomize=in_ci())
 settings.load_profile('suite')
 
 
@@ -41,6 +48,40 @@ def nothing_written_outside_temporary_folders(tmp_path_factory):
     assert not left, f'tests wrote into the working directory {cwd}: {left}'
     new = sorted(set(os.listdir(ROOT)) - REPO_BEFORE - MAY_APPEAR)
     assert not new, f'tests wrote into the repository {ROOT}: {new}'
+
+
+@pytest.fixture(autouse=True)
+def no_stages_from_earlier_tests():
+    """utils.records.STAGES, the stages of the command running, starts empty in every test."""
+    from utils.records import STAGES
+    STAGES.reset()
+
+
+# --------------------------------------------------------------------------- the CPU the `auto` rules see
+# One CPU of each kind (utils.runtime.CPU_KINDS): its /proc/cpuinfo flags and the vector width of
+# PyTorch's kernels on it. Both are faked, so a rule's test has the same outcome on every machine.
+FAKE_CPUS = {
+    'amx': ('fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile', 'AVX512'),
+    'avx512_bf16': ('fpu sse2 avx2 fma avx512f avx512_bf16', 'AVX512'),
+    'avx512': ('fpu sse2 avx2 fma avx512f avx512bw avx512_vnni', 'AVX512'),
+    'avx2': ('fpu sse2 avx2 fma', 'AVX2'),
+    'other': ('fp asimd evtstrm', 'DEFAULT'),            # an Arm CPU
+}
+
+
+@pytest.fixture
+def fake_cpu(monkeypatch, tmp_path):
+    """fake_cpu(kind): from now until the test ends, utils.runtime sees a CPU of that kind (FAKE_CPUS)."""
+    from utils import runtime
+
+    def fake(kind):
+        flags, capability = FAKE_CPUS[kind]
+        cpuinfo = tmp_path / 'cpuinfo'
+        cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
+        monkeypatch.setattr(runtime, 'CPUINFO', str(cpuinfo))
+        monkeypatch.setattr(runtime, 'kernel_capability', lambda: capability)
+        assert runtime.cpu_kind() == kind
+    return fake
 
 
 # --------------------------------------------------------------------------- real faces (optional extras)

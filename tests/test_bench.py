@@ -2,7 +2,6 @@
 import copy
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -112,8 +111,9 @@ def test_bench_mode_writes_the_json_keys(tiny, tmp_path):
         assert len(path['round_ms']) == 3 and path['ms_per_iter'] == sorted(path['round_ms'])[1]
 
 
-def test_bench_switches_times_each_switch_off_alone_in_the_same_rounds(tiny, tmp_path):
+def test_bench_switches_times_each_switch_off_alone_in_the_same_rounds(tiny, tmp_path, fake_cpu):
     cfg, _ = tiny
+    fake_cpu('avx2')      # auto: fused Adam on, bf16 autocast off (the kernels stay this machine's)
     rc = main.main(['--mode', 'bench', '--dataset', 'synthetic', '--synthetic_dir', cfg.synthetic_dir,
                     '--outputs_dir', str(tmp_path), '--bench_iters', '2', '--bench_warmup', '1',
                     '--bench_infer_repeats', '1', '--test_batch_size', '4', '--bench_switches', '--compile', 'false',
@@ -121,8 +121,8 @@ def test_bench_switches_times_each_switch_off_alone_in_the_same_rounds(tiny, tmp
     assert rc == 0
     r = json.loads(next((tmp_path / 'results').glob('bench*.json')).read_text())
     # the switches on in this run, each turned off alone (compile and small_conv_matmul were off already)
-    expected = {'channels_last', 'explicit_gp', 'data_cache'} | ({'fused_adam'} if r['fused_adam'] == 'fused' else set())
-    assert set(r['without']) == expected
+    assert r['cpu_kind'] == 'avx2' and r['fused_adam'] == 'fused'
+    assert set(r['without']) == {'channels_last', 'explicit_gp', 'data_cache', 'fused_adam'}
     for w in r['without'].values():
         assert len(w['round_ms']) == 3 and w['change'] == pytest.approx(w['ms_per_iter'] / r['ms_per_iter'] - 1)
 
@@ -137,16 +137,21 @@ def test_the_warm_up_runs_every_graph_twice_and_the_window_is_whole_cycles():
     assert bench.cadence(5, 30, 1, rounds=4) == (5, 32)
 
 
-def test_compile_auto_rule_and_the_compiled_generator(tiny):
+def test_compile_auto_rule_and_the_compiled_generator(tiny, fake_cpu, monkeypatch):
     cfg, train_set = tiny
     cpu = torch.device('cpu')
-    has_cxx = shutil.which(os.environ.get('CXX') or 'g++') is not None
-    for num_iters, expected in ((10, False), (runtime.COMPILE_MIN_ITERS_CPU, has_cxx)):
-        run = copy.copy(cfg)
-        run.compile, run.num_iters = 'auto', num_iters
-        assert runtime.compile_on(run, cpu) is expected
-    run.num_iters, run.planned_iters = 10, runtime.COMPILE_MIN_ITERS_CPU   # bench: the length of the run it stands for
-    assert runtime.compile_on(run, cpu) is has_cxx
+    fake_cpu('avx512')                                  # a kind where compiling was measured to help
+    for has_cxx in (True, False):                       # inductor's CPU backend needs a C++ compiler
+        monkeypatch.setattr(runtime.shutil, 'which', lambda name, found=has_cxx: '/usr/bin/' + name if found else None)
+        for num_iters, expected in ((10, False), (runtime.COMPILE_MIN_ITERS_CPU, has_cxx)):
+            run = copy.copy(cfg)
+            run.compile, run.num_iters = 'auto', num_iters
+            assert runtime.compile_on(run, cpu) is expected
+        run.num_iters, run.planned_iters = 10, runtime.COMPILE_MIN_ITERS_CPU   # bench: the length of the run it stands for
+        assert runtime.compile_on(run, cpu) is has_cxx
+        run.train_minutes = 5.0                         # a run of minutes: not compiled
+        assert runtime.compile_on(run, cpu) is False
+    monkeypatch.undo()
     # the compiled generator computes the same function and the same gradients (fp32)
     run = bench.plain_config(cfg)
     run.compile = 'true'
@@ -165,13 +170,10 @@ def test_compile_auto_rule_and_the_compiled_generator(tiny):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * a.abs().max().item())
 
 
-@pytest.mark.parametrize('flags, expected', [('fpu sse2 avx2 amx_bf16 amx_tile', torch.bfloat16),
-                                             ('fpu sse2 avx2 avx512f avx512_bf16', torch.bfloat16),
-                                             ('fpu sse2 avx2 avx512f', None)])
-def test_amp_auto_follows_the_cpus_bf16_instructions(monkeypatch, tmp_path, flags, expected):
-    cpuinfo = tmp_path / 'cpuinfo'
-    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
-    monkeypatch.setattr(runtime, 'CPUINFO', str(cpuinfo))
+@pytest.mark.parametrize('kind, expected', [('amx', torch.bfloat16), ('avx512_bf16', torch.bfloat16),
+                                            ('avx512', None), ('avx2', None), ('other', None)])
+def test_amp_auto_follows_the_cpus_bf16_instructions(fake_cpu, kind, expected):
+    fake_cpu(kind)
     cpu = torch.device('cpu')
     assert runtime.resolve_amp('auto', cpu) == expected
     assert runtime.resolve_amp('off', cpu) is None and runtime.resolve_amp('bf16', cpu) == torch.bfloat16
@@ -208,21 +210,16 @@ def test_the_rule_table_in_the_docs_is_the_rule_in_the_code():
     assert rows == runtime.CPU_SWITCH_KINDS
 
 
-def fake_cpu(monkeypatch, tmp_path, flags):
-    cpuinfo = tmp_path / 'cpuinfo'
-    cpuinfo.write_text(f'processor\t: 0\nflags\t\t: {flags}\n')
-    monkeypatch.setattr(runtime, 'CPUINFO', str(cpuinfo))
-
-
 def fused_adam_on(cfg, device):
     return runtime.adam_kind(cfg, device) == 'fused'
 
 
-def test_auto_switches_stay_off_on_a_cpu_kind_where_they_were_not_measured(monkeypatch, tmp_path, tiny):
+def test_auto_switches_stay_off_on_a_cpu_kind_where_they_were_not_measured(fake_cpu, monkeypatch, tiny):
     """An Arm CPU (kind 'other'): the plain path under auto; each switch can still be asked for."""
     cfg, train_set = copy.copy(tiny[0]), tiny[1]
     cfg.compile = 'auto'
-    fake_cpu(monkeypatch, tmp_path, 'fp asimd')
+    monkeypatch.setattr(runtime.shutil, 'which', lambda name: '/usr/bin/' + name)    # a C++ compiler
+    fake_cpu('other')
     cpu = torch.device('cpu')
     s = Solver(cfg, train_set)
     assert s.amp_dtype is None and s.memory_format == torch.contiguous_format
@@ -240,15 +237,15 @@ def test_auto_switches_stay_off_on_a_cpu_kind_where_they_were_not_measured(monke
         setattr(cfg, name, 'auto')
     switches = {'explicit_gp': runtime.explicit_gp_on, 'small_conv_matmul': runtime.small_conv_matmul_on,
                 'fused_adam': fused_adam_on, 'channels_last': runtime.channels_last_on}
-    for flags, kind in (('fpu sse2 avx2 fma avx512f', 'avx512'), ('fpu sse2 avx2 fma', 'avx2')):
-        fake_cpu(monkeypatch, tmp_path, flags)
-        if runtime.cpu_kind() != kind:          # ATEN_CPU_CAPABILITY may cap the kind
-            continue
-        assert {name: f(cfg, cpu) for name, f in switches.items()} == {
-            name: kind in runtime.CPU_SWITCH_KINDS[name] for name in switches}
-        # what was measured: the written-out penalty helps on both; compiling only with AVX-512
-        assert runtime.explicit_gp_on(cfg, cpu)
-        assert runtime.compile_on(cfg, cpu) == (kind == 'avx512' and shutil.which('g++') is not None)
+    measured = {'amx': {'channels_last', 'small_conv_matmul', 'explicit_gp', 'fused_adam', 'compile', 'amp'},
+                'avx512_bf16': {'amp'}, 'avx512': {'channels_last', 'small_conv_matmul', 'explicit_gp', 'compile'},
+                'avx2': {'channels_last', 'explicit_gp', 'fused_adam'}, 'other': set()}
+    for kind in runtime.CPU_KINDS:
+        fake_cpu(kind)
+        on = {name for name, f in switches.items() if f(cfg, cpu)}
+        on |= {'compile'} if runtime.compile_on(cfg, cpu) else set()
+        on |= {'amp'} if runtime.resolve_amp('auto', cpu) else set()
+        assert on == measured[kind], kind           # what docs/benchmarks.md's tables measured, kind by kind
 
 
 def test_a_training_step_keeps_its_figures_on_the_device(tiny):

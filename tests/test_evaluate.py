@@ -1,6 +1,7 @@
 """Evaluation: image metrics against hand-computed values, the fixed pairs and their
-true renderings, scores of a do-nothing and an oracle generator, the reader cache,
-and --mode eval / --eval_step end to end (tiny models, 32 px)."""
+true renderings, scores of a do-nothing and an oracle generator (GANimation's and GANmut's,
+read by a real reader), the reader cache, and --mode eval / --eval_step end to end (tiny
+models, 32 px)."""
 import json
 import math
 import os
@@ -15,8 +16,10 @@ import data_loader as dl
 import main
 import model
 import synthetic_faces as sf
-from evaluation import au_scores, metrics
+from evaluation import au_scores, emotion_scores, metrics
 from evaluation import reader as readers
+from ganmut import solver as ganmut_solver
+from ganmut import space as ganmut_space
 
 # --------------------------------------------------------------------------- metrics
 
@@ -121,16 +124,87 @@ class OracleG(nn.Module):
 
 
 def test_scores_of_copy_and_oracle_generators(synth):
+    """The headline figures at values known by construction, read by a real (briefly fitted) reader:
+    the do-nothing generator scores as the do-nothing baseline, the oracle scores the truth (edit error
+    reduction 1, and an AU error equal to the reader's own error on the true renderings, au_mae_floor)."""
     pairs = au_scores.EvalPairs(f'{synth}/images', f'{synth}/aus.txt', list(sf.AU_NAMES), 32, num_pairs=16, seed=2)
     dev = torch.device('cpu')
-    res, _, _ = au_scores.score(CopyG(), pairs, None, dev)
-    assert res['edit_error_reduction'] == pytest.approx(0.0, abs=1e-7)
-    assert res['model']['l1'] == pytest.approx(res['baseline']['l1']) and res['baseline']['l1'] > 0
-    assert res['attn_mean'] == 1.0 and res['model']['rec_l1'] == 0.0
-    res, _, _ = au_scores.score(OracleG(pairs), pairs, None, dev)
-    assert res['edit_error_reduction'] == pytest.approx(1.0)
-    assert res['model']['ssim'] == pytest.approx(1.0, abs=1e-6) and res['model']['psnr'] > 99
-    assert res['baseline']['ssim'] < 1.0
+    train = dl.au_dataset(f'{synth}/images', f'{synth}/aus.txt', 32, 'train')
+    reader = readers.fit_reader(train, dev, iters=20, batch_size=16, log=None)   # inaccurate, but not constant
+    assert readers.read(reader, pairs.x_src).std(0).mean() > 1e-3
+    copy, _, _ = au_scores.score(CopyG(), pairs, reader, dev)
+    assert copy['edit_error_reduction'] == pytest.approx(0.0, abs=1e-7)
+    assert copy['model']['l1'] == pytest.approx(copy['baseline']['l1']) and copy['baseline']['l1'] > 0
+    assert copy['attn_mean'] == 1.0 and copy['model']['rec_l1'] == 0.0
+    assert copy['au_mae'] == copy['model']['au_mae'] == pytest.approx(copy['baseline']['au_mae'], abs=1e-6)
+    assert all(v['model'] == pytest.approx(v['baseline'], abs=1e-6) for v in copy['per_au'].values())
+    oracle, _, _ = au_scores.score(OracleG(pairs), pairs, reader, dev)
+    assert oracle['edit_error_reduction'] == pytest.approx(1.0)
+    assert oracle['model']['ssim'] == pytest.approx(1.0, abs=1e-6) and oracle['model']['psnr'] > 99
+    assert oracle['baseline']['ssim'] < 1.0
+    assert oracle['au_mae'] == pytest.approx(oracle['au_mae_floor'], abs=1e-6)
+    assert all(v['model'] == pytest.approx(v['floor'], abs=1e-6) for v in oracle['per_au'].values())
+    # neither the baseline nor the floor depends on the generator, and they differ: the checks tell the two apart
+    assert oracle['baseline']['au_mae'] == pytest.approx(copy['baseline']['au_mae'], abs=1e-6)
+    assert oracle['au_mae_floor'] == pytest.approx(copy['au_mae_floor'], abs=1e-6)
+    assert max(abs(v['floor'] - v['baseline']) for v in copy['per_au'].values()) > 1e-3
+
+
+class TruthInOrder(nn.Module):
+    """A GANmut oracle: returns `truth` (N, E, 3, H, W), the true rendering of each face with each
+    emotion, chunk by chunk in the order run_edits asks (every face x every emotion)."""
+    def __init__(self, truth):
+        super().__init__()
+        self.truth, self.pos = truth.flatten(0, 1), 0
+
+    def forward(self, x, c):
+        out = self.truth[self.pos:self.pos + x.shape[0]]
+        self.pos += x.shape[0]
+        return out, torch.zeros_like(x[:, :1]), out
+
+
+def test_emotion_scores_of_copy_and_oracle_generators(synth):
+    """GANmut's emotion accuracy at values known by construction, read by a real (briefly fitted)
+    emotion reader: a do-nothing generator scores as the do-nothing baseline, the reader's accuracy on
+    the unedited faces against each intended emotion; the oracle as the reader on the true renderings."""
+    names = ganmut_space.emotion_names(7)
+    faces = emotion_scores.EmotionEvalFaces(f'{synth}/images', f'{synth}/training.csv', names, 32, num_faces=12)
+    E, dev = len(names), torch.device('cpu')
+    assert faces.truth.shape[:2] == (12, E) and 12 * E > 64        # run_edits calls G more than once
+    train = ganmut_solver.emotion_set(f'{synth}/images', f'{synth}/training.csv', 32, E)
+    reader = readers.fit_reader(train, dev, iters=20, batch_size=16, log=None)
+    assert reader.kind == 'emotion'
+    read_src = readers.read(reader, faces.x_src)
+    assert read_src.std(0).mean() > 1e-3                # not a constant reader
+    read_src = read_src.argmax(1)
+    read_truth = readers.read(reader, faces.truth.flatten(0, 1)).argmax(1).view(12, E)
+    space = ganmut_space.make_space('linear', E)
+
+    copy, y = emotion_scores.score(CopyG(), space, faces, reader, dev)
+    assert torch.equal(y, faces.x_src.unsqueeze(1).expand_as(y))
+    # each unedited face against every intended emotion (on average 1/E: a face is read as one emotion)
+    unedited = (read_src.unsqueeze(1) == torch.arange(E)).float()
+    assert copy['emotion_accuracy'] == copy['baseline']['emotion_accuracy'] == pytest.approx(unedited.mean().item())
+    truth_acc = (read_truth == torch.arange(E)).float()             # the reader on the true renderings
+    assert copy['reader_accuracy_truth'] == pytest.approx(truth_acc.mean().item())   # whatever G does
+    hist = torch.bincount(read_src, minlength=E).tolist()
+    assert copy['confusion']['model'] == [hist] * E     # every row: what the sources are read as
+    for e, n in enumerate(names):
+        v = copy['per_emotion'][n]
+        assert v['accuracy'] == v['baseline_accuracy'] == pytest.approx(unedited[:, e].mean().item())
+        assert v['reader_accuracy_truth'] == pytest.approx(truth_acc[:, e].mean().item())
+
+    oracle, y = emotion_scores.score(TruthInOrder(faces.truth), space, faces, reader, dev)
+    assert torch.equal(y, faces.truth)
+    assert oracle['emotion_accuracy'] == oracle['reader_accuracy_truth'] == pytest.approx(truth_acc.mean().item())
+    assert oracle['confusion']['model'] == oracle['confusion']['truth'] == \
+        [torch.bincount(read_truth[:, e], minlength=E).tolist() for e in range(E)]
+    for e, n in enumerate(names):
+        v = oracle['per_emotion'][n]
+        assert v['accuracy'] == v['reader_accuracy_truth'] == pytest.approx(truth_acc[:, e].mean().item())
+        assert v['baseline_accuracy'] == copy['per_emotion'][n]['baseline_accuracy']
+    # the two generators score differently, so each check tells them apart
+    assert oracle['confusion']['model'] != copy['confusion']['model']
 
 
 def test_reader_is_cached_and_keyed_by_the_labels(synth, tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 feathered paste-back that leaves everything outside the face region unchanged, --face_box, GANmut on
 photos, what is said without the detector, and the animation helpers (--interpolate, --smooth, MP4).
 Real photos are in test_real_faces.py."""
-import os
 import sys
 
 import numpy as np
@@ -175,9 +174,16 @@ def test_face_box_animation_with_reference_side_by_side(trained, tmp_path):
         assert g.n_frames == 9 and g.size == (150 + 200, 150)     # reference scaled to the photo's height
         g.seek(8)
         last = np.asarray(g.convert('RGB'))
-    # outside the face region the animated photo is the photo (up to GIF palette)
+    # outside the face region the animated photo is the photo quantised to the frame's palette: each
+    # pixel the palette colour nearest the photo's (measured: all but 0.2 %; a frame shifted by a pixel
+    # or of other noise matches about none), and a palette that fits the noise (15 levels from the photo
+    # on average; a frame of another picture is about 85 away)
     keep = box_outside(photo.shape[:2], box)
-    assert np.abs(last[:, 150:][keep].astype(int) - photo[keep]).mean() < 40
+    palette = np.unique(last.reshape(-1, 3), axis=0).astype(np.float32)
+    want = photo[keep].astype(np.float32)
+    nearest = palette[((want ** 2).sum(1)[:, None] - 2 * want @ palette.T + (palette ** 2).sum(1)).argmin(1)]
+    assert (last[:, 150:][keep] == nearest).all(1).mean() > 0.99
+    assert np.abs(nearest - want).mean() < 20
 
 
 def test_ganmut_edits_photos(trained_ganmut, tmp_path):
@@ -265,10 +271,13 @@ def test_mp4_beside_the_gif(tmp_path, monkeypatch):
     except ImportError:
         assert paths == [str(tmp_path / 'a.gif')]
     else:
-        assert paths[1].endswith('a.mp4') and os.path.getsize(paths[1]) > 0
+        assert paths[1].endswith('a.mp4')
         reader = imageio_ffmpeg.read_frames(paths[1])
         meta = next(reader)
-        assert meta['size'] == (46, 34) and sum(1 for _ in reader) == 6
+        got = [np.frombuffer(b, np.uint8) for b in reader]
+        assert meta['size'] == (46, 34) and len(got) == 6
+        # the frames in order, each its own gray within the encoder's rounding (measured: 1 level)
+        assert [np.abs(f.astype(int) - 10 * i).max() <= 2 for i, f in enumerate(got)] == [True] * 6
     monkeypatch.setitem(sys.modules, 'imageio_ffmpeg', None)
     with pytest.raises(ValueError, match='requirements-extras.txt'):
         animate.save_animation(frames, str(tmp_path / 'b.gif'), 5, 'true')

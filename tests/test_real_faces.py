@@ -42,7 +42,9 @@ def test_aligned_crops_put_the_eyes_on_the_framing(media, framing):
     target = fr.FRAMINGS[framing].array * SIZE
     eye_distance = np.linalg.norm(target[1] - target[0])
     for name in ['multi_face.jpg'] + PORTRAITS:
-        for det, matrix in found_in(media(name), framing):
+        found = found_in(media(name), framing)
+        assert len(found) == (5 if name == 'multi_face.jpg' else 1), name      # no faces: nothing checked
+        for det, matrix in found:
             in_crop = fr.apply(matrix, det.points)
             assert np.linalg.norm(in_crop[:2] - target[:2], axis=1).max() < 3, name
             assert np.linalg.norm(in_crop[2:] - target[2:], axis=1).max() < 0.6 * eye_distance, name
@@ -87,6 +89,7 @@ def test_a_rolled_face_gives_the_upright_crop_and_goes_back_rolled(media, tmp_pa
 def test_pixels_outside_the_faces_are_untouched(media):
     photo = media('multi_face.jpg')
     found = found_in(photo)
+    assert len(found) == 5                                 # else the loops below check fewer faces, or none
     crops = [fr.warp_crop(photo, m, SIZE) for _, m in found]
     assert np.array_equal(fr.paste(photo, [(m, c, c) for (_, m), c in zip(found, crops)]), photo)
     out = fr.paste(photo, [(m, c, 255 - c) for (_, m), c in zip(found, crops)])
@@ -171,6 +174,7 @@ def test_the_group_photo_from_the_command_line(media, tmp_path, capsys):
     out = np.asarray(Image.open(res / 'multi_face_edited.png'))
     assert all((res / f'multi_face_face{k}_edited.png').exists() for k in range(1, 6))
     found = found_in(photo)
+    assert len(found) == 5                                 # the faces the loop below looks at
     inside = ~outside(photo.shape[:2], [m for _, m in found], SIZE)
     assert out.shape == photo.shape and np.array_equal(out[~inside], photo[~inside])
     for det, _ in found:

@@ -74,6 +74,10 @@ class Stages:
     demo's closing line. A stage run inside another counts for itself only, not for the outer one."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self):
+        """Forget every stage: a new command starts (main.main, and each test, in one process)."""
         self.seconds = {}       # stage name -> seconds, in the order the stages first ran
         self.open = []          # [name, start, seconds taken by stages inside it]
 
@@ -100,7 +104,7 @@ def duration(seconds):
     return f'{seconds} s' if seconds < 60 else f'{seconds // 60} min {seconds % 60:02d} s'
 
 
-STAGES = Stages()     # the process's stages (one command per process)
+STAGES = Stages()     # the stages of the command running (main.main resets it)
 
 
 class NoWriter:

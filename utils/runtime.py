@@ -50,12 +50,19 @@ def cpu_flags():
     return set()
 
 
+def kernel_capability():
+    """The vector width PyTorch's CPU kernels use: 'AVX512', 'AVX2', 'DEFAULT', 'SVE256', ... (the CPU's
+    widest, unless ATEN_CPU_CAPABILITY limits it). One place, so that tests can fake a CPU whole: its
+    flags (CPUINFO) and its kernels."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def cpu_kind(flags=None, capability=None):
     """One of CPU_KINDS. `flags`: the CPU's flags (default: read /proc/cpuinfo); `capability`: the vector
-    width PyTorch's kernels use (torch.backends.cpu.get_cpu_capability(); ATEN_CPU_CAPABILITY=avx2
-    limits it), which caps the kind: an AVX-512 CPU running AVX2 kernels is measured as AVX2."""
+    width PyTorch's kernels use (default: kernel_capability()), which caps the kind: an AVX-512 CPU
+    running AVX2 kernels is measured as AVX2."""
     flags = cpu_flags() if flags is None else set(flags)
-    capability = (torch.backends.cpu.get_cpu_capability() if capability is None else capability).upper()
+    capability = (kernel_capability() if capability is None else capability).upper()
     if 'amx_bf16' in flags:
         kind = 'amx'
     elif 'avx512_bf16' in flags:
