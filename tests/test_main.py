@@ -242,9 +242,11 @@ def test_train_minutes_sets_the_length_from_the_measured_speed_and_repeats_as_nu
     assert 'compile True' not in out                        # a run of minutes is not compiled on the CPU
     stages = [line for line in out.splitlines() if line.startswith('demo done in')]
     assert len(stages) == 1
-    # every stage this demo ran, in order, and no other (the tiny architecture skips the pretrained preview)
-    assert re.findall(r'(?:: |, )([a-zA-Z ]+?) (?:\d+ min )?\d+ s', stages[0]) == [
-        'data', 'speed check', 'AU reader', 'training', 'test mode', 'eval']
+    # every stage this demo ran, in order, and no other (the tiny architecture skips the pretrained preview;
+    # the AU reader is a stage where it was fitted, not where an earlier test left it in the data's cache)
+    names = re.findall(r'(?:: |, )([a-zA-Z ]+?) (?:\d+ min )?\d+ s', stages[0])
+    assert names in (['data', 'speed check', 'training', 'test mode', 'eval'],
+                     ['data', 'speed check', 'AU reader', 'training', 'test mode', 'eval']), names
     # the speed check ran on a copy: the same run as --num_iters N, weight for weight
     repeated = tmp_path / 'repeat'
     assert main.main(['--mode', 'train', '--outputs_dir', str(repeated), '--num_iters', str(iters),
