@@ -170,6 +170,20 @@ def test_compile_auto_rule_and_the_compiled_generator(tiny, fake_cpu, monkeypatc
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * a.abs().max().item())
 
 
+def test_compiled_kernels_are_cached_apart_by_the_kernels_vector_width(fake_cpu, monkeypatch):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', 'unset')      # so that the test ends with the value it found
+    monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR')
+    fake_cpu('other')
+    assert runtime.keep_compiled_kernels_apart() == default_cache_dir() + '_default'
+    assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == default_cache_dir() + '_default'
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', '/somewhere/chosen')      # the user's choice stands
+    fake_cpu('avx512')
+    assert runtime.keep_compiled_kernels_apart() == '/somewhere/chosen'
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', default_cache_dir())      # as importing inductor sets it
+    assert runtime.keep_compiled_kernels_apart() == default_cache_dir() + '_avx512'
+
+
 @pytest.mark.parametrize('kind, expected', [('amx', torch.bfloat16), ('avx512_bf16', torch.bfloat16),
                                             ('avx512', None), ('avx2', None), ('other', None)])
 def test_amp_auto_follows_the_cpus_bf16_instructions(fake_cpu, kind, expected):

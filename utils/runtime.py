@@ -128,11 +128,25 @@ def compiled(module, cfg, device):
         return module
     if flag == 'auto':
         torch._dynamo.config.suppress_errors = True
+    if device.type == 'cpu':
+        keep_compiled_kernels_apart()
     if device.type == 'cpu' and distributed.STATE.rank == 0 and not _told_about_compiling:
         _told_about_compiling.append(True)     # once a process (the bench builds several solvers)
         print('torch.compile: the first iterations compile the generator (under a minute on 2 cores, '
               'cached for later runs; --compile false skips it)')
     return torch.compile(module)
+
+
+def keep_compiled_kernels_apart():
+    """Inductor's cache for this kernel width: its default folder with the width appended, unless
+    TORCHINDUCTOR_CACHE_DIR names another. PyTorch 2.13 does not key its cached C++ kernels by the width,
+    so a cache written with AVX2 kernels fails to compile ('at::vec has not been declared') once
+    ATEN_CPU_CAPABILITY=default is set on the same machine (and AVX-512 code would be reused under avx2)."""
+    chosen = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir   # importing inductor sets it
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = f'{default_cache_dir()}_{kernel_capability().lower()}'
+    return os.environ['TORCHINDUCTOR_CACHE_DIR']
 
 
 def small_conv_matmul_on(cfg, device):
