@@ -85,7 +85,8 @@ RESUME_POINT = Pattern(r'(?i:|none|auto|latest)|\d+', 'an iteration N, latest, a
 # original GANimation code's, and why, are in docs/training.md.
 FLAG_GROUPS = [
     ('mode and model', [
-        ('--mode', 'train', 'train; test: animate or edit faces; eval: score against the truth; demo; bench; app'),
+        ('--mode', 'train', 'train; test: animate or edit faces; eval: score against the truth; demo; bench; app; '
+                            'prepare: a dataset from photos'),
         ('--model', 'ganimation', 'ganimation (AU edits) or ganmut (a learned emotion space)'),
     ]),
     ('data', [
@@ -96,6 +97,11 @@ FLAG_GROUPS = [
         ('--synthetic_dir', 'data/synthetic', 'where the built-in synthetic faces are written'),
         ('--synthetic_images', 4000, 'how many synthetic faces to generate', Range(2)),
         ('--on_bad_data', 'error', 'a bad image or label row: error (naming file and line) or skip'),
+        ('--source', [], '--mode prepare: folders of photos (recursive), photos or videos -> --dataset'),
+        ('--prepare_fps', 5.0, '--mode prepare: frames per second sampled from videos', RATE),
+        ('--test_fraction', 0.1, '--mode prepare: share of the crops held out, whole identities', DECAY),
+        ('--identity_regex', r'(.+?)_\d+', '--mode prepare: who a file name shows (group 1; default: LFW names)'),
+        ('--source_labels', '', '--mode prepare: CSV of image file and emotion -> GANmut\'s training.csv'),
     ]),
     ('model size', [
         ('--c_dim', 17, 'AUs (GANimation) or emotion classes (GANmut); the labels decide for GANimation', COUNT),
@@ -234,7 +240,7 @@ FLAG_GROUPS = [
 ]
 KINDS = {'--theta': float, '--rho': float, '--x': float, '--y': float, '--z': float, '--emotion': str,
          '--intensity': float}
-CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench', 'app'], '--model': ['ganimation', 'ganmut'],
+CHOICES = {'--mode': ['train', 'test', 'eval', 'demo', 'bench', 'app', 'prepare'], '--model': ['ganimation', 'ganmut'],
            '--amp': ['auto', 'bf16', 'off'],
            '--channels_last': ['auto', 'true', 'false'], '--compile': ['auto', 'true', 'false'],
            '--small_conv_matmul': ['auto', 'true', 'false'], '--explicit_gp': ['auto', 'true', 'false'],
@@ -276,7 +282,7 @@ GANMUT_DEMO = dict(image_size=64, g_conv_dim=32, d_conv_dim=32, g_repeat_num=3, 
 def shows_default(action):
     """Whether --help shows the option's default: not for switches, empty strings and unset values."""
     return not (action.default is None or action.default is False or action.default is argparse.SUPPRESS
-                or action.default == '')
+                or action.default in ('', []))
 
 
 class OneLineHelp(argparse.RawDescriptionHelpFormatter):
@@ -323,6 +329,8 @@ def build_parser():
             kind = KINDS.get(flag) or type(default)
             if default is False:
                 g.add_argument(flag, action='store_true', help=help_text)
+            elif isinstance(default, list):
+                g.add_argument(flag, nargs='+', default=default, help=help_text)
             elif kind in (int, float) or valid:
                 if not valid:
                     raise TypeError(f'{flag}: a numeric option needs its valid Range in FLAG_GROUPS')
@@ -390,6 +398,7 @@ INPUT_PATHS = {
     'test_reference_dir': ('folder', 'the reference frames of the AU sequence'),
     'init_from': ('file', 'a released generator file, or a checkpoint of this code (docs/released.md)'),
     'test_models_dir': ('file or folder', 'checkpoints (iter_*.ckpt), or a released generator file (docs/released.md)'),
+    'source_labels': ('file', 'a CSV naming each image file and its emotion (docs/data.md)'),
 }
 
 
@@ -400,7 +409,7 @@ def check_inputs(cfg):
     from utils.errors import MissingInput
     for name, (kind, expected) in INPUT_PATHS.items():
         path = getattr(cfg, name)
-        if not path or (name == 'dataset' and path in ('auto', 'synthetic')):
+        if not path or (name == 'dataset' and (path in ('auto', 'synthetic') or cfg.mode == 'prepare')):
             continue
         if not os.path.exists(path):
             raise MissingInput(f'--{name} {path}: no such {kind}; expected {expected}')
@@ -514,6 +523,34 @@ def check_face_flags(cfg, given):
         cfg.face_framing = photos.framing_of_flag(cfg.face_framing).spec()
 
 
+# What --mode prepare takes; any other flag is refused (it would change nothing there).
+PREPARE_FLAGS = ('mode', 'source', 'dataset', 'image_size', 'face_framing', 'prepare_fps', 'test_fraction',
+                 'identity_regex', 'source_labels', 'seed')
+PREPARE_ONLY = ('source', 'prepare_fps', 'test_fraction', 'identity_regex', 'source_labels')
+
+
+def check_prepare_flags(cfg, given):
+    """--mode prepare: its flags only, a --source and an output folder; its flags nowhere else."""
+    if cfg.mode != 'prepare':
+        wrong = sorted(given & set(PREPARE_ONLY))
+        if wrong:
+            raise FlagError(f'--{wrong[0]} applies to --mode prepare only')
+        return
+    wrong = sorted(given - set(PREPARE_FLAGS))
+    if wrong:
+        raise FlagError(f'--{wrong[0]} does not apply to --mode prepare; it takes '
+                        + ', '.join(f'--{f}' for f in PREPARE_FLAGS[1:]))
+    if not cfg.source:
+        raise FlagError('--mode prepare needs --source: folders of photos, photos or videos')
+    if cfg.dataset in ('auto', 'synthetic'):
+        raise FlagError('--mode prepare writes a dataset folder: give it as --dataset OUT (e.g. data/mine)')
+    if cfg.identity_regex:
+        try:
+            re.compile(cfg.identity_regex)
+        except re.error as e:
+            raise FlagError(f'--identity_regex {cfg.identity_regex!r}: not a regular expression ({e})') from None
+
+
 # What --mode app takes; any other flag is refused (it would change nothing there).
 APP_FLAGS = ('mode', 'model', 'test_models_dir', 'test_results_dir', 'outputs_dir', 'device', 'amp', 'test_num_faces')
 
@@ -557,6 +594,11 @@ def main(argv=None):
         if cfg.init_from and cfg.mode in ('train', 'demo'):
             architecture_of(cfg, given)
         data_loader.set_bad_data_policy(cfg.on_bad_data)
+        check_prepare_flags(cfg, given)
+        if cfg.mode == 'prepare':
+            from prepare import run
+            run.prepare(cfg)
+            return 0
         if cfg.mode == 'app':
             check_app_flags(given)
             from app import page

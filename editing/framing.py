@@ -102,8 +102,12 @@ def framing_from(spec, what='--face_framing'):
     if os.path.isfile(spec):
         try:
             with open(spec, encoding='utf-8') as f:
-                points = json.load(f)['points']
-            return Framing('measured', as_points(points), spec)
+                saved = json.load(f)
+            points = as_points(saved['points'])
+            built_in = FRAMINGS.get(saved.get('name'))
+            if built_in is not None and np.allclose(built_in.array, np.asarray(points), atol=1e-6):
+                return built_in          # a built-in framing written out (--mode prepare): its name
+            return Framing('measured', points, spec)
         except (ValueError, KeyError, TypeError) as e:
             raise FlagError(f'{what} {spec}: not a framing file written by --calibrate ({e})') from None
     try:
@@ -119,7 +123,8 @@ def write_framing(framing, path):
     """Save a measured framing as JSON (atomically) for --face_framing FILE."""
     tmp = path + '.tmp'
     with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(dict(points=[list(p) for p in framing.points], source=framing.source), f, indent=1)
+        json.dump(dict(name=framing.name, points=[list(p) for p in framing.points], source=framing.source), f,
+                  indent=1)
     os.replace(tmp, path)
     return path
 

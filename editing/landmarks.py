@@ -50,6 +50,7 @@ def available():
 
 
 _SESSION = []
+THREADS = None       # the detector's threads (default: up to 4); --mode prepare's workers use one each
 
 
 def _session(why):
@@ -62,7 +63,7 @@ def _session(why):
             raise UserError(f'{why} needs the face detector, an optional dependency ({e.name} is missing): '
                             f'{INSTALL_HINT}; or give the face box by hand with --face_box x,y,w,h') from None
         opts = onnxruntime.SessionOptions()
-        opts.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
+        opts.intra_op_num_threads = THREADS or max(1, min(4, os.cpu_count() or 1))
         opts.log_severity_level = 3
         _SESSION.append(onnxruntime.InferenceSession(weights, opts, providers=['CPUExecutionProvider']))
     return _SESSION[0]

@@ -185,3 +185,24 @@ def test_label_rows_repeated_or_short_are_reported_and_conflicts_unlabelled(tmp_
     (tmp_path / 'bad.csv').write_text('name,label\nx.jpg,happy\n')
     with pytest.raises(Exception, match='bad.csv, line 1: the header must name the image file'):
         labels.read_source_labels(str(tmp_path / 'bad.csv'))
+
+
+# --------------------------------------------------------------------------- the mode's flags
+
+@pytest.mark.parametrize('argv, problem', [
+    (['--mode', 'prepare', '--dataset', 'data/x'], '--mode prepare needs --source'),
+    (['--mode', 'prepare', '--source', 'photos'], 'give it as --dataset OUT'),
+    (['--mode', 'prepare', '--source', 'photos', '--dataset', 'd', '--num_iters', '5'],
+     '--num_iters does not apply to --mode prepare; it takes --source, --dataset'),
+    (['--mode', 'train', '--source', 'photos'], '--source applies to --mode prepare only'),
+    (['--mode', 'test', '--test_fraction', '0.2'], '--test_fraction applies to --mode prepare only'),
+    (['--mode', 'prepare', '--source', 'p', '--dataset', 'd', '--identity_regex', '(unclosed'],
+     "--identity_regex '(unclosed': not a regular expression"),
+    (['--mode', 'prepare', '--source', 'p', '--dataset', 'd', '--source_labels', 'nowhere.csv'],
+     '--source_labels nowhere.csv: no such file'),
+])
+def test_prepare_flags_are_checked_before_anything_is_read(argv, problem, tmp_path, capsys):
+    import main
+    assert main.main(argv) == 2
+    assert problem in capsys.readouterr().err
+    assert not os.path.exists('d') and not os.path.exists('data')

