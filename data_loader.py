@@ -726,10 +726,6 @@ def resolve_data(cfg, labels):
         raise FlagError(f'--dataset {choice}: expected {spec["expected"]} inside it')
     cfg.image_dir, cfg.attr_path = image_dir, attr
     cfg.dataset_kind = 'synthetic' if synthetic_root(attr) else 'folder'
-    framing_file = os.path.join(choice, 'framing.json')      # written by --mode prepare
-    if getattr(cfg, 'face_framing', 'auto') == 'auto' and os.path.isfile(framing_file):
-        from editing.framing import framing_from
-        cfg.face_framing = framing_from(framing_file).spec()   # recorded in the run's config and checkpoints
     return f'{choice} ({attr})'
 
 

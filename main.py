@@ -521,6 +521,11 @@ def check_face_flags(cfg, given):
     if cfg.face_framing != 'auto':
         from editing import photos
         cfg.face_framing = photos.framing_of_flag(cfg.face_framing).spec()
+    elif cfg.mode in ('train', 'demo') and cfg.dataset not in ('auto', 'synthetic') and not cfg.image_dir:
+        framing_file = os.path.join(cfg.dataset, 'framing.json')      # a folder written by --mode prepare
+        if os.path.isfile(framing_file):
+            from editing.framing import framing_from
+            cfg.face_framing = framing_from(framing_file).spec()       # recorded in the config and checkpoints
 
 
 # What --mode prepare takes; any other flag is refused (it would change nothing there).

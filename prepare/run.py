@@ -241,9 +241,11 @@ def prepare(cfg, workers=None, log=print):
     todo = [{'path': s.path, 'kind': s.kind, 'rel': s.rel, 'name': s.name} for s in found if s.path not in done]
     report_path = os.path.join(out, 'prepare_report.json')
     if not todo and os.path.exists(report_path):
-        log(f'{out}: already prepared from these {len(found)} sources (prepare_report.json); nothing to do')
         with open(report_path, encoding='utf-8') as f:
-            return json.load(f)
+            report = json.load(f)
+        if report.get('inputs') == inputs_of(cfg, found):
+            log(f'{out}: already prepared from these {len(found)} sources (prepare_report.json); nothing to do')
+            return report
     if done:
         log(f'{out}: going on from an earlier run: {len(done)} of {len(found)} sources done')
     cut_partial_line(os.path.join(out, JOURNAL))
@@ -251,7 +253,14 @@ def prepare(cfg, workers=None, log=print):
         run_with_progress(todo, settings, workers or max(1, min(len(todo), os.cpu_count() or 1)), journal,
                           len(found), len(done))
     records = read_journal(out)
-    return finish(cfg, framing, [records[s.path] for s in found], other, log)
+    return finish(cfg, framing, [records[s.path] for s in found], other, log, inputs_of(cfg, found))
+
+
+def inputs_of(cfg, found):
+    """What the dataset's files depend on beyond the crops: a change re-makes them (without new crops)."""
+    return {'sources': [s.path for s in found], 'identity_regex': cfg.identity_regex,
+            'test_fraction': cfg.test_fraction, 'seed': cfg.seed, 'source_labels': cfg.source_labels,
+            'labels_sha1': file_sha1(cfg.source_labels) if cfg.source_labels else None}
 
 
 def run_with_progress(todo, settings, workers, journal, total, already):
@@ -271,7 +280,7 @@ def run_with_progress(todo, settings, workers, journal, total, already):
         bar.close()
 
 
-def finish(cfg, framing, records, other, log):
+def finish(cfg, framing, records, other, log, inputs):
     """Duplicates, labels and the split over every record; the dataset's files and the report."""
     faces = mark_duplicates(records)
     labelled = apply_labels(cfg, records, faces) if cfg.source_labels else None
@@ -296,6 +305,7 @@ def finish(cfg, framing, records, other, log):
     from editing import framing as fr
     fr.write_framing(framing, os.path.join(out, 'framing.json'))
     report = build_report(cfg, records, faces, other, held, labelled, len(set(identities)))
+    report['inputs'] = inputs
     write_text(os.path.join(out, 'prepare_report.json'), json.dumps(report, indent=1))
     report_picture(out, records, faces, report, cfg.seed)
     for line in describe(report):
@@ -385,14 +395,20 @@ def apply_labels(cfg, records, faces):
 
 
 def remove_unkept(out, faces):
-    """Crops set aside after they were written (duplicates, labels) leave images/ for the report's thumbnails."""
+    """Crops set aside after they were written (duplicates, labels) move from images/ to .prepare/set_aside/
+    (with a thumbnail for the report); one kept again by a later run (say, a labels file with its row
+    added) moves back."""
+    aside = os.path.join(out, '.prepare', 'set_aside')
+    os.makedirs(aside, exist_ok=True)
     for f in faces:
-        path = os.path.join(out, 'images', f'{f["name"]}.jpg')
+        path, parked = (os.path.join(d, f'{f["name"]}.jpg') for d in (os.path.join(out, 'images'), aside))
         if f['reason'] and os.path.exists(path):
             with Image.open(path) as im:
                 save_jpeg(np.asarray(im.convert('RGB')), os.path.join(out, '.prepare', 'rejected', f'{f["name"]}.jpg'),
                           THUMB)
-            os.remove(path)
+            os.replace(path, parked)
+        elif not f['reason'] and not os.path.exists(path) and os.path.exists(parked):
+            os.replace(parked, path)
 
 
 def write_text(path, text):

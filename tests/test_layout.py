@@ -10,9 +10,10 @@ CORE = ('solver', 'model', 'losses', 'data_loader')
 NOT_FOR_THE_CORE = ('ganmut', 'editing', 'evaluation', 'main')
 # The layers, lowest first: a module imports only from its own layer or those below (and no cycle
 # within a layer). utils is generic machinery; the core trains GANimation; editing is test mode and
-# photos; ganmut builds on both; evaluation scores either model; app serves either in a browser; main chooses.
+# photos; prepare makes datasets from photos with it; ganmut builds on both; evaluation scores either
+# model; app serves either in a browser; main chooses.
 LAYERS = (('utils',), ('synthetic_faces', 'released', 'model', 'losses', 'data_loader', 'solver', 'openface_utils'),
-          ('editing',), ('ganmut',), ('evaluation',), ('app',), ('main',))
+          ('editing',), ('prepare',), ('ganmut',), ('evaluation',), ('app',), ('main',))
 
 
 def project_modules():

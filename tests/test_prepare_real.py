@@ -142,6 +142,13 @@ def test_labels_give_ganmuts_csvs_and_every_crop_a_row(source_dir, tmp_path):
     assert len(frames) == 5 and all(r.startswith(('no label row in legend.csv', 'near duplicate')) for r in frames)
     assert report['labels']['rows_naming_missing_files'] == ['gone.jpg']
     assert report['labels']['outside_the_emotions'] == {'confused': 1}
+    # the labels file mended: the same crops (none found again), the face set aside for its label back
+    fixed = tmp_path / 'fixed.csv'
+    fixed.write_text((source_dir / 'legend.csv').read_text().replace('confused', 'sad'))
+    assert main.main(prepare_cmd(source_dir, out, '--source_labels', str(fixed))) == 0
+    assert set(os.listdir(out / 'images')) == images | {'Image_with_alpha.jpg'}
+    rows = [line for f in ('training.csv', 'test.csv') for line in (out / f).read_text().splitlines()[1:]]
+    assert 'Image_with_alpha.jpg,2' in rows
 
 
 def test_a_finished_run_is_a_no_op_and_a_cut_journal_resumes_to_the_same_dataset(prepared, source_dir, tmp_path,
