@@ -621,7 +621,11 @@ class Solver:
 
 class StopSignals:
     """While active, SIGINT and SIGTERM only set `signum`; the training loop finishes the
-    iteration, saves a checkpoint and stops. A second signal stops at once."""
+    iteration, saves a checkpoint and stops (`then`: what the message says happens next). A second
+    signal stops at once."""
+
+    def __init__(self, then='saving a checkpoint after this iteration'):
+        self.then = then
 
     def __enter__(self):
         self.signum, self.previous = None, {}
@@ -634,8 +638,7 @@ class StopSignals:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
-        tqdm.write(f'{signal.Signals(signum).name} received: saving a checkpoint after this iteration '
-                   f'(send it again to stop at once)')
+        tqdm.write(f'{signal.Signals(signum).name} received: {self.then} (send it again to stop at once)')
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():

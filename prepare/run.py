@@ -33,17 +33,24 @@ THUMB = 64                # rejected faces are kept this small, for the report's
 
 # --------------------------------------------------------------------------- the workers
 
-def work_loop(jobs, results, settings):
-    """A worker process: the detector on one thread, its own AU reader, one source at a time."""
+def work_loop(jobs, results, settings, parent):
+    """A worker process: the detector on one thread, its own AU reader, one source at a time. Ctrl-C is the
+    main process's to handle; a worker whose main process was killed stops after its current source."""
+    import signal
+
     import torch
 
     from editing import au_reader, landmarks
     from editing import framing as fr
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    results.cancel_join_thread()       # exit even when nobody reads the results any more
     torch.set_num_threads(1)
     landmarks.THREADS = 1
     framing = fr.framing_from(settings['face_framing'])
     with au_reader.Reader(why='--mode prepare') as reader:
         for job in iter(jobs.get, None):
+            if os.getppid() != parent:
+                return
             try:
                 results.put(do_source(job, settings, framing, reader))
             except Exception as e:       # never lose a run to one file: the source is reported with the error
@@ -173,21 +180,32 @@ def check_settings(out, settings):
 
 
 def run_sources(todo, settings, workers, journal, progress):
-    """Share `todo` (job dicts) among `workers` processes; each finished record is appended to the journal."""
+    """Share `todo` (job dicts) among `workers` processes; each finished record is appended to the journal.
+    SIGINT or SIGTERM: the workers stop, what is in the journal stays, and the same command goes on."""
+    import signal
+
+    from solver import StopSignals
+    from utils.errors import TrainingInterrupted
     ctx = mp.get_context('spawn')        # MediaPipe and onnxruntime start their own threads: no fork
     jobs, results = ctx.Queue(), ctx.Queue()
     for job in todo:
         jobs.put(job)
-    procs = [ctx.Process(target=work_loop, args=(jobs, results, settings), daemon=True) for _ in range(workers)]
+    procs = [ctx.Process(target=work_loop, args=(jobs, results, settings, os.getpid()), daemon=True)
+             for _ in range(workers)]
     for p in procs:
         jobs.put(None)
         p.start()
     try:
-        for _ in range(len(todo)):
-            rec = get_result(results, procs)
-            journal.write(json.dumps(rec) + '\n')
-            journal.flush()
-            progress(rec)
+        with StopSignals(then='stopping after this source; the same command goes on') as stop:
+            for done in range(len(todo)):
+                rec = get_result(results, procs)
+                journal.write(json.dumps(rec) + '\n')
+                journal.flush()
+                progress(rec)
+                if stop.signum:
+                    raise TrainingInterrupted(
+                        f'{signal.Signals(stop.signum).name}: stopped after {done + 1} of {len(todo)} sources; '
+                        f'the same command goes on from {os.path.join(settings["out"], JOURNAL)}', 128 + stop.signum)
     finally:
         for p in procs:
             if p.is_alive():

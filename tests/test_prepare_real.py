@@ -184,3 +184,42 @@ def test_both_models_train_on_the_prepared_folder_with_no_other_flag(source_dir,
                       '--num_iters_decay', '0'] + TINY_MODEL + ['--batch_size', '2']) == 0
     config = json.loads((run_dir / 'config.json').read_text())
     assert config['face_framing'] == 'openface' and config['image_dir'] == str(out / 'images')
+
+
+def journal_lines(out):
+    path = out / run.JOURNAL
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.parametrize('how', ['SIGKILL', 'SIGTERM'])
+def test_a_killed_run_goes_on_to_the_same_dataset(prepared, source_dir, tmp_path, how, capsys):
+    """The command in a process of its own, killed (kill -9) or stopped (SIGTERM) once a source is in the
+    journal; started again, it ends with the uninterrupted run's files. Its workers do not outlive it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    out, _ = prepared
+    again = tmp_path / 'killed'
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(main.__file__), 'main.py')]
+                           + prepare_cmd(source_dir, again), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    t0 = time.time()
+    while journal_lines(again) < 1 and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    assert proc.poll() is None, 'the run ended before it could be stopped'
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    if how == 'SIGTERM':
+        assert proc.returncode == 128 + signal.SIGTERM and 'the same command goes on' in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    done = journal_lines(again)
+    assert 1 <= done < 15 and not (again / 'aus.txt').exists()          # 14 photos and a video
+    time.sleep(3)                                          # orphaned workers end after their current source
+    assert main.main(prepare_cmd(source_dir, again)) == 0
+    assert f'going on from an earlier run: {done} of 15 sources' in capsys.readouterr().out
+    for f in ('aus.txt', 'train_ids.csv', 'test_ids.csv'):
+        assert (again / f).read_text() == (out / f).read_text(), f
+    assert sorted(os.listdir(again / 'images')) == sorted(os.listdir(out / 'images'))
