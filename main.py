@@ -102,6 +102,7 @@ FLAG_GROUPS = [
         ('--test_fraction', 0.1, '--mode prepare: share of the crops held out, whole identities', DECAY),
         ('--identity_regex', r'(.+?)_\d+', '--mode prepare: who a file name shows (group 1; default: LFW names)'),
         ('--source_labels', '', '--mode prepare: CSV of image file and emotion -> GANmut\'s training.csv'),
+        ('--openface_dir', '', '--mode prepare: the AUs from OpenFace\'s CSVs of the photos, not the AU reader'),
     ]),
     ('model size', [
         ('--c_dim', 17, 'AUs (GANimation) or emotion classes (GANmut); the labels decide for GANimation', COUNT),
@@ -399,6 +400,7 @@ INPUT_PATHS = {
     'init_from': ('file', 'a released generator file, or a checkpoint of this code (docs/released.md)'),
     'test_models_dir': ('file or folder', 'checkpoints (iter_*.ckpt), or a released generator file (docs/released.md)'),
     'source_labels': ('file', 'a CSV naming each image file and its emotion (docs/data.md)'),
+    'openface_dir': ('folder', 'OpenFace\'s FaceLandmarkImg output for the --source photos (<photo>.csv)'),
 }
 
 
@@ -530,8 +532,8 @@ def check_face_flags(cfg, given):
 
 # What --mode prepare takes; any other flag is refused (it would change nothing there).
 PREPARE_FLAGS = ('mode', 'source', 'dataset', 'image_size', 'face_framing', 'prepare_fps', 'test_fraction',
-                 'identity_regex', 'source_labels', 'seed')
-PREPARE_ONLY = ('source', 'prepare_fps', 'test_fraction', 'identity_regex', 'source_labels')
+                 'identity_regex', 'source_labels', 'openface_dir', 'seed')
+PREPARE_ONLY = ('source', 'prepare_fps', 'test_fraction', 'identity_regex', 'source_labels', 'openface_dir')
 
 
 def check_prepare_flags(cfg, given):

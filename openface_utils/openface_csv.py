@@ -42,6 +42,7 @@ class Row:
     timestamp: float | None
     confidence: float
     aus: np.ndarray           # (17,) float32 intensities in [0, 5], in AU_NAMES order
+    centre: tuple | None = None   # the mean of the 2-D landmarks (x_0..x_67, y_0..y_67) in pixels, if written
 
 
 @dataclass
@@ -94,6 +95,8 @@ def read_openface_csv(path, min_confidence=MIN_CONFIDENCE):
                 if all(f'{m[:-2]}_c' in col for m in missing) else '')
         raise DataError(path, f'missing AU intensity column(s) {", ".join(missing)}{hint}', 1)
     au_cols = [col[f'{a}_r'] for a in AU_NAMES]
+    xs, ys = ([col[k] for k in (f'{axis}_{i}' for i in range(68)) if k in col] for axis in 'xy')
+    landmarks = len(xs) == len(ys) == 68
     table = OpenFaceTable(path, layout, min_confidence=min_confidence)
     for line, row in enumerate(reader, 2):
         if not row or not any(c.strip() for c in row):
@@ -116,8 +119,12 @@ def read_openface_csv(path, min_confidence=MIN_CONFIDENCE):
         else:
             out = (aus < -1e-3) | (aus > AU_MAX + 1e-3)
             table.clipped += int(out.sum())
+            centre = None
+            if landmarks:
+                centre = tuple(float(np.mean([_number(path, line, header[c], row[c]) for c in cols]))
+                               for cols in (xs, ys))
             table.rows.append(Row(line, face, frame, timestamp, confidence,
-                                  np.clip(aus, 0, AU_MAX).astype(np.float32)))
+                                  np.clip(aus, 0, AU_MAX).astype(np.float32), centre))
     return table
 
 

@@ -31,6 +31,7 @@ class Face:
     why: str
     aus: np.ndarray | None
     box_area: float
+    centre: tuple
     upscale: float
     turn: float
     padded: float
@@ -60,7 +61,8 @@ def faces_of(pixels, framing, size, reader, why='--mode prepare'):
         upscale = fr.scale_of(matrix)
         turn = turn_of(fr.apply(matrix, det.points) / size)
         padded = padded_share(matrix, size, w, h)
-        face = Face(None, '', '', None, float(det.box[2] * det.box[3]), upscale, turn, padded)
+        x, y, bw, bh = det.box
+        face = Face(None, '', '', None, float(bw * bh), (float(x + bw / 2), float(y + bh / 2)), upscale, turn, padded)
         if upscale > MAX_UPSCALE:
             face.why, face.reason = 'face too small', (f'face too small: {size} px would upscale it {upscale:.1f}x '
                                                        f'(at most {MAX_UPSCALE:g}x)')

@@ -99,7 +99,8 @@ def face_records(pixels, stem, settings, framing, reader, frame=None):
     out = []
     for k, face in enumerate(found, 1):
         name = stem if len(found) == 1 else f'{stem}_face{k}'
-        rec = {'name': name, 'reason': face.reason, 'why': face.why, 'box_area': face.box_area, 'upscale': round(face.upscale, 3),
+        rec = {'name': name, 'reason': face.reason, 'why': face.why, 'box_area': face.box_area,
+               'centre': [round(c, 1) for c in face.centre], 'upscale': round(face.upscale, 3),
                'turn': round(face.turn, 3), 'padded': round(face.padded, 4), 'frame': frame}
         if face.reason:
             save_jpeg(face.crop, os.path.join(settings['out'], '.prepare', 'rejected', f'{name}.jpg'), THUMB)
@@ -278,7 +279,8 @@ def inputs_of(cfg, found):
     """What the dataset's files depend on beyond the crops: a change re-makes them (without new crops)."""
     return {'sources': [s.path for s in found], 'identity_regex': cfg.identity_regex,
             'test_fraction': cfg.test_fraction, 'seed': cfg.seed, 'source_labels': cfg.source_labels,
-            'labels_sha1': file_sha1(cfg.source_labels) if cfg.source_labels else None}
+            'labels_sha1': file_sha1(cfg.source_labels) if cfg.source_labels else None,
+            'openface_dir': cfg.openface_dir}
 
 
 def run_with_progress(todo, settings, workers, journal, total, already):
@@ -301,6 +303,8 @@ def run_with_progress(todo, settings, workers, journal, total, already):
 def finish(cfg, framing, records, other, log, inputs):
     """Duplicates, labels and the split over every record; the dataset's files and the report."""
     faces = mark_duplicates(records)
+    if cfg.openface_dir:
+        apply_openface(cfg.openface_dir, records)
     labelled = apply_labels(cfg, records, faces) if cfg.source_labels else None
     kept = [f for f in faces if not f['reason']]
     from prepare import labels
@@ -373,6 +377,48 @@ def near_duplicates(thumbs, chunk=2048):
         if i not in dropped and j not in dropped:
             dropped[j] = i
     return dropped
+
+
+def apply_openface(openface_dir, records):
+    """--openface_dir: each kept face of a photo takes its AUs from OpenFace's FaceLandmarkImg CSV of that
+    photo (`<photo name>.csv`, anywhere under the folder; openface_utils reads it): the row whose landmarks'
+    centre is nearest the face's box centre, within half the box's side (a single row and face match
+    without landmark columns). A face with no row, and video frames, are set aside, saying so."""
+    from openface_utils.convert import find_csvs
+    from openface_utils.openface_csv import read_openface_csv
+    csvs = {os.path.splitext(os.path.basename(p))[0].lower(): p for p in find_csvs(openface_dir)}
+    for r in records:
+        live = [f for f in r['faces'] if not f['reason']]
+        if live and r['kind'] == 'video':          # one scale of AUs in a dataset: OpenFace's static ones
+            for f in live:
+                f['why'] = 'no OpenFace row'
+                f['reason'] = ('a video frame: with --openface_dir the AUs are FaceLandmarkImg\'s, of photos '
+                               '(FeatureExtraction calibrates per person)')
+            continue
+        if not live:
+            continue
+        csv_path = csvs.get(os.path.splitext(os.path.basename(r['path']))[0].lower())
+        rows = read_openface_csv(csv_path).rows if csv_path else []
+        for f in live:
+            row = openface_row(f, rows, len(live))
+            if row is None:
+                f['why'] = 'no OpenFace row'
+                f['reason'] = (f'no row of {os.path.basename(csv_path)} at this face' if csv_path else
+                               f'no OpenFace CSV for {os.path.basename(r["path"])} in {openface_dir}')
+            else:
+                f['aus'], f['au_source'] = [round(float(v), 3) for v in row.aus], 'openface'
+
+
+def openface_row(face, rows, faces_in_photo):
+    if len(rows) == 1 and faces_in_photo == 1 and rows[0].centre is None:
+        return rows[0]
+    placed = [r for r in rows if r.centre is not None]
+    if not placed:
+        return None
+    best = min(placed, key=lambda r: np.hypot(r.centre[0] - face['centre'][0], r.centre[1] - face['centre'][1]))
+    side = np.sqrt(face['box_area'])
+    return best if np.hypot(best.centre[0] - face['centre'][0], best.centre[1] - face['centre'][1]) <= side / 2 \
+        else None
 
 
 def apply_labels(cfg, records, faces):
@@ -451,6 +497,7 @@ def build_report(cfg, records, faces, other, held, labelled, n_identities):
                     'frames_read': sum(r.get('frames', 0) for r in records), 'not_read': dict(reasons),
                     'other_files': [{'path': p, 'reason': why} for p, why in other]},
         'faces': {'found': len(faces), 'kept': len(kept), 'rejected': dict(face_reasons),
+                  'aus_from': dict(Counter(f.get('au_source', 'the AU reader') for f in kept)),
                   'train': int((~held).sum()), 'test': int(held.sum()), 'identities': n_identities},
         'padded_share': {'mean': float(padded.mean()) if len(padded) else 0.0,
                          'p90': float(np.percentile(padded, 90)) if len(padded) else 0.0,

@@ -223,3 +223,45 @@ def test_a_killed_run_goes_on_to_the_same_dataset(prepared, source_dir, tmp_path
     for f in ('aus.txt', 'train_ids.csv', 'test_ids.csv'):
         assert (again / f).read_text() == (out / f).read_text(), f
     assert sorted(os.listdir(again / 'images')) == sorted(os.listdir(out / 'images'))
+
+
+def openface_csv(rows, landmarks=True):
+    """A FaceLandmarkImg CSV: per row (face index, centre (x, y) or None, AU12)."""
+    from openface_utils.openface_csv import AU_NAMES
+    head = ['face', 'confidence'] + [f'{a}_r' for a in AU_NAMES]
+    head += [f'{axis}_{i}' for axis in 'xy' for i in range(68)] if landmarks else []
+    lines = [', '.join(head)]
+    for face, centre, au12 in rows:
+        values = [face, 0.98] + [au12 if a == 'AU12' else 0.5 for a in AU_NAMES]
+        if landmarks:
+            ring = np.linspace(-30, 30, 68)
+            values += list(centre[0] + ring) + list(centre[1] - ring[::-1])    # landmarks around the centre
+        lines.append(', '.join(str(v) for v in values))
+    return '\n'.join(lines) + '\n'
+
+
+def test_openface_csvs_give_the_aus_of_the_faces_they_name(prepared, source_dir, tmp_path):
+    """--openface_dir: each face takes the row whose landmarks are centred on it; a face without a row, and
+    a photo without a CSV, are set aside saying so. The crops are not made again."""
+    out, _ = prepared
+    mine = tmp_path / 'mine'
+    shutil.copytree(out, mine)
+    journal = [json.loads(line) for line in (mine / run.JOURNAL).read_text().splitlines()]
+    group = next(r for r in journal if r['rel'].endswith('multi_face.jpg'))
+    centres = [f['centre'] for f in group['faces']]
+    assert len(centres) == 5
+    of = tmp_path / 'openface' / 'sub'
+    of.mkdir(parents=True)
+    (of / 'multi_face.csv').write_text(openface_csv([(k, centres[k], 1.0 + k) for k in range(4)][::-1]))
+    (of / 'single_face.csv').write_text(openface_csv([(0, None, 4.5)], landmarks=False))
+    assert main.main(prepare_cmd(source_dir, mine, '--openface_dir', str(tmp_path / 'openface'))) == 0
+    aus = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in (mine / 'aus.txt').read_text().splitlines()}
+    assert [aus[f'multi_face_face{k + 1}.jpg'][8] for k in range(4)] == [1.0, 2.0, 3.0, 4.0]    # AU12
+    assert aus['single_face.jpg'][8] == 4.5 and set(aus) == {f'multi_face_face{k}.jpg' for k in range(1, 5)} | {
+        'single_face.jpg'}
+    report = json.loads((mine / 'prepare_report.json').read_text())
+    _, faces = reasons_of(report)
+    assert faces['multi_face_face5'] == 'no row of multi_face.csv at this face'
+    assert faces['0-f1-su-ph'] == f'no OpenFace CSV for 0-f1-su-ph.jpg in {tmp_path / "openface"}'
+    assert report['faces']['aus_from'] == {'openface': 5}
+    assert faces['clip_f000000'].startswith('a video frame: with --openface_dir the AUs are')
