@@ -18,11 +18,11 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import time
 
 import numpy as np
 from PIL import Image
 
+from prepare import labels
 from prepare import sources as src
 
 JOURNAL = os.path.join('.prepare', 'journal.jsonl')
@@ -226,11 +226,6 @@ def get_result(results, procs):
                     f'exit code {p.exitcode}' for p in procs)) from None
 
 
-def describe_time(start, done, total):
-    rate = done / max(time.time() - start, 1e-9)
-    return rate, (total - done) / rate if rate else float('inf')
-
-
 # --------------------------------------------------------------------------- the whole run
 
 NEAR_RMS = 12.0   # grey levels between two crops' thumbnails under which they are near duplicates
@@ -305,13 +300,14 @@ def finish(cfg, framing, records, other, log, inputs):
     faces = mark_duplicates(records)
     if cfg.openface_dir:
         apply_openface(cfg.openface_dir, records)
-    labelled = apply_labels(cfg, records, faces) if cfg.source_labels else None
-    kept = [f for f in faces if not f['reason']]
-    from prepare import labels
-    by_source = {id(f): r for r in records for f in r['faces']}
-    identities = [labels.identity_of(src.Source(by_source[id(f)]['path'], by_source[id(f)]['kind'],
-                                                by_source[id(f)]['rel'], by_source[id(f)]['name']),
-                                     cfg.identity_regex) for f in kept]
+    labelled = apply_labels(cfg, records) if cfg.source_labels else None
+    kept, identities = [], []
+    for r in records:
+        who = labels.identity_of(src.Source(r['path'], r['kind'], r['rel'], r['name']), cfg.identity_regex)
+        for f in r['faces']:
+            if not f['reason']:
+                kept.append(f)
+                identities.append(who)
     held = labels.split_by_identity(identities, cfg.test_fraction, cfg.seed)
     out = cfg.dataset
     remove_unkept(out, faces)
@@ -329,7 +325,7 @@ def finish(cfg, framing, records, other, log, inputs):
     report = build_report(cfg, records, faces, other, held, labelled, len(set(identities)))
     report['inputs'] = inputs
     write_text(os.path.join(out, 'prepare_report.json'), json.dumps(report, indent=1))
-    report_picture(out, records, faces, report, cfg.seed)
+    report_picture(out, faces, report, cfg.seed)
     for line in describe(report):
         log(line)
     return report
@@ -421,10 +417,9 @@ def openface_row(face, rows, faces_in_photo):
         else None
 
 
-def apply_labels(cfg, records, faces):
+def apply_labels(cfg, records):
     """With --source_labels: each kept face gets its photo's emotion (the largest face of a photo takes
     it, the others are set aside), or a reason; returns what the report says of the labels."""
-    from prepare import labels
     from synthetic_faces import EMOTIONS
     rows, problems = labels.read_source_labels(cfg.source_labels)
     used, outside = set(), {}
@@ -533,7 +528,7 @@ SHORT = {'face too small': 'too small', 'turned too far': 'turned', 'crop past t
          'another face of a labelled photo': 'other face'}      # what fits under a thumbnail
 
 
-def report_picture(out, records, faces, report, seed=0):
+def report_picture(out, faces, report, seed=0):
     """prepare_report.png: kept crops (a seeded sample) beside rejected faces with their reasons, over
     the counts and the mean of each AU."""
     from PIL import ImageDraw
