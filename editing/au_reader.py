@@ -58,6 +58,9 @@ BLENDSHAPES = {
     'AU26': ('jawOpen',),                                      # jaw drop
     'AU45': ('eyeBlinkLeft', 'eyeBlinkRight'),                 # blink
 }
+# What the estimate reads well (the docstring above; docs/photos_and_videos.md): evaluation of real faces
+# scores these. AU25 and AU26 are one blendshape (jawOpen): they are read, and asked for, together.
+READ_WELL = ('AU01', 'AU02', 'AU04', 'AU12', 'AU25', 'AU26')
 # Face mesh points (MediaPipe's canonical 478-point mesh): inner lips and outer eye corners.
 UPPER_LIP, LOWER_LIP, EYE_CORNERS = 13, 14, (33, 263)
 

@@ -1,9 +1,9 @@
-"""GANimation's figures: on a fixed, seeded set of (held-out source image, target AUs) pairs, the
-generator's outputs against the true renderings (L1, PSNR, SSIM, and the do-nothing baseline:
+"""GANimation's figures on the synthetic faces: on a fixed, seeded set of (held-out source image, target AUs)
+pairs, the generator's outputs against the true renderings (L1, PSNR, SSIM, and the do-nothing baseline:
 edit_error_reduction = 1 - model L1 / baseline L1, > 0 when closer to the truth than not editing), and
 whether the AUs were realised, read by the separate reader (its own error on the true renderings is
-`au_mae_floor`). Datasets without true targets get what can be measured: the reader's AU error and the
-cycle reconstruction error."""
+`au_mae_floor`). Real faces have no true rendering: evaluation/real_faces.py scores them (AUScorer.create
+chooses)."""
 import json
 import os
 
@@ -12,7 +12,7 @@ import torch
 
 import data_loader as dl
 import synthetic_faces as sf
-from evaluation import metrics
+from evaluation import metrics, real_faces
 from evaluation.reader import load_or_fit_reader, read
 from model import critic_reading
 from utils import visualize as vis
@@ -95,11 +95,10 @@ def score(G, pairs, reader, device, amp_dtype=None, D=None):
         y_read = run_generator(G, pairs, device, amp_dtype, cond_src=critic_reading(D, pairs.x_src, device))[0]
     G.train(was_training)
     res = {'pairs': len(pairs), 'split': pairs.split, 'model': {}, 'baseline': {}}
-    if pairs.truth is not None:
-        metrics.against_truth(res, y, pairs.x_src, pairs.truth)
-        if y_read is not None:
-            r = res['source_read_by_critic'] = metrics.image_scores(y_read, pairs.truth)
-            r['edit_error_reduction'] = metrics.error_reduction(r['l1'], res['baseline']['l1'])
+    metrics.against_truth(res, y, pairs.x_src, pairs.truth)
+    if y_read is not None:
+        r = res['source_read_by_critic'] = metrics.image_scores(y_read, pairs.truth)
+        r['edit_error_reduction'] = metrics.error_reduction(r['l1'], res['baseline']['l1'])
     res['model']['rec_l1'] = metrics.l1(rec, pairs.x_src).mean().item()
     if attn is not None:
         res['model']['attn_mean'] = res['attn_mean'] = attn.mean().item()
@@ -108,10 +107,7 @@ def score(G, pairs, reader, device, amp_dtype=None, D=None):
         trg05 = pairs.aus_trg[:, cols] * dl.AU_MAX
         err_model = (read(reader, y)[:, cols] * dl.AU_MAX - trg05).abs()
         err_base = (read(reader, pairs.x_src)[:, cols] * dl.AU_MAX - trg05).abs()
-        if pairs.truth is not None:      # the reader's own error where the answer is exact
-            err_floor = (read(reader, pairs.truth)[:, cols] * dl.AU_MAX - trg05).abs()
-        else:                            # ... or on real images with their labels
-            err_floor = (read(reader, pairs.x_src)[:, cols] - pairs.aus_src[:, cols]).abs() * dl.AU_MAX
+        err_floor = (read(reader, pairs.truth)[:, cols] * dl.AU_MAX - trg05).abs()   # the reader's own error
         res['model']['au_mae'] = res['au_mae'] = err_model.mean().item()
         res['baseline']['au_mae'] = err_base.mean().item()
         res['au_mae_floor'] = err_floor.mean().item()
@@ -166,12 +162,28 @@ def comparison_grid(pairs, y, attn, n=12, per_column=6):
 
 
 class AUScorer:
-    """GANimation's scorer, for evaluation.runner: the fixed pairs and the separate AU reader."""
+    """GANimation's scorer, for evaluation.runner: the fixed pairs and the separate AU reader; `create` and
+    `of_photos` give real faces' scorer (evaluation/real_faces.py) where there is no true rendering."""
 
     def __init__(self, image_dir, attr_path, label_names, size, num_pairs, seed, device, amp_dtype):
         self.pairs = EvalPairs(image_dir, attr_path, label_names, size, num_pairs, seed)
         self.reader = load_or_fit_reader(dl.au_dataset(image_dir, attr_path, size, 'train'), device, amp_dtype)
         self.device, self.amp_dtype = device, amp_dtype
+
+    @classmethod
+    def create(cls, image_dir, attr_path, label_names, size, num_pairs, seed, device, amp_dtype, framing):
+        """The synthetic faces' scorer, or real faces' (the crops taken to be in `framing` unless the
+        dataset's framing.json says otherwise)."""
+        if dl.synthetic_root(attr_path):
+            return cls(image_dir, attr_path, label_names, size, num_pairs, seed, device, amp_dtype)
+        framing = real_faces.framing_of_data(attr_path, framing)
+        return real_faces.RealAUScorer.of_dataset(image_dir, attr_path, label_names, size, num_pairs, seed,
+                                                  device, amp_dtype, framing)
+
+    @staticmethod
+    def of_photos(cfg, trained, size, framing, device, amp_dtype):
+        """--test_images_dir in eval mode: real faces' scorer on its faces."""
+        return real_faces.RealAUScorer.of_photos(cfg, trained, size, framing, device, amp_dtype)
 
     @staticmethod
     def networks(trained, device):

@@ -12,7 +12,12 @@ For held-out faces, every emotion is generated at its axis (linear, strength
   held-out images with their labels are the reference for how far it can be trusted;
 - identity preservation, on the synthetic faces: L1 (and PSNR, SSIM) between the
   edit and the true rendering of the same identity with that emotion's prototype
-  AUs (at 0.9 x 5 = 4.5), beside the do-nothing baseline.
+  AUs (at 0.9 x 5 = 4.5), beside the do-nothing baseline; on real faces, which have
+  no true rendering, dlib's face recogniser (evaluation/identity.py): the distance
+  of each edit from its input face, and the share judged the same person.
+
+Real faces are a dataset's held-out people or the faces of --test_images_dir (photos
+read as test mode reads them; each edit pasted back, compared in the photo).
 
     python main.py --mode eval --outputs_dir outputs/demo_ganmut
 """
@@ -24,11 +29,13 @@ import torch
 
 import data_loader as dl
 import synthetic_faces as sf
-from evaluation import metrics
+from editing import photos
+from evaluation import identity, metrics, real_faces
 from evaluation.reader import load_or_fit_reader, read
 from ganmut import solver as gs
 from ganmut.space import load_space
 from utils import visualize as vis
+from utils.errors import MissingInput
 
 STRENGTH = 0.9   # linear: the codes are 0.9 * axis; the truth has the prototype at 0.9 * 5 AU units
 
@@ -37,18 +44,22 @@ class EmotionEvalFaces:
     """A fixed, seeded set of held-out faces, and (synthetic data) the true rendering of each
     face's identity with each emotion's prototype: `truth` (N, E, 3, H, W) or None."""
 
-    def __init__(self, image_dir, attr_path, names, size, num_faces, seed=0):
+    def __init__(self, image_dir, attr_path, names, size, num_faces, seed=0, faces=None):
+        self.names = list(names)
+        self.truth = None
+        if faces is not None:          # faces of photos (editing.photos.Face): no labels, no truth
+            self.split, self.files, self.labels = 'photos', [f.name for f in faces], None
+            self.x_src = dl.to_tensor(np.stack([f.crop for f in faces]))
+            return
         held_out = gs.held_out_csv(attr_path)
         self.split = 'test' if held_out else 'train'
         ds = gs.emotion_set(image_dir, held_out or attr_path, size, len(names))
         rng = np.random.default_rng(seed)
         n = min(len(ds), max(1, num_faces))
         self.index, images = dl.load_readable(ds, np.sort(rng.choice(len(ds), n, replace=False)))
-        self.names = list(names)
         self.files = [ds.files[i] for i in self.index]
         self.labels = ds.labels[torch.as_tensor(self.index)].clone()
         self.x_src = dl.to_tensor(np.stack(images))
-        self.truth = None
         root = dl.synthetic_root(attr_path)
         if root and all(n in sf.EMOTION_PROTOTYPES for n in names):
             meta = sf.read_meta(root)
@@ -91,8 +102,10 @@ def confusion(target, read, num):
     return torch.bincount(idx, minlength=num * num)[:num * num].view(num, num)
 
 
-def score(G, space, faces, reader, device, amp_dtype=None):
-    """All figures -> (results dict, edits (N, E, 3, H, W))."""
+def score(G, space, faces, reader, device, amp_dtype=None, ident=None, views=None):
+    """All figures -> (results dict, edits (N, E, 3, H, W)). `reader`: the emotion reader or None; `ident`
+    (an identity.Identity) with `views` (a real_faces.RealFaces of the same faces): the identity figure of
+    real faces."""
     was_training = G.training
     G.eval()
     y = run_edits(G, space, faces, device, amp_dtype)
@@ -111,7 +124,8 @@ def score(G, space, faces, reader, device, amp_dtype=None):
         base_hit = (read_src.unsqueeze(1) == target).float()
         res['model']['emotion_accuracy'] = res['emotion_accuracy'] = hit.mean().item()
         res['baseline']['emotion_accuracy'] = base_hit.mean().item()
-        res['reader_accuracy_held_out'] = (read_src == faces.labels).float().mean().item()
+        if faces.labels is not None:
+            res['reader_accuracy_held_out'] = (read_src == faces.labels).float().mean().item()
         res['confusion'] = {'rows': 'target emotion', 'columns': 'emotion read by the classifier',
                             'labels': names, 'model': confusion(target, read_y, E).tolist()}
         for e, n in enumerate(names):
@@ -132,6 +146,12 @@ def score(G, space, faces, reader, device, amp_dtype=None):
         l1_base = metrics.l1(src, truth).view(N, E).mean(0)
         for e, n in enumerate(names):
             per[n].update(l1=l1_model[e].item(), baseline_l1=l1_base[e].item())
+    if ident is not None:
+        dist = real_faces.identity_distances(ident, views, vis.to_uint8(y))
+        res['identity'] = {**identity.summary(dist), 'threshold': identity.THRESHOLD,
+                           'measure': 'dlib face recogniser (evaluation/identity.py), input face vs edit'}
+        for e, n in enumerate(names):
+            per[n].update({f'identity_{k}': v for k, v in identity.summary(dist[:, e]).items()})
     res['per_emotion'] = per
     return res, y
 
@@ -141,7 +161,8 @@ def format_table(res):
     lines = []
     has_truth = 'edit_error_reduction' in res
     cols = [('accuracy', 'acc'), ('baseline_accuracy', 'base acc'), ('reader_accuracy_truth', 'reader@truth'),
-            ('l1', 'L1'), ('baseline_l1', 'base L1')]
+            ('l1', 'L1'), ('baseline_l1', 'base L1'), ('identity_distance', 'identity'),
+            ('identity_same_person_share', 'same person')]
     cols = [(k, t) for k, t in cols if any(k in res['per_emotion'][n] for n in names)]
     width = max(8, max(len(n) for n in names))
     lines.append(f'{"emotion":<{width}} ' + ' '.join(f'{t:>12s}' for _, t in cols))
@@ -149,10 +170,20 @@ def format_table(res):
         v = res['per_emotion'][n]
         lines.append(f'{n:<{width}} ' + ' '.join(f'{v[k]:12.3f}' if k in v else f'{"-":>12s}' for k, _ in cols))
     if 'emotion_accuracy' in res:
+        own = ([f'{res["reader_accuracy_truth"]:.3f} on the true renderings'] if 'reader_accuracy_truth' in res
+               else []) + ([f'{res["reader_accuracy_held_out"]:.3f} on the held-out images']
+                           if 'reader_accuracy_held_out' in res else [])
         lines.append(f'emotion accuracy {res["emotion_accuracy"]:.3f} (do-nothing baseline '
-                     f'{res["baseline"]["emotion_accuracy"]:.3f}); the classifier\'s own accuracy: '
-                     + (f'{res["reader_accuracy_truth"]:.3f} on the true renderings, ' if 'reader_accuracy_truth' in res
-                        else '') + f'{res["reader_accuracy_held_out"]:.3f} on the held-out images')
+                     f'{res["baseline"]["emotion_accuracy"]:.3f})'
+                     + (f'; the classifier\'s own accuracy: {", ".join(own)}' if own else ''))
+    elif 'emotion_skipped' in res:
+        lines.append(res['emotion_skipped'])
+    if 'identity' in res:
+        i = res['identity']
+        lines.append(f'identity (dlib, edit vs input): distance {i["distance"]:.3f}, same person '
+                     f'{100 * i["same_person_share"]:.0f}% (< {i["threshold"]})')
+    elif 'identity_skipped' in res:
+        lines.append(res['identity_skipped'])
     if has_truth:
         m, b = res['model'], res['baseline']
         lines.append(f'identity vs the true rendering: L1 {m["l1"]:.4f} (baseline {b["l1"]:.4f}), '
@@ -185,12 +216,46 @@ def comparison_grid(faces, y, n=6):
 
 
 class EmotionScorer:
-    """GANmut's scorer, for evaluation.runner: held-out faces at every emotion, the separate emotion reader."""
+    """GANmut's scorer, for evaluation.runner: held-out faces at every emotion, the separate emotion reader;
+    on real faces also the identity figure."""
 
-    def __init__(self, image_dir, attr_path, names, size, num_pairs, seed, device, amp_dtype):
-        self.reader = load_or_fit_reader(gs.emotion_set(image_dir, attr_path, size, len(names)), device, amp_dtype)
-        self.faces = EmotionEvalFaces(image_dir, attr_path, names, size, max(1, num_pairs // len(names)), seed)
+    def __init__(self, image_dir, attr_path, names, size, num_pairs, seed, device, amp_dtype, framing=None,
+                 photo_faces=None):
+        """`photo_faces`: the RealFaces of --test_images_dir (else held-out faces of the data); `framing`: the
+        crops' framing when the dataset does not record one. `image_dir` None: no emotion reader."""
+        self.reader = None if image_dir is None else load_or_fit_reader(
+            gs.emotion_set(image_dir, attr_path, size, len(names)), device, amp_dtype)
+        self.faces = EmotionEvalFaces(image_dir, attr_path, names, size, max(1, num_pairs // len(names)), seed,
+                                      faces=photo_faces and photo_faces.faces)
+        self.views, self.ident = photo_faces, None
+        if self.faces.truth is None:
+            if self.views is None:
+                faces = [photos.Face(os.path.splitext(f)[0], vis.to_uint8(x)) for f, x in zip(self.faces.files,
+                                                                                             self.faces.x_src)]
+                self.views = real_faces.RealFaces(faces, None, real_faces.framing_of_data(attr_path, framing),
+                                                  self.faces.split, attr_path)
+            if identity.available():
+                self.ident = identity.Identity()
+            else:
+                print(identity.missing_message())
         self.device, self.amp_dtype = device, amp_dtype
+
+    @classmethod
+    def create(cls, image_dir, attr_path, names, size, num_pairs, seed, device, amp_dtype, framing):
+        return cls(image_dir, attr_path, names, size, num_pairs, seed, device, amp_dtype, framing)
+
+    @classmethod
+    def of_photos(cls, cfg, trained, size, framing, device, amp_dtype):
+        """--test_images_dir in eval mode: its faces (cut out as test mode does) at every emotion; the
+        emotion reader is the one of the model's training data, when that is here."""
+        from evaluation.runner import data_of_checkpoint
+        faces = real_faces.RealFaces.of_photos(cfg, size, framing, None)
+        try:
+            image_dir, attr_path = data_of_checkpoint(cfg, trained)
+        except MissingInput as e:
+            print(f'the emotion figures are skipped: {e}')
+            image_dir = attr_path = None
+        return cls(image_dir, attr_path, trained.label_names, size, 0, cfg.seed, device, amp_dtype, framing, faces)
 
     @staticmethod
     def networks(trained, device):
@@ -198,7 +263,7 @@ class EmotionScorer:
 
     def score(self, G, D, space):
         """(results, the comparison grid as a function: drawn only when it is saved)."""
-        res, y = score(G, space, self.faces, self.reader, self.device, self.amp_dtype)
+        res, y = score(G, space, self.faces, self.reader, self.device, self.amp_dtype, self.ident, self.views)
         return res, lambda: comparison_grid(self.faces, y)
 
     def heading(self, trained):

@@ -18,33 +18,40 @@ from utils.runtime import resolve_device
 
 
 def data_of_checkpoint(cfg, trained):
-    """(image_dir, attr_path) of the data to evaluate on: the flags when given, else the checkpoint's. A
-    released model has no record of its data: the flags' data (--dataset; the synthetic faces at the
-    model's image size by default)."""
+    """(image_dir, attr_path) of the data to evaluate on: the flags' data when they name some (--dataset,
+    --image_dir and --attr_path), else the data the checkpoint was trained on. A released model has no record
+    of its data: the flags' data (the synthetic faces at the model's image size by default)."""
     ckpt_cfg = trained.config
-    if trained.released and not (cfg.image_dir or cfg.attr_path):
+    if cfg.image_dir or cfg.attr_path or cfg.dataset != 'auto' or trained.released:
         cfg.image_size = ckpt_cfg['image_size']
-        print(f'released model: evaluated on {resolve_data(cfg, "emotion" if trained.model == "ganmut" else "au")}')
+        print(f'evaluated on {resolve_data(cfg, "emotion" if trained.model == "ganmut" else "au")}')
     image_dir = cfg.image_dir or ckpt_cfg.get('image_dir')
     attr_path = cfg.attr_path or ckpt_cfg.get('attr_path')
     if not image_dir or not attr_path or not os.path.exists(attr_path):
         raise MissingInput(f'eval mode needs the data the model was trained on ({attr_path}); '
-                           f'give --image_dir and --attr_path')
+                           f'give --dataset, or --image_dir and --attr_path')
     return image_dir, attr_path
 
 
 def run(cfg, trained, scorer_class):
-    """--mode eval: score the checkpoint `trained` (model.Trained); table on the console, JSON and a
-    comparison grid in the results folder."""
+    """--mode eval: score the checkpoint `trained` (model.Trained) on its data, the flags' data, or the faces
+    of --test_images_dir; table on the console, JSON and a comparison grid in the results folder."""
+    from editing.framing import of_model
     device = resolve_device(cfg.device)
     amp = trained.amp_dtype(cfg.amp, device)
     G, D, space = scorer_class.networks(trained, device)
-    image_dir, attr_path = data_of_checkpoint(cfg, trained)
     size = trained.config['image_size']
-    scorer = scorer_class(image_dir, attr_path, trained.label_names, size, cfg.eval_pairs, cfg.seed, device, amp)
+    framing = of_model(cfg, trained.config)
+    if cfg.test_images_dir:
+        data = cfg.test_images_dir
+        scorer = scorer_class.of_photos(cfg, trained, size, framing, device, amp)
+    else:
+        image_dir, data = data_of_checkpoint(cfg, trained)
+        scorer = scorer_class.create(image_dir, data, trained.label_names, size, cfg.eval_pairs, cfg.seed, device,
+                                     amp, framing)
     res, draw_grid = scorer.score(G, D, space)
     it = trained.iteration
-    res.update({'checkpoint': trained.path, 'iteration': it, 'image_size': size, 'data': attr_path})
+    res.update({'checkpoint': trained.path, 'iteration': it, 'image_size': size, 'data': data})
     res.update(scorer.about(trained, space))
     out_dir = mode_folder(cfg, 'results')
     os.makedirs(out_dir, exist_ok=True)
@@ -63,8 +70,10 @@ class TrainingProbe:
     and to results/eval_curve.jsonl."""
 
     def __init__(self, cfg, solver, num_pairs=96, scorer_class=None):
-        self.scorer = scorer_class(cfg.image_dir, cfg.attr_path, solver.label_names, cfg.image_size, num_pairs,
-                                   cfg.seed, solver.device, solver.amp_dtype)
+        from editing.framing import of_model
+        self.scorer = scorer_class.create(cfg.image_dir, cfg.attr_path, solver.label_names, cfg.image_size,
+                                          num_pairs, cfg.seed, solver.device, solver.amp_dtype,
+                                          of_model(cfg, vars(cfg)))
         self.curve_path = os.path.join(solver.dirs['results'], 'eval_curve.jsonl')
 
     def __call__(self, solver, it):
