@@ -184,6 +184,41 @@ def test_both_models_train_on_the_prepared_folder_with_no_other_flag(source_dir,
                       '--num_iters_decay', '0'] + TINY_MODEL + ['--batch_size', '2']) == 0
     config = json.loads((run_dir / 'config.json').read_text())
     assert config['face_framing'] == 'openface' and config['image_dir'] == str(out / 'images')
+    # eval mode scores it on the held-out people of the folder: identity beside the model's own figures
+    assert main.main(['--mode', 'eval', '--outputs_dir', str(run_dir), '--eval_pairs', '13']) == 0
+    res = json.loads((run_dir / 'results' / 'eval_00000002.json').read_text())
+    assert res['identity']['threshold'] == 0.6 and 0 <= res['identity']['distance'] < 2
+    per = res['per_emotion'] if model == 'ganmut' else res['per_target']
+    assert all('identity_distance' in p for p in per.values())
+    if model == 'ganmut':
+        assert 0 <= res['emotion_accuracy'] <= 1 and res['split'] == 'test'
+    else:
+        assert res['split'] == 'test' and res['faces'] == 1 and res['au_mae'] >= 0 and 'psnr' in res['reconstruction']
+
+
+def test_eval_mode_scores_the_shipped_demo_generator_on_held_out_crops_and_on_photos(prepared, source_dir, tmp_path):
+    """The commands of docs/evaluation.md's real-face baseline: a prepared folder's held-out people, and
+    photos (found, edited, pasted back, compared in the photo)."""
+    out, _ = prepared
+    ckpt = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'pretrained',
+                        'demo_ganimation_32px.ckpt')
+    held_out = {os.path.splitext(f)[0] for f in (out / 'test_ids.csv').read_text().split()}
+    assert main.main(['--mode', 'eval', '--test_models_dir', ckpt, '--dataset', str(out), '--outputs_dir',
+                      str(tmp_path / 'crops'), '--eval_pairs', '26']) == 0
+    res = json.loads(next((tmp_path / 'crops' / 'results').glob('eval_*.json')).read_text())
+    assert res['split'] == 'test' and res['faces'] == min(2, len(held_out)) and res['data'] == str(out / 'aus.txt')
+    # the demo's mask keeps most of each face (0.97): the same person, though not a copy
+    assert 0 < res['identity']['distance'] < 0.6 and res['identity']['same_person_share'] > 0.5
+    assert next((tmp_path / 'crops' / 'results').glob('eval_*_grid.png')).exists()
+    photos = tmp_path / 'portraits'
+    photos.mkdir()
+    for name in PORTRAITS[:2]:
+        shutil.copy(source_dir / 'photos' / name, photos / name)
+    assert main.main(['--mode', 'eval', '--test_models_dir', ckpt, '--test_images_dir', str(photos), '--detect_faces',
+                      'true', '--outputs_dir', str(tmp_path / 'photos')]) == 0
+    res = json.loads(next((tmp_path / 'photos' / 'results').glob('eval_*.json')).read_text())
+    assert res['split'] == 'photos' and res['faces'] == 2 and res['data'] == str(photos)
+    assert 0 < res['identity']['distance'] < 0.6 and res['edits_read'] > 0.9
 
 
 def journal_lines(out):
