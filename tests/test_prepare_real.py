@@ -180,10 +180,12 @@ def test_both_models_train_on_the_prepared_folder_with_no_other_flag(source_dir,
     assert main.main(prepare_cmd(source_dir, out, *labels)) == 0
     run_dir = tmp_path / 'run'
     assert main.main(['--mode', 'train', '--model', model, '--dataset', str(out), '--outputs_dir', str(run_dir),
-                      '--num_iters', '2', '--model_save_step', '2', '--sample_step', '2',
-                      '--num_iters_decay', '0'] + TINY_MODEL + ['--batch_size', '2']) == 0
+                      '--num_iters', '2', '--model_save_step', '2', '--sample_step', '2', '--eval_step', '2',
+                      '--eval_step_pairs', '13', '--num_iters_decay', '0'] + TINY_MODEL + ['--batch_size', '2']) == 0
     config = json.loads((run_dir / 'config.json').read_text())
     assert config['face_framing'] == 'openface' and config['image_dir'] == str(out / 'images')
+    curve = [json.loads(line) for line in (run_dir / 'results' / 'eval_curve.jsonl').read_text().splitlines()]
+    assert [c['iteration'] for c in curve] == [2] and 0 <= curve[0]['identity.distance'] < 2
     # eval mode scores it on the held-out people of the folder: identity beside the model's own figures
     assert main.main(['--mode', 'eval', '--outputs_dir', str(run_dir), '--eval_pairs', '13']) == 0
     res = json.loads((run_dir / 'results' / 'eval_00000002.json').read_text())
@@ -194,6 +196,13 @@ def test_both_models_train_on_the_prepared_folder_with_no_other_flag(source_dir,
         assert 0 <= res['emotion_accuracy'] <= 1 and res['split'] == 'test'
     else:
         assert res['split'] == 'test' and res['faces'] == 1 and res['au_mae'] >= 0 and 'psnr' in res['reconstruction']
+    # ... and on photos: found, edited, pasted back, compared in the photo
+    assert main.main(['--mode', 'eval', '--outputs_dir', str(run_dir), '--test_images_dir',
+                      str(source_dir / 'photos' / PORTRAITS[0]), '--detect_faces', 'true']) == 0
+    res = json.loads((run_dir / 'results' / 'eval_00000002.json').read_text())
+    assert res['split'] == 'photos' and 0 <= res['identity']['distance'] < 2
+    if model == 'ganmut':        # the emotion reader of the model's training data reads the edits
+        assert res['faces'] == 1 and 0 <= res['emotion_accuracy'] <= 1 and 'reader_accuracy_held_out' not in res
 
 
 def test_eval_mode_scores_the_shipped_demo_generator_on_held_out_crops_and_on_photos(prepared, source_dir, tmp_path):
