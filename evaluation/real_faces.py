@@ -6,7 +6,7 @@ with AU26: one blendshape), the other AUs the face's own, and the face's own AUs
 - AU realisation: editing/au_reader.py's MediaPipe estimate, the reader that labels prepared data, reads
   every edit; its error against the target, beside the same for the unedited face (the do-nothing
   baseline), per AU and over the AUs it reads well (au_reader.READ_WELL). An edit in which it finds no face
-  counts as showing no AU (0), and the share read is reported;
+  scores the largest error its target allows, and the share read is reported;
 - identity (evaluation/identity.py, dlib's recogniser): the distance of each edit from the input face, its
   mean and the share judged the same person (< 0.6);
 - reconstruction: the edit to the face's own AUs against the input (L1 and PSNR, at the model's size);
@@ -125,8 +125,15 @@ class RealFaces:
         return made
 
 
+def au_error(read, read_ok, targets):
+    """|AUs read - target| in 0-5; where no face was read, the largest error the target allows (max(t, 5 - t)):
+    an edit the estimate cannot read as a face realises nothing, and cannot score well on a target of 0."""
+    worst = np.maximum(targets, dl.AU_MAX - targets)
+    return np.where(read_ok[..., None], np.abs(read - targets), worst)
+
+
 def read_aus(reader, views):
-    """((V, 17) AUs in 0-5, (V,) bool read) of (pixels, landmarks) views; a view read as no face: 0."""
+    """((V, 17) AUs in 0-5, (V,) bool read) of (pixels, landmarks) views; a view read as no face: 0, False."""
     out, ok = np.zeros((len(views), sf.NUM_AUS)), np.zeros(len(views), bool)
     for v, (pixels, points) in enumerate(views):
         got = reader.face(pixels, points)
@@ -187,9 +194,9 @@ def score(G, faces, reader, ident, label_names, device, amp_dtype=None):
     n, t = targets.shape[:2]
     read_in, read_in_ok = read_aus(reader, [faces.view(i, faces.crops[i]) for i in range(n)])
     read_y, read_ok = read_aus(reader, [faces.view(i, y8[i, k]) for i in range(n) for k in range(t)])
-    read_y = read_y.reshape(n, t, -1)
-    err_model = np.abs(read_y - targets)                     # (N, T, 17)
-    err_base = np.abs(read_in[:, None] - targets)
+    read_y, read_ok = read_y.reshape(n, t, -1), read_ok.reshape(n, t)
+    err_model = au_error(read_y, read_ok, targets)           # (N, T, 17)
+    err_base = au_error(read_in[:, None], read_in_ok[:, None], targets)
     scored = [c for c in cols if sf.AU_NAMES[c] in au_reader.READ_WELL]
     res = {'model_kind': 'ganimation', 'faces': n, 'split': faces.split, 'source': faces.source,
            'targets': names, 'target_intensity': INTENSITY,

@@ -113,6 +113,25 @@ def test_a_copy_keeps_identity_and_scores_the_baselines_au_error(faces, reader, 
     assert cells.shape[1] == 14 * (SIZE + 2) + 2                    # input and 13 targets
 
 
+class Grey(nn.Module):
+    """A flat grey image: no face for anyone to read."""
+
+    def forward(self, x, c, c_src=None):
+        return torch.zeros_like(x), torch.zeros_like(x[:, :1]), None
+
+
+def test_an_edit_with_no_face_in_it_scores_the_worst_au_error_not_a_perfect_neutral(faces, reader, ident):
+    two = rf.RealFaces(faces.faces[:2], faces.own[:2], faces.framing, 'photos', 'x')
+    res, names, _, _ = rf.score(Grey(), two, reader, ident, sf.AU_NAMES, CPU)
+    assert res['edits_read'] == 0 and res['inputs_read'] == 1
+    assert res['per_target']['neutral']['au_mae'] == 5          # target 0 everywhere, nothing read: 5 off
+    _, targets = rf.targets_of(two.own)
+    cols = [sf.AU_INDEX[a] for a in res['aus_scored']]
+    assert res['au_mae'] == pytest.approx(np.maximum(targets, 5 - targets)[:, :, cols].mean())
+    assert res['identity']['same_person_share'] == 0
+    assert res['per_target']['AU12=4']['asked_read'] == 0
+
+
 def test_another_persons_face_fails_identity(faces, astronaut, ident):
     other = Other(astronaut.x_src[:1])
     y, _ = rf.edit(other, faces.x_src, torch.zeros(len(faces), 1, 17), torch.zeros(len(faces), 17), CPU)
