@@ -206,6 +206,8 @@ def score(G, faces, reader, ident, label_names, device, amp_dtype=None):
     if scored:
         res['model']['au_mae'] = res['au_mae'] = float(err_model[:, :, scored].mean())
         res['baseline']['au_mae'] = float(err_base[:, :, scored].mean())
+        if faces.split != 'photos':   # the estimate on the unedited crops against their labels (read in the photos)
+            res['au_mae_floor'] = float(au_error(read_in, read_in_ok, faces.own)[:, scored].mean())
     res['per_au'] = {sf.AU_NAMES[c]: {'model': float(err_model[:, :, c].mean()), 'baseline': float(err_base[:, :, c].mean()),
                                       'read_well': c in scored} for c in cols}
     per = {}
@@ -248,6 +250,9 @@ def format_table(res):
     if 'au_mae' in res:
         lines.append(f'au_mae {res["au_mae"]:.3f}   baseline au_mae {res["baseline"]["au_mae"]:.3f}   (AU units 0-5, '
                      f'over {" ".join(res["aus_scored"])}; edits read {100 * res["edits_read"]:.0f}%)')
+        if 'au_mae_floor' in res:
+            lines.append(f'au_mae_floor {res["au_mae_floor"]:.3f}   (the estimate on the unedited crops at this size '
+                         f'against their labels)')
     if 'identity' in res:
         i = res['identity']
         lines.append(f'identity distance {i["distance"]:.3f}   same person {100 * i["same_person_share"]:.0f}%')

@@ -216,6 +216,7 @@ def test_eval_mode_scores_the_shipped_demo_generator_on_held_out_crops_and_on_ph
                       str(tmp_path / 'crops'), '--eval_pairs', '26']) == 0
     res = json.loads(next((tmp_path / 'crops' / 'results').glob('eval_*.json')).read_text())
     assert res['split'] == 'test' and res['faces'] == min(2, len(held_out)) and res['data'] == str(out / 'aus.txt')
+    assert 0 <= res['au_mae_floor'] < res['baseline']['au_mae']     # the estimate agrees with the labels better
     # the demo's mask keeps most of each face (0.97): the same person, though not a copy
     assert 0 < res['identity']['distance'] < 0.6 and res['identity']['same_person_share'] > 0.5
     assert next((tmp_path / 'crops' / 'results').glob('eval_*_grid.png')).exists()

@@ -104,7 +104,7 @@ def test_a_copy_keeps_identity_and_scores_the_baselines_au_error(faces, reader, 
     for name, p in res['per_target'].items():
         assert p['au_mae'] == pytest.approx(p['baseline_au_mae'], abs=1e-12), name
     assert res['per_target']['own']['baseline_au_mae'] == 0          # the own AUs are what the reader read
-    assert res['reconstruction']['l1'] == 0 and res['attn_mean'] == 1
+    assert res['reconstruction']['l1'] == 0 and res['attn_mean'] == 1 and 'au_mae_floor' not in res
     assert res['edits_read'] == 1.0 and res['aus_scored'] == list(rf.au_reader.READ_WELL)
     assert 0.2 < res['baseline']['au_mae'] < 2.5                    # the targets differ from the faces
     table = rf.format_table(res)
@@ -130,6 +130,17 @@ def test_an_edit_with_no_face_in_it_scores_the_worst_au_error_not_a_perfect_neut
     assert res['au_mae'] == pytest.approx(np.maximum(targets, 5 - targets)[:, :, cols].mean())
     assert res['identity']['same_person_share'] == 0
     assert res['per_target']['AU12=4']['asked_read'] == 0
+
+
+def test_the_floor_is_the_estimate_on_the_unedited_crops_against_their_labels(faces, reader):
+    """A dataset's faces carry labels read in their photos; the floor is how far the estimate on the crops the
+    model sees is from them (photos have no labels: no floor)."""
+    off = np.clip(faces.own[:2] + 0.5, 0, 5)
+    labelled = rf.RealFaces(faces.faces[:2], off, faces.framing, 'test', 'x')
+    res, _, _, _ = rf.score(Copy(), labelled, reader, None, sf.AU_NAMES, CPU)
+    cols = [sf.AU_INDEX[a] for a in res['aus_scored']]
+    assert res['au_mae_floor'] == pytest.approx(np.abs(off - faces.own[:2])[:, cols].mean(), abs=1e-9)
+    assert res['au_mae_floor'] > 0.3 and 'au_mae_floor' in rf.format_table(res)
 
 
 def test_another_persons_face_fails_identity(faces, astronaut, ident):
