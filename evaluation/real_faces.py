@@ -25,10 +25,10 @@ import data_loader as dl
 import synthetic_faces as sf
 from editing import au_reader
 from editing import framing as fr
-from editing import photos
+from editing import photos, video
 from evaluation import identity, metrics
 from utils import visualize as vis
-from utils.errors import UserError
+from utils.errors import FlagError, UserError
 
 INTENSITY = 4.0                                    # the targets' AU intensity (0-5)
 EMOTIONS = sf.EMOTIONS[:7]                         # GANmut's seven, neutral to anger
@@ -107,6 +107,9 @@ class RealFaces:
         """The faces of --test_images_dir: found and cut out as test mode does (--detect_faces true or
         --face_box), else aligned crops in `framing`; their own AUs read by the estimate `reader` (0 where it
         reads none, and said; all 0 without a reader)."""
+        if video.is_video(cfg.test_images_dir):
+            raise FlagError(f'--test_images_dir {cfg.test_images_dir}: eval mode scores photos and face crops, '
+                            f'not a video')
         if photos.photo_mode(cfg):
             faces = photos.photo_faces(cfg, size, framing)
         else:
@@ -117,8 +120,8 @@ class RealFaces:
         made = cls(faces, np.zeros((len(faces), sf.NUM_AUS)), framing, 'photos', cfg.test_images_dir)
         if reader is None:
             return made
-        read, _ = read_aus(reader, [made.view(i, made.crops[i]) for i in range(len(made))])
-        unread = [made.names[i] for i in range(len(made)) if not read[i].any()]
+        read, ok = read_aus(reader, [made.view(i, made.crops[i]) for i in range(len(made))])
+        unread = [name for name, got in zip(made.names, ok) if not got]
         if unread:
             print(f'the AU estimate read no face in {", ".join(unread)}: its own AUs are taken as 0')
         made.own = read

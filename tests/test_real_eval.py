@@ -195,6 +195,13 @@ def test_without_dlib_the_identity_figure_is_skipped_saying_what_to_install(face
     assert identity.INSTALL_HINT in rf.format_table(res)
 
 
+def test_a_video_is_refused_in_eval_mode(tmp_path):
+    clip = tmp_path / 'clip.mp4'
+    clip.write_bytes(b'')
+    with pytest.raises(rf.FlagError, match='clip.mp4: eval mode scores photos and face crops, not a video'):
+        rf.RealFaces.of_photos(photos_cfg(clip), SIZE, fr.FRAMINGS['box'], None)
+
+
 def test_a_model_of_other_labels_is_refused():
     with pytest.raises(rf.UserError, match='FACS AUs.*smile'):
         rf.model_columns(['AU12', 'smile'])
