@@ -24,7 +24,8 @@ def data_of_checkpoint(cfg, trained):
     ckpt_cfg = trained.config
     if cfg.image_dir or cfg.attr_path or cfg.dataset != 'auto' or trained.released:
         cfg.image_size = ckpt_cfg['image_size']
-        print(f'evaluated on {resolve_data(cfg, "emotion" if trained.model == "ganmut" else "au")}')
+        data = resolve_data(cfg, "emotion" if trained.model == "ganmut" else "au")
+        print(f'{"released model: " if trained.released else ""}evaluated on {data}')
     image_dir = cfg.image_dir or ckpt_cfg.get('image_dir')
     attr_path = cfg.attr_path or ckpt_cfg.get('attr_path')
     if not image_dir or not attr_path or not os.path.exists(attr_path):
