@@ -152,6 +152,14 @@ def read_journal(out):
     return done
 
 
+def crops_lost(out, rec):
+    """Whether a finished source's kept crop is in neither images/ nor .prepare/set_aside/ (deleted by hand,
+    or a folder copied without them): the source is done again rather than listed without its file."""
+    return any(not f['reason'] and not any(os.path.exists(os.path.join(out, d, f'{f["name"]}.jpg'))
+                                           for d in ('images', os.path.join('.prepare', 'set_aside')))
+               for f in rec['faces'])
+
+
 def cut_partial_line(path):
     """A kill during a write leaves a last line without its end: it is cut off before appending."""
     if not os.path.exists(path):
@@ -252,6 +260,12 @@ def prepare(cfg, workers=None, log=print):
         from utils.errors import MissingInput
         raise MissingInput('--source ' + ' '.join(cfg.source) + ': no photos or videos found')
     done = read_journal(out)
+    lost = [path for path, rec in done.items() if crops_lost(out, rec)]
+    for path in lost:
+        del done[path]
+    if lost:
+        log(f'{out}: {len(lost)} source(s) whose kept crops are gone from images/ are prepared again '
+            f'(e.g. {lost[0]})')
     todo = [{'path': s.path, 'kind': s.kind, 'rel': s.rel, 'name': s.name} for s in found if s.path not in done]
     report_path = os.path.join(out, 'prepare_report.json')
     if not todo and os.path.exists(report_path):

@@ -169,6 +169,13 @@ def test_a_finished_run_is_a_no_op_and_a_cut_journal_resumes_to_the_same_dataset
     for f in ('aus.txt', 'train_ids.csv', 'test_ids.csv'):
         assert (again / f).read_text() == (out / f).read_text(), f
     assert sorted(os.listdir(again / 'images')) == sorted(os.listdir(out / 'images'))
+    # a kept crop deleted by hand: its source is done again, not listed without its file
+    victim = sorted(os.listdir(again / 'images'))[0]
+    (again / 'images' / victim).unlink()
+    assert main.main(prepare_cmd(source_dir, again)) == 0
+    assert 'source(s) whose kept crops are gone from images/ are prepared again' in capsys.readouterr().out
+    assert (again / 'images' / victim).read_bytes() == (out / 'images' / victim).read_bytes()
+    assert (again / 'aus.txt').read_text() == (out / 'aus.txt').read_text()
     assert main.main(prepare_cmd(source_dir, again, '--image_size', '64')) == 2
     assert 'was prepared with --image_size 128' in capsys.readouterr().err
 
