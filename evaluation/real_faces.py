@@ -329,4 +329,7 @@ class RealAUScorer:
 
     @staticmethod
     def curve(res, flat):
-        return {k: v for k, v in flat.items() if isinstance(v, float) and not k.startswith(('per_au', 'per_target'))}
+        """The learning curve's entries: the overall figures, and each single-AU target's asked AU as read."""
+        out = {k: v for k, v in flat.items() if isinstance(v, float) and not k.startswith(('per_au', 'per_target'))}
+        out.update({f'asked_read/{name}': p['asked_read'] for name, p in res['per_target'].items() if 'asked_read' in p})
+        return out

@@ -130,6 +130,10 @@ def test_an_edit_with_no_face_in_it_scores_the_worst_au_error_not_a_perfect_neut
     assert res['au_mae'] == pytest.approx(np.maximum(targets, 5 - targets)[:, :, cols].mean())
     assert res['identity']['same_person_share'] == 0
     assert res['per_target']['AU12=4']['asked_read'] == 0
+    curve = rf.RealAUScorer.curve(res, {'au_mae': res['au_mae'], 'identity.distance': 0.5, 'split': 'photos'})
+    assert curve == {'au_mae': res['au_mae'], 'identity.distance': 0.5, 'asked_read/AU01=4': 0.0,
+                     'asked_read/AU02=4': 0.0, 'asked_read/AU04=4': 0.0, 'asked_read/AU12=4': 0.0,
+                     'asked_read/AU25=4': 0.0}
 
 
 def test_the_floor_is_the_estimate_on_the_unedited_crops_against_their_labels(faces, reader):
