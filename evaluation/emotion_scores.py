@@ -147,11 +147,11 @@ def score(G, space, faces, reader, device, amp_dtype=None, ident=None, views=Non
         for e, n in enumerate(names):
             per[n].update(l1=l1_model[e].item(), baseline_l1=l1_base[e].item())
     if ident is not None:
-        dist = real_faces.identity_distances(ident, views, vis.to_uint8(y))
-        res['identity'] = {**identity.summary(dist), 'threshold': identity.THRESHOLD,
-                           'measure': 'dlib face recogniser (evaluation/identity.py), input face vs edit'}
-        for e, n in enumerate(names):
-            per[n].update({f'identity_{k}': v for k, v in identity.summary(dist[:, e]).items()})
+        res['identity'], per_name = identity.figures(real_faces.identity_distances(ident, views, vis.to_uint8(y)), names)
+        for n in names:
+            per[n].update(per_name[n])
+    elif views is not None:
+        res['identity_skipped'] = identity.missing_message()
     res['per_emotion'] = per
     return res, y
 
@@ -176,8 +176,6 @@ def format_table(res):
         lines.append(f'emotion accuracy {res["emotion_accuracy"]:.3f} (do-nothing baseline '
                      f'{res["baseline"]["emotion_accuracy"]:.3f})'
                      + (f'; the classifier\'s own accuracy: {", ".join(own)}' if own else ''))
-    elif 'emotion_skipped' in res:
-        lines.append(res['emotion_skipped'])
     if 'identity' in res:
         i = res['identity']
         lines.append(f'identity (dlib, edit vs input): distance {i["distance"]:.3f}, same person '
@@ -234,10 +232,7 @@ class EmotionScorer:
                                                                                              self.faces.x_src)]
                 self.views = real_faces.RealFaces(faces, None, real_faces.framing_of_data(attr_path, framing),
                                                   self.faces.split, attr_path)
-            if identity.available():
-                self.ident = identity.Identity()
-            else:
-                print(identity.missing_message())
+            self.ident = identity.open_or_say()
         self.device, self.amp_dtype = device, amp_dtype
 
     @classmethod

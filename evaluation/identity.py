@@ -103,3 +103,18 @@ def summary(dist):
     """The identity figures of an array of distances: mean and the share judged the same person."""
     dist = np.asarray(dist, np.float64)
     return {'distance': float(dist.mean()), 'same_person_share': float((dist < THRESHOLD).mean())}
+
+
+def figures(dist, names):
+    """(overall record, {name: per-target entries}) of (N, T) distances, the T columns named by `names`."""
+    overall = {**summary(dist), 'threshold': THRESHOLD, 'measure': 'dlib face recogniser (evaluation/identity.py), '
+                                                                   'input face vs edit'}
+    return overall, {n: {f'identity_{k}': v for k, v in summary(dist[:, t]).items()} for t, n in enumerate(names)}
+
+
+def open_or_say():
+    """An Identity, or None after saying what to install."""
+    if available():
+        return Identity()
+    print(missing_message())
+    return None

@@ -227,11 +227,9 @@ def score(G, faces, reader, ident, label_names, device, amp_dtype=None):
     if attn is not None:
         res['model']['attn_mean'] = res['attn_mean'] = attn.mean().item()
     if ident is not None:
-        dist = identity_distances(ident, faces, y8)
-        res['identity'] = {**identity.summary(dist), 'threshold': identity.THRESHOLD,
-                           'measure': 'dlib face recogniser (evaluation/identity.py), input face vs edit'}
-        for k, name in enumerate(names):
-            per[name].update({f'identity_{key}': v for key, v in identity.summary(dist[:, k]).items()})
+        res['identity'], per_name = identity.figures(identity_distances(ident, faces, y8), names)
+        for name in names:
+            per[name].update(per_name[name])
     else:
         res['identity_skipped'] = identity.missing_message()
     res['per_target'] = per
@@ -288,9 +286,7 @@ class RealAUScorer:
     def __init__(self, faces, label_names, device, amp_dtype):
         self.faces, self.label_names, self.device, self.amp_dtype = faces, list(label_names), device, amp_dtype
         model_columns(self.label_names)
-        self.ident = identity.Identity() if identity.available() else None
-        if self.ident is None:
-            print(identity.missing_message())
+        self.ident = identity.open_or_say()
 
     @staticmethod
     def needs_reader(why):
