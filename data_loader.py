@@ -641,15 +641,39 @@ def drop_unreadable(x, labels, paths, problems):
     return x[rows], labels[rows]
 
 
-def batch_indices(num_items, batch_size, iteration, seed, rank=0, world=1):
+def repeat_factors(labels, threshold):
+    """Repeat-factor sampling (Gupta et al. 2019, LVIS): each image is drawn in proportion to the largest
+    max(1, sqrt(threshold / f)) over its labels, f the share of images with that label, so that rare labels
+    are seen more often without a handful of images filling the batches. A label is an emotion class (int64
+    labels, one per image) or an AU at an intensity step (float labels, AU / 5: AU j at k to k + 1, k >= 1,
+    is one label; AU 0 to 1 is none). Returns (N,) float64 weights, 1 for an image of only common labels."""
+    n = labels.shape[0]
+    if labels.is_floating_point():
+        level = (labels.double() * 5).floor().clamp(0, 4).long()
+        ids = level + 5 * torch.arange(labels.shape[1]).view(1, -1)
+        present = level >= 1
+    else:
+        ids, present = labels.long().view(-1, 1), torch.ones(n, 1, dtype=torch.bool)
+    share = torch.bincount(ids[present], minlength=int(ids.max()) + 1).double() / n
+    factor = (threshold / share.clamp(min=1 / n)).sqrt().clamp(min=1)
+    return torch.where(present, factor[ids], torch.ones(())).amax(1)
+
+
+def batch_indices(num_items, batch_size, iteration, seed, rank=0, world=1, weights=None):
     """Indices of the batch of `iteration`: epoch e = iteration // batches_per_epoch
     is a permutation seeded by (seed, e). A pure function of the iteration, so a
     resumed run reads exactly the batches the uninterrupted run would have read.
     With `world` ranks, the iteration reads a global batch of world x batch_size
-    images and `rank` gets its rows rank*B..(rank+1)*B-1 (see utils/distributed.py)."""
+    images and `rank` gets its rows rank*B..(rank+1)*B-1 (see utils/distributed.py).
+    With `weights` (repeat_factors), the global batch is drawn with replacement in proportion to them,
+    seeded by (seed, iteration): no epochs then."""
     batch_size = min(batch_size, num_items // world)
     if batch_size < 1:
         raise DataError('the training set', f'{num_items} images cannot feed {world} ranks')
+    if weights is not None:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 2 ** 40 + iteration)
+        drawn = torch.multinomial(weights, batch_size * world, replacement=True, generator=g)
+        return drawn[rank * batch_size:(rank + 1) * batch_size]
     per_epoch = num_items // (batch_size * world)
     epoch, pos = divmod(iteration, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -661,9 +685,9 @@ def batch_indices(num_items, batch_size, iteration, seed, rank=0, world=1):
 class ResumableBatchSampler(torch.utils.data.Sampler):
     """batch_indices() for iterations start..stop-1, for a DataLoader with workers."""
 
-    def __init__(self, num_items, batch_size, seed, start, stop, rank=0, world=1):
+    def __init__(self, num_items, batch_size, seed, start, stop, rank=0, world=1, weights=None):
         self.args = num_items, batch_size, seed
-        self.start, self.stop, self.rank, self.world = start, stop, rank, world
+        self.start, self.stop, self.rank, self.world, self.weights = start, stop, rank, world, weights
 
     def __len__(self):
         return self.stop - self.start
@@ -671,7 +695,7 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         n, b, seed = self.args
         for it in range(self.start, self.stop):
-            yield batch_indices(n, b, it, seed, self.rank, self.world).tolist()
+            yield batch_indices(n, b, it, seed, self.rank, self.world, self.weights).tolist()
 
 
 # --------------------------------------------------------------------------- which data

@@ -178,6 +178,8 @@ FLAG_GROUPS = [
         ('--lambda_r1', 1.0, 'GANimation: R1 weight (--adv_loss ns-r1)', WEIGHT),
         ('--virtual', False, 'GANimation: virtual cycle-consistency (Kaneko et al.)'),
         ('--virtual_weight', 0.5, 'GANimation: share of the virtual cycle in the cycle term', FRACTION),
+        ('--repeat_threshold', 0.0, 'repeat-factor sampling: images of rare labels (share f < t) drawn sqrt(t / f) '
+                                    'times as often (0: off)', FRACTION),
         ('--target_noise', 0.1, 'GANimation: uniform noise on the drawn target AUs ([0, 1] units)', FRACTION),
         ('--g_ema_beta', 0.0, 'GANimation: keep a moving average of G with this decay per step (0: off)', DECAY),
         ('--lambda_color_keep', 0.0, 'GANimation: L1 of the colour head to the input where the mask keeps it', WEIGHT),

@@ -22,8 +22,8 @@ from tqdm import tqdm
 import data_loader
 import losses
 import synthetic_faces as sf
-from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, uint8_cache,
-                         worker_ignores_stop_signals)
+from data_loader import (ReadableItems, ResumableBatchSampler, batch_indices, drop_unreadable, repeat_factors,
+                         uint8_cache, worker_ignores_stop_signals)
 from model import Discriminator, Generator, Trained, check_removed_options, critic_options, generator_options
 from utils import checkpoint, distributed
 from utils import visualize as vis
@@ -71,11 +71,15 @@ def make_adam(params, lr, cfg, device):
     return torch.optim.Adam(params, lr, (cfg.beta1, cfg.beta2), foreach=kind == 'foreach')
 
 
-def sample_targets(labels, batch_size, generator, noise=0.1):
-    """Target conditions: rows of the in-memory label table plus U(-noise, noise), clipped to [0, 1].
-    Drawn for the global batch of all ranks; this rank gets its rows (utils/distributed.py)."""
+def sample_targets(labels, batch_size, generator, noise=0.1, weights=None):
+    """Target conditions: rows of the in-memory label table (drawn in proportion to `weights` when given:
+    --repeat_threshold) plus U(-noise, noise), clipped to [0, 1]. Drawn for the global batch of all ranks;
+    this rank gets its rows (utils/distributed.py)."""
     n = batch_size * distributed.STATE.world
-    idx = torch.randint(0, labels.shape[0], (n,), device=labels.device, generator=generator)
+    if weights is None:
+        idx = torch.randint(0, labels.shape[0], (n,), device=labels.device, generator=generator)
+    else:
+        idx = torch.multinomial(weights, n, replacement=True, generator=generator)
     jitter = (torch.rand(n, labels.shape[1], device=labels.device, generator=generator) * 2 - 1) * noise
     return distributed.rows((labels[idx] + jitter).clamp_(0, 1))
 
@@ -166,6 +170,9 @@ class Solver:
             self.start_from(cfg.init_from)
         distributed.broadcast_modules(m for _, m in self.saved_modules())
         self.labels = train_set.labels.float().to(self.device)   # the target table, in memory
+        # --repeat_threshold: images (on the host) and target rows (on the device) drawn by repeat factors
+        self.sample_weights = repeat_factors(train_set.labels, cfg.repeat_threshold) if cfg.repeat_threshold else None
+        self.target_weights = None if self.sample_weights is None else self.sample_weights.float().to(self.device)
         self.dirs = {kind: run_folder(cfg, kind) for kind in RUN_FOLDERS}
         self.start_iter = 0
         self.iteration = 0
@@ -279,7 +286,7 @@ class Solver:
             rows = getattr(self.train_set, 'cache_rows', None)   # when unreadable images were dropped
             pin = self.device.type == 'cuda'
             for it in range(start, cfg.num_iters):
-                idx = batch_indices(n, cfg.batch_size, it, cfg.seed, self.rank, self.world)
+                idx = batch_indices(n, cfg.batch_size, it, cfg.seed, self.rank, self.world, self.sample_weights)
                 x = self.images[idx if rows is None else rows[idx]]
                 yield images_to_float(x.pin_memory() if pin else x, self.device, self.memory_format), \
                     self.labels[idx.to(self.device, non_blocking=True)]
@@ -287,7 +294,7 @@ class Solver:
             loader = torch.utils.data.DataLoader(
                 ReadableItems(self.train_set), num_workers=cfg.num_workers, pin_memory=self.device.type == 'cuda',
                 batch_sampler=ResumableBatchSampler(n, cfg.batch_size, cfg.seed, start, cfg.num_iters,
-                                                    self.rank, self.world),
+                                                    self.rank, self.world, self.sample_weights),
                 worker_init_fn=worker_ignores_stop_signals)
             for batch in loader:
                 x, aus = drop_unreadable(*batch)
@@ -301,7 +308,7 @@ class Solver:
         self.iteration = it
         self.set_learning_rates(it)
         x_real = random_flip(x_real, gen)
-        aus_trg = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
+        aus_trg = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise, self.target_weights)
         g_step = (it + 1) % cfg.n_critic == 0
 
         # The fake batch is computed once: with grad when the generator is
@@ -376,7 +383,7 @@ class Solver:
             x_rec, attn_rec, color_rec = self.G_train(x_fake, aus_org, aus_trg)
             virtual = None
             if cfg.virtual:
-                aus_virtual = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise)
+                aus_virtual = sample_targets(self.labels, x_real.shape[0], gen, cfg.target_noise, self.target_weights)
                 x_v, attn_v, _ = self.G_train(x_fake, aus_virtual, aus_trg)
                 x_vrec, attn_vrec, _ = self.G_train(x_v, aus_trg, aus_virtual)
                 virtual = (x_vrec, x_fake.detach(), [attn_v, attn_vrec])

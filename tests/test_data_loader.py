@@ -192,3 +192,58 @@ def test_uint8_cache_is_rebuilt_when_an_image_or_a_label_changes(tmp_path):
     relabelled = dl.uint8_cache(dl.au_dataset(str(img_dir), str(tmp_path / 'aus.txt'), 8), str(cache_dir), verbose=False)
     assert relabelled.filename != changed.filename
     assert len(list(cache_dir.glob('*.u8'))) == 1                 # stale versions removed
+
+
+# --------------------------------------------------------------------------- repeat-factor sampling
+
+def test_repeat_factors_of_emotions_and_of_au_steps():
+    """sqrt(t / share) for a label rarer than t, else 1; an image takes its rarest label's factor."""
+    emotions = torch.tensor([0] * 90 + [1] * 9 + [2])
+    w = dl.repeat_factors(emotions, 0.1)
+    assert torch.allclose(w[[0, 90, 99]], torch.tensor([1.0, (0.1 / 0.09) ** 0.5, 10 ** 0.5], dtype=torch.float64))
+    aus = torch.zeros(100, 2)                       # AU / 5: 0.3 is the step 1-2, 0.7 the step 3-4, 1.0 the top
+    aus[:20, 0] = 0.3
+    aus[20:25, 0] = 0.7
+    aus[:2, 1] = 1.0
+    w = dl.repeat_factors(aus, 0.1)
+    assert torch.allclose(w[2:20], torch.ones(18, dtype=torch.float64))          # a fifth of the images: common
+    assert torch.allclose(w[20:25], torch.full((5,), 2 ** 0.5, dtype=torch.float64))  # 5%: sqrt(2)
+    assert torch.allclose(w[:2], torch.full((2,), 5 ** 0.5, dtype=torch.float64))     # 2% at AU 5, over its step 1
+    assert torch.equal(w[25:], torch.ones(75, dtype=torch.float64))                 # below AU 1: no label
+    assert torch.equal(dl.repeat_factors(aus, 0.01), torch.ones(100, dtype=torch.float64))
+
+
+def test_weighted_batches_are_drawn_by_the_weights_split_by_rank_and_the_same_on_resume():
+    weights = torch.ones(50, dtype=torch.float64)
+    weights[7] = 20.0                              # one image 20 times as likely as each other
+    batches = torch.cat([dl.batch_indices(50, 8, it, seed=3, weights=weights) for it in range(2000)])
+    share = (batches == 7).double().mean().item()
+    assert abs(share - 20 / 69) < 0.02             # 20 / (49 + 20)
+    assert torch.equal(dl.batch_indices(50, 8, 123, seed=3, weights=weights),
+                       dl.batch_indices(50, 8, 123, seed=3, weights=weights))    # a pure function of the iteration
+    assert not torch.equal(dl.batch_indices(50, 8, 123, seed=3, weights=weights),
+                           dl.batch_indices(50, 8, 124, seed=3, weights=weights))
+    parts = [dl.batch_indices(50, 4, 9, seed=3, rank=r, world=2, weights=weights) for r in range(2)]
+    assert torch.equal(torch.cat(parts), dl.batch_indices(50, 8, 9, seed=3, weights=weights))
+
+
+def test_the_solver_draws_images_and_targets_by_repeat_factors(tmp_path):
+    from tiny import tiny_solver
+
+    from solver import sample_targets
+    plain = tiny_solver(tmp_path)
+    assert plain.sample_weights is None and plain.target_weights is None
+    solver = tiny_solver(tmp_path, '--repeat_threshold', '0.5')
+    assert torch.equal(solver.sample_weights, dl.repeat_factors(solver.train_set.labels, 0.5))
+    assert solver.sample_weights.min() >= 1 and solver.sample_weights.max() > 1
+    _, aus = next(solver.batches(0))
+    idx = dl.batch_indices(len(solver.train_set), solver.cfg.batch_size, 0, solver.cfg.seed,
+                           weights=solver.sample_weights)
+    assert torch.equal(aus, solver.labels[idx])
+    rare = solver.sample_weights.argmax()           # targets: the rarest row comes up as often as its weight says
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.cat([sample_targets(solver.labels, 256, g, 0.0, solver.target_weights) for _ in range(100)])
+    share = (drawn == solver.labels[rare]).all(1).double().mean().item()
+    expected = (solver.sample_weights[rare] / solver.sample_weights.sum()).item()
+    assert expected > 1 / len(solver.labels) + 0.008      # 0.0935 against a uniform draw's 0.0833
+    assert abs(share - expected) < 0.005                  # 25,600 draws: a standard error of 0.0018
