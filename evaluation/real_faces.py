@@ -218,6 +218,8 @@ def score(G, faces, reader, ident, label_names, device, amp_dtype=None):
         p = per[name] = {}
         if scored:
             p.update(au_mae=float(err_model[:, k, scored].mean()), baseline_au_mae=float(err_base[:, k, scored].mean()))
+        if name in EMOTIONS and name != 'neutral' and not sf.emotion_prototype(name, INTENSITY)[cols].any():
+            p['none_of_its_aus'] = True    # a prototype the model has none of the AUs of: asked as neutral
         if name.endswith('=4'):      # the asked AU as read: on the edits and on the inputs
             asked = sf.AU_INDEX[name[:-2]]
             p.update(asked_read=float(read_y[:, k, asked].mean()), asked_read_input=float(read_in[:, asked].mean()))
@@ -245,9 +247,11 @@ def format_table(res):
     lines.append(head)
     for name, p in res['per_target'].items():
         asked = f'{p["asked_read"]:.2f} ({p["asked_read_input"]:.2f})' if 'asked_read' in p else '-'
-        lines.append(f'{name:<10s} {p.get("au_mae", float("nan")):7.3f} {p.get("baseline_au_mae", float("nan")):7.3f} '
+        lines.append(f'{name + "*" * p.get("none_of_its_aus", False):<10s} {p.get("au_mae", float("nan")):7.3f} {p.get("baseline_au_mae", float("nan")):7.3f} '
                      f'{asked:>22s} ' + (f'{p["identity_distance"]:9.3f} {p["identity_same_person_share"]:6.2f}'
                                           if 'identity_distance' in p else f'{"-":>9s} {"-":>6s}'))
+    if any(p.get('none_of_its_aus') for p in res['per_target'].values()):
+        lines.append('* none of the prototype\'s AUs is one of the model\'s: the model is asked for a neutral face')
     if 'au_mae' in res:
         lines.append(f'au_mae {res["au_mae"]:.3f}   baseline au_mae {res["baseline"]["au_mae"]:.3f}   (AU units 0-5, '
                      f'over {" ".join(res["aus_scored"])}; edits read {100 * res["edits_read"]:.0f}%)')

@@ -145,6 +145,13 @@ def test_the_floor_is_the_estimate_on_the_unedited_crops_against_their_labels(fa
     cols = [sf.AU_INDEX[a] for a in res['aus_scored']]
     assert res['au_mae_floor'] == pytest.approx(np.abs(off - faces.own[:2])[:, cols].mean(), abs=1e-9)
     assert res['au_mae_floor'] > 0.3 and 'au_mae_floor' in rf.format_table(res)
+    assert not any('none_of_its_aus' in p for p in res['per_target'].values())     # 17 AUs: every prototype
+    few, _, _, _ = rf.score(Copy(), labelled, reader, None, ['AU01', 'AU12', 'AU25'], CPU)
+    starred = [name for name, p in few['per_target'].items() if p.get('none_of_its_aus')]
+    assert starred == ['disgust', 'anger']         # AU09/10/15/17 and AU04/05/07/23: asked as neutral faces
+    table = rf.format_table(few).splitlines()
+    assert any(line.startswith('disgust* ') for line in table) and any(line.startswith('sad ') for line in table)
+    assert '* none of the prototype\'s AUs is one of the model\'s: the model is asked for a neutral face' in table
 
 
 def test_another_persons_face_fails_identity(faces, astronaut, ident):
