@@ -60,6 +60,22 @@ def class_counts(labels, c_dim):
     return np.bincount(np.asarray(labels), minlength=c_dim)[:c_dim]
 
 
+FEW_SHARE = 0.01     # an emotion on fewer than 1% of the training images is reported as rare
+
+
+def rare_emotions_note(names, counts, repeat_threshold):
+    """A line naming the emotions with a few training images (under FEW_SHARE of the set, none excepted:
+    those get their own warning), or None: real photos are mostly neutral faces and smiles, and the
+    critic's classifier, which teaches the generator each emotion, sees a rare one in few batches."""
+    total = counts.sum()
+    rare = [f'{n} ({c}, {100 * c / total:.1f}%)' for n, c in zip(names, counts) if 0 < c < FEW_SHARE * total]
+    if not rare:
+        return None
+    how = (f'--repeat_threshold {repeat_threshold} draws them more often' if repeat_threshold
+           else '--repeat_threshold 0.1 would draw them more often')
+    return f'note: few training images of {", ".join(rare)}: {how}'
+
+
 # --------------------------------------------------------------------------- the solver
 
 class GANmutSolver(Solver):
@@ -85,6 +101,9 @@ class GANmutSolver(Solver):
         counts = class_counts(self.train_set.labels.numpy(), cfg.c_dim)
         print(f'dataset: {what}: {len(self.train_set)} training images; per emotion: '
               + ', '.join(f'{n} {c}' for n, c in zip(self.label_names, counts)))
+        note = rare_emotions_note(self.label_names, counts, cfg.repeat_threshold)
+        if note:
+            print(note)
         if (counts == 0).any():
             print('warning: no training image of ' + ', '.join(n for n, c in zip(self.label_names, counts) if c == 0)
                   + f' (rows with expression < --c_dim {cfg.c_dim} are used)')

@@ -274,3 +274,14 @@ def test_in_test_mode_the_checkpoints_model_decides_which_flags_apply(trained, t
     err = capsys.readouterr().err
     assert rc == 2 and '--target_aus is a GANimation option; it does not apply to GANmut (the model of' in err
     assert 'iter_00000004.ckpt' in err and not (tmp_path / 'r').exists()
+
+
+def test_rare_emotions_are_named_with_their_share():
+    from ganmut.solver import rare_emotions_note
+    names = ganmut.emotion_names(7)
+    muxspace = np.array([5965, 4776, 174, 320, 15, 80, 217])       # the muxspace photos' training split
+    note = rare_emotions_note(names, muxspace, 0.0)
+    assert note == ('note: few training images of fear (15, 0.1%), disgust (80, 0.7%): --repeat_threshold 0.1 '
+                    'would draw them more often')
+    assert rare_emotions_note(names, muxspace, 0.2).endswith('--repeat_threshold 0.2 draws them more often')
+    assert rare_emotions_note(names, np.array([10, 10, 10, 10, 10, 10, 0]), 0.0) is None    # none is rare; 0: warned
