@@ -327,6 +327,9 @@ def count_parameters(module):
 # demo shows its animations at once while its own model trains, and the face editor serves it when there is
 # no run yet. The command that made it and its figures: pretrained/README.md.
 PRETRAINED_DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pretrained', 'demo_ganimation_32px.ckpt')
+# A GANimation trained by this code on real faces (photos of people, grey and colour), its generator in fp16: the
+# face editor serves it when there is no run of the user's own; test mode takes it for photos and videos.
+PRETRAINED_REAL = os.path.join(os.path.dirname(PRETRAINED_DEMO), 'ganimation_real_64px.ckpt')
 GENERATOR_SHAPE = ('image_size', 'g_conv_dim', 'g_repeat_num', 'g_upsample', 'g_warp', 'g_condition')
 
 

@@ -23,7 +23,7 @@ from editing import photos as face_crops
 from ganmut import edit as ganmut_edit
 from ganmut import plots as gv
 from ganmut import space as ganmut
-from model import PRETRAINED_DEMO, Generator, Trained
+from model import PRETRAINED_DEMO, PRETRAINED_REAL, Generator, Trained
 from solver import images_to_float
 from utils import checkpoint
 from utils import visualize as vis
@@ -46,7 +46,8 @@ DEMO_FOLDERS = {'ganimation': 'outputs/demo', 'ganmut': 'outputs/demo_ganmut'}  
 def model_to_serve(cfg, given):
     """The checkpoint file or folder the page serves: --test_models_dir; else the run folder of
     --outputs_dir when it holds a checkpoint; else the demo's run of --model; else (GANimation) the
-    pretrained demo generator in the repository. None there: say what to do."""
+    generator trained on real faces in the repository, or the pretrained demo generator when that file is
+    not there. None there: say what to do."""
     if cfg.test_models_dir:
         return cfg.test_models_dir
     run = mode_folder(cfg, 'models')
@@ -55,11 +56,14 @@ def model_to_serve(cfg, given):
     for folder in tried:
         if os.path.isdir(folder) and checkpoint.list_checkpoints(folder):
             return folder
-    if cfg.model == 'ganimation' and 'outputs_dir' not in given and os.path.exists(PRETRAINED_DEMO):
-        print(f'no run of your own yet (no checkpoint in {" or ".join(tried)}): serving the pretrained demo '
-              f'generator {shortest(PRETRAINED_DEMO)} (pretrained/README.md); `python main.py --mode demo` '
-              f'trains your own in about ten minutes')
-        return PRETRAINED_DEMO
+    shipped = [(p, what) for p, what in ((PRETRAINED_REAL, 'generator trained on real faces'),
+                                         (PRETRAINED_DEMO, 'demo generator (synthetic faces)')) if os.path.exists(p)]
+    if cfg.model == 'ganimation' and 'outputs_dir' not in given and shipped:
+        path, what = shipped[0]
+        print(f'no run of your own yet (no checkpoint in {" or ".join(tried)}): serving the pretrained {what} '
+              f'{shortest(path)} (pretrained/README.md); `python main.py --mode demo` trains your own in about '
+              f'ten minutes')
+        return path
     hint = ' --model ganmut' if cfg.model == 'ganmut' else ''
     raise MissingInput(f'no model to serve: no checkpoint in {" or ".join(tried)}. Train one with `python main.py '
                        f'--mode demo{hint}` (about ten minutes on a laptop), or pass --test_models_dir (a run\'s '
@@ -126,15 +130,36 @@ class Editor:
 
     # ------------------------------------------------------------------ faces
     def _sample_faces(self, n):
-        """[(name, crop)]: the held-out faces of the checkpoint's data, else synthetic faces rendered now
-        (neutral, identities the training never drew: seeds from 900000)."""
+        """[(name, crop)]: the held-out faces of the checkpoint's data; else, for a model trained on real
+        faces, scikit-image's astronaut; else synthetic faces rendered now (neutral, identities the
+        training never drew: seeds from 900000)."""
         cfg = SimpleNamespace(test_images_dir='', test_num_faces=n)
         held_out = ganmut_edit.held_out_emotion_faces if self.model == 'ganmut' else animate.held_out_au_faces
         try:
             return animate.faces_to_edit(cfg, self.config, self.size, held_out)
         except (UserError, OSError):
-            return [(f'synthetic_{k}', sf.render(sf.sample_identity(900000 + k), np.zeros(sf.NUM_AUS), self.size))
-                    for k in range(n)]
+            pass
+        if self.trained.released or self.config.get('dataset_kind') == 'folder':    # a model of real faces
+            astronaut = self._astronaut()
+            if astronaut:
+                return astronaut
+        return [(f'synthetic_{k}', sf.render(sf.sample_identity(900000 + k), np.zeros(sf.NUM_AUS), self.size))
+                for k in range(n)]
+
+    def _astronaut(self):
+        """[('astronaut', crop)]: the face of scikit-image's astronaut (a public-domain photo that ships in
+        the package), framed as the model's training crops; [] without scikit-image or the face detector."""
+        try:
+            from skimage import data
+        except ImportError:
+            return []
+        pixels = data.astronaut()
+        face_framing = framing.of_model(SimpleNamespace(face_framing='auto'), self.config)
+        try:
+            found = face_crops.find_faces(pixels, face_framing, self.size, why='the face editor\'s sample face')
+        except UserError:
+            return []
+        return [('astronaut', framing.warp_crop(pixels, m, self.size)) for _, m in found[:1]]
 
     @property
     def sample_names(self):

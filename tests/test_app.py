@@ -64,11 +64,15 @@ def difference(a, b):
 
 # --------------------------------------------------------------------------- which model, which faces
 
-def test_the_model_served(runs, tmp_path, monkeypatch):
+def test_the_model_served(runs, tmp_path, monkeypatch, capsys):
     parse = main.build_parser().parse_args
     monkeypatch.chdir(tmp_path)
     cfg = parse(['--mode', 'app'])
-    assert ed.model_to_serve(cfg, {'mode'}) == ed.PRETRAINED_DEMO          # a fresh clone: at once
+    assert ed.model_to_serve(cfg, {'mode'}) == ed.PRETRAINED_REAL          # a fresh clone: the real-face model
+    assert 'serving the pretrained generator trained on real faces' in capsys.readouterr().out
+    monkeypatch.setattr(ed, 'PRETRAINED_REAL', str(tmp_path / 'gone_real.ckpt'))
+    assert ed.model_to_serve(cfg, {'mode'}) == ed.PRETRAINED_DEMO          # without it: the synthetic one
+    assert 'serving the pretrained demo generator (synthetic faces)' in capsys.readouterr().out
     monkeypatch.setattr(ed, 'PRETRAINED_DEMO', str(tmp_path / 'gone.ckpt'))
     with pytest.raises(MissingInput) as e:
         ed.model_to_serve(cfg, {'mode'})
@@ -105,16 +109,46 @@ def test_held_out_faces_else_rendered_ones(runs, ganimation, tmp_path):
         alone.sample(2)
 
 
+def real_model_samples():
+    """The sample faces of a model of real faces whose data is not here: the astronaut's, when scikit-image
+    and the face detector are installed; else rendered faces."""
+    try:
+        import skimage.data  # noqa: F401
+    except ImportError:
+        return ['synthetic_0']
+    return ['astronaut'] if landmarks.available() else ['synthetic_0']
+
+
+def test_a_real_face_model_without_its_data_shows_the_astronaut(tmp_path):
+    """The generator trained on real faces, in a fresh clone (its data is not there): its sample face is a
+    real one, framed as its training crops, and it edits it."""
+    trained = Trained.newest(ed.PRETRAINED_REAL)
+    trained.config = dict(trained.config, image_dir=str(tmp_path / 'gone'), attr_path=str(tmp_path / 'gone.txt'))
+    editor = ed.Editor(trained, results_dir=str(tmp_path / 'app'))
+    assert editor.sample_names == real_model_samples()
+    if editor.sample_names != ['astronaut']:
+        pytest.skip('scikit-image or the face detector is not installed: the sample faces are rendered')
+    sub = editor.sample(0)
+    assert sub.faces[0].crop.shape == (64, 64, 3) and chroma_of(sub.faces[0].crop) > 10     # a colour photo
+    happy, own = editor.edit_aus(sub, editor.preset('happy')), editor.edit_aus(sub, sub.own[0])
+    assert difference(happy.image, own.image) > 1
+
+
+def chroma_of(crop):
+    rgb = crop.astype(np.float64)
+    return float(np.abs(rgb - (rgb @ [0.299, 0.587, 0.114])[..., None]).mean())
+
+
 def test_released_models_are_served(tmp_path):
     """The other implementations' released generators (their keys; weights drawn here): 128 px, no data
-    beside them, so the faces are rendered; a GANimation file without its critic reads no AUs but the
+    beside them, so the faces are the astronaut's (or rendered); a GANimation file without its critic reads no AUs but the
     reader's (or starts from 0); a gaussian GANmut file brings its space's means."""
     import torch
     from test_released import ganmut_generator, replicate_generator
     torch.save(replicate_generator(), tmp_path / '30_net_gen.pth')
     editor = ed.Editor(Trained.newest(str(tmp_path / '30_net_gen.pth')), results_dir=str(tmp_path / 'a'),
                        num_faces=1)
-    assert editor.model == 'ganimation' and editor.D is None and editor.sample_names == ['synthetic_0']
+    assert editor.model == 'ganimation' and editor.D is None and editor.sample_names == real_model_samples()
     sub = editor.sample(0)
     out = editor.edit_aus(sub, editor.preset('happy'))
     assert out.image.shape == (128, 128, 3) and difference(out.image, editor.edit_aus(sub, sub.own[0]).image) > 0.1
