@@ -453,6 +453,20 @@ def au_dataset(image_dir, attr_path, image_size, split='train', aus=None):
     return LabelledImages(image_dir, names, values / AU_MAX, image_size, attr_path, au_names)
 
 
+def crops_without_emotion(folder, labelled):
+    """In a folder written by --mode prepare (prepare_report.json beside aus.txt), the crops its AU table names
+    and no emotion CSV does: the crops of sources given without --source_labels, left out of an emotion
+    dataset with a note rather than refused as unlabelled images. Empty for any other folder."""
+    au_table = os.path.join(folder, 'aus.txt')
+    if not (os.path.isfile(os.path.join(folder, 'prepare_report.json')) and os.path.isfile(au_table)):
+        return set()
+    without = set(read_au_table(au_table)[0]) - labelled - {os.path.splitext(n)[0] for n in labelled}
+    if without:
+        print(f'note: {len(without)} crops of {folder} carry AUs but no emotion (their sources were prepared '
+              f'without --source_labels): left out')
+    return without
+
+
 def emotion_dataset(image_dir, csv_path, image_size, c_dim):
     """GANmut dataset from an emotion CSV. Images that no emotion CSV of the label file's
     folder names (training.csv and test.csv, or AffectNet's training and validation files)
@@ -463,7 +477,7 @@ def emotion_dataset(image_dir, csv_path, image_size, c_dim):
     for fn in sorted(os.listdir(folder)):
         if fn.lower().endswith('.csv'):
             labelled |= set(emotion_csv_names(os.path.join(folder, fn)))
-    check_unlabelled(image_dir, labelled, csv_path)
+    check_unlabelled(image_dir, labelled | crops_without_emotion(folder, labelled), csv_path)
     return LabelledImages(image_dir, names, labels, image_size, csv_path)
 
 

@@ -156,6 +156,23 @@ def test_emotion_csv_keeps_valid_codes_only(tmp_path):
         dl.read_emotion_csv(str(p), 7)
 
 
+def test_a_prepared_folder_of_labelled_and_unlabelled_sources_gives_its_labelled_crops_to_ganmut(tmp_path, capsys):
+    """--mode prepare of a source with --source_labels and one without writes every crop to aus.txt and the
+    labelled ones to training.csv: an emotion dataset takes those and says it left the others out; the same
+    images in a folder that prepare did not write are refused as unlabelled."""
+    (tmp_path / 'images').mkdir()
+    for name in ('a.png', 'b.png', 'c.png'):
+        Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / 'images' / name)
+    dl.write_au_table(str(tmp_path / 'aus.txt'), ['a.png', 'b.png', 'c.png'], np.zeros((3, 17)))
+    (tmp_path / 'training.csv').write_text('subDirectory_filePath,expression\na.png,1\n')
+    with pytest.raises(dl.DataError, match='2 image'):
+        dl.emotion_dataset(str(tmp_path / 'images'), str(tmp_path / 'training.csv'), 8, 7)
+    (tmp_path / 'prepare_report.json').write_text('{}')
+    ds = dl.emotion_dataset(str(tmp_path / 'images'), str(tmp_path / 'training.csv'), 8, 7)
+    assert ds.files == ['a.png'] and ds.labels.tolist() == [1]
+    assert 'note: 2 crops of ' in capsys.readouterr().out
+
+
 def test_select_aus(synth):
     assert dl.select_aus(['AU12', 'au25', '1'], sf.AU_NAMES) == [8, 14, 0]
     with pytest.raises(ValueError, match='AU99'):
